@@ -1,0 +1,36 @@
+// Model configuration: the LM's shape and the mixer (attention family) of its blocks.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace longtrain {
+
+// A mixer's own options, parsed by the factory registered under its name.
+struct MixerOptions {
+  virtual ~MixerOptions() = default;
+};
+
+struct MixerSpec {
+  std::string type = "full";
+  std::shared_ptr<const MixerOptions> options;
+};
+
+struct ModelConfig {
+  int64_t vocab_size = 0;  // 0: taken from the tokenizer
+  int64_t d_model = 128;
+  int64_t n_layers = 4;
+  int64_t n_heads = 4;
+  double mlp_ratio = 4.0;
+  int64_t max_positions = 1024;  // size of the learned position table
+  std::string positions = "learned";  // learned | none
+  std::string norm = "layernorm";     // layernorm | rmsnorm
+  bool tie_embeddings = true;
+  double dropout = 0.0;
+  double init_std = 0.02;
+  bool causal = true;  // false: bidirectional encoder (classification/QA)
+  MixerSpec mixer;
+};
+
+}  // namespace longtrain

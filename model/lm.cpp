@@ -1,0 +1,107 @@
+// See lm.h.
+#include "model/lm.h"
+
+#include <cmath>
+
+namespace longtrain {
+
+NormImpl::NormImpl(const std::string& kind, int64_t dim) : rms_(kind == "rmsnorm") {
+  TORCH_CHECK(kind == "layernorm" || kind == "rmsnorm", "unknown norm '", kind,
+              "' (valid: layernorm, rmsnorm)");
+  weight_ = register_parameter("weight", torch::ones({dim}));
+  if (!rms_) bias_ = register_parameter("bias", torch::zeros({dim}));
+}
+
+torch::Tensor NormImpl::forward(const torch::Tensor& x) {
+  if (!rms_) return torch::layer_norm(x, {x.size(-1)}, weight_, bias_, 1e-5);
+  // Statistics in fp32 even under bf16 autocast: a bf16 mean of squares over
+  // d_model elements loses the small ones.
+  auto xf = x.to(torch::kFloat32);
+  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + 1e-6);
+  return y.to(x.scalar_type()) * weight_;
+}
+
+BlockImpl::BlockImpl(const ModelConfig& cfg, int64_t layer) : dropout_(cfg.dropout) {
+  norm1_ = register_module("norm1", Norm(cfg.norm, cfg.d_model));
+  norm2_ = register_module("norm2", Norm(cfg.norm, cfg.d_model));
+  MixerDims dims;
+  dims.d_model = cfg.d_model;
+  dims.n_heads = cfg.n_heads;
+  dims.layer = layer;
+  dims.n_layers = cfg.n_layers;
+  dims.max_positions = cfg.max_positions;
+  dims.causal = cfg.causal;
+  dims.dropout = cfg.dropout;
+  dims.init_std = cfg.init_std;
+  mixer_ = register_module("mixer", build_mixer(cfg.mixer, dims));
+  const auto hidden = static_cast<int64_t>(std::llround(cfg.mlp_ratio * cfg.d_model));
+  fc_ = register_module("fc", torch::nn::Linear(cfg.d_model, hidden));
+  proj_ = register_module("proj", torch::nn::Linear(hidden, cfg.d_model));
+}
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, const MixerContext& ctx) {
+  const bool drop = is_training() && dropout_ > 0;
+  auto h = mixer_->forward(norm1_->forward(x), ctx);
+  auto y = x + (drop ? torch::dropout(h, dropout_, true) : h);
+  auto m = proj_->forward(torch::gelu(fc_->forward(norm2_->forward(y)), "tanh"));
+  return y + (drop ? torch::dropout(m, dropout_, true) : m);
+}
+
+LanguageModelImpl::LanguageModelImpl(const ModelConfig& cfg) : cfg_(cfg) {
+  TORCH_CHECK(cfg.vocab_size > 0, "model.vocab_size must be set (got ", cfg.vocab_size, ")");
+  tok_emb_ = register_module("tok_emb", torch::nn::Embedding(cfg.vocab_size, cfg.d_model));
+  if (cfg.positions == "learned") {
+    pos_emb_ = register_module("pos_emb", torch::nn::Embedding(cfg.max_positions, cfg.d_model));
+  }
+  blocks_ = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < cfg.n_layers; ++i) blocks_->push_back(Block(cfg, i));
+  final_norm_ = register_module("final_norm", Norm(cfg.norm, cfg.d_model));
+  if (!cfg.tie_embeddings) {
+    head_ = register_module("head", torch::nn::Linear(
+        torch::nn::LinearOptions(cfg.d_model, cfg.vocab_size).bias(false)));
+  }
+  init_weights();
+}
+
+void LanguageModelImpl::init_weights() {
+  torch::NoGradGuard no_grad;
+  // GPT-2 initialisation: N(0, std) everywhere, residual output projections
+  // scaled by 1/sqrt(2 * n_layers) so the residual stream's variance does not
+  // grow with depth.
+  const double resid_std = cfg_.init_std / std::sqrt(2.0 * cfg_.n_layers);
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    auto& p = item.value();
+    if (name.find("norm") != std::string::npos) continue;  // ones / zeros already
+    if (p.dim() == 1) {
+      p.zero_();
+    } else {
+      const bool resid = name.find(".out.weight") != std::string::npos ||
+                         name.find(".proj.weight") != std::string::npos;
+      p.normal_(0.0, resid ? resid_std : cfg_.init_std);
+    }
+  }
+}
+
+int64_t LanguageModelImpl::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, const MixerContext& ctx) {
+  TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, L], got ", tokens.sizes());
+  const int64_t L = tokens.size(1);
+  TORCH_CHECK(!pos_emb_ || L <= cfg_.max_positions, "sequence length ", L,
+              " exceeds the position table (model.max_positions = ", cfg_.max_positions,
+              "); raise max_positions or extend the table");
+  auto x = tok_emb_->forward(tokens);  // [B, L, D]
+  if (pos_emb_) x = x + pos_emb_->forward(torch::arange(L, tokens.options()));
+  if (is_training() && cfg_.dropout > 0) x = torch::dropout(x, cfg_.dropout, true);
+  for (const auto& block : *blocks_) x = block->as<BlockImpl>()->forward(x, ctx);
+  x = final_norm_->forward(x);
+  // [B, L, D] -> [B, L, V]
+  return head_ ? head_->forward(x) : torch::linear(x, tok_emb_->weight);
+}
+
+}  // namespace longtrain

@@ -1,0 +1,61 @@
+// The language model: token embedding + learned positions, pre-norm blocks
+// (`x + mixer(norm(x))`, `x + mlp(norm(x))`), final norm, output head (tied to
+// the embedding by default).
+//
+// tokens: [B, L] int64 -> logits: [B, L, V]. A sequence longer than the
+// position table is an error that says so (the curriculum extends the table by
+// copying rows; nothing here grows it silently).
+#pragma once
+
+#include <torch/torch.h>
+
+#include "model/config.h"
+#include "model/mixer.h"
+
+namespace longtrain {
+
+// LayerNorm or RMSNorm over the last dimension, chosen by name.
+class NormImpl : public torch::nn::Module {
+ public:
+  NormImpl(const std::string& kind, int64_t dim);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  bool rms_;
+  torch::Tensor weight_, bias_;
+};
+TORCH_MODULE(Norm);
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const ModelConfig& cfg, int64_t layer);
+  torch::Tensor forward(const torch::Tensor& x, const MixerContext& ctx);
+  const Mixer& mixer() const { return mixer_; }
+
+ private:
+  double dropout_;
+  Norm norm1_{nullptr}, norm2_{nullptr};
+  Mixer mixer_;
+  torch::nn::Linear fc_{nullptr}, proj_{nullptr};
+};
+TORCH_MODULE(Block);
+
+class LanguageModelImpl : public torch::nn::Module {
+ public:
+  explicit LanguageModelImpl(const ModelConfig& cfg);
+  torch::Tensor forward(const torch::Tensor& tokens, const MixerContext& ctx = {});
+  const ModelConfig& config() const { return cfg_; }
+  int64_t num_parameters() const;
+
+ private:
+  void init_weights();
+
+  ModelConfig cfg_;
+  torch::nn::Embedding tok_emb_{nullptr}, pos_emb_{nullptr};
+  torch::nn::ModuleList blocks_{nullptr};
+  Norm final_norm_{nullptr};
+  torch::nn::Linear head_{nullptr};
+};
+TORCH_MODULE(LanguageModel);
+
+}  // namespace longtrain

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU-machine path: build against that machine's own PyTorch (its python3)
+# and the Debian packages sent along in .deps/ (scripts/fetch_gpu_deps.sh makes
+# them), run the test suite there (GPU tests included), and train the default
+# recipe on CUDA in bf16. Logs and results go to one folder: $OUT, or gpu-out/.
+#
+#   scripts/gpu.sh all          # deps build test train
+#   scripts/gpu.sh build test   # any subset, in order
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$ROOT/gpu-out}"
+BUILD_DIR="$ROOT/build-gpu"   # apart from the CPU build
+DEPS=/opt/deps
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export LD_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TORCH_CUDA_ARCH_LIST=9.0a
+
+step_deps() {
+  ls "$ROOT"/.deps/*.deb >/dev/null 2>&1 || { echo "no .deps/*.deb: run scripts/fetch_gpu_deps.sh first"; return 1; }
+  for f in "$ROOT"/.deps/*.deb; do dpkg -x "$f" "$DEPS"; done
+  # Debian's .pc files say prefix=/usr; the sysroot makes them point into $DEPS.
+  { nvidia-smi; python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'; nvcc --version | tail -n 2; } \
+    > "$OUT/machine.txt" 2>&1
+  cat "$OUT/machine.txt"
+}
+
+step_build() {
+  local torch_prefix
+  torch_prefix="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+  PKG_CONFIG_SYSROOT_DIR="$DEPS" PKG_CONFIG_PATH="$DEPS/usr/lib/x86_64-linux-gnu/pkgconfig" \
+    cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_PREFIX_PATH="$torch_prefix;$DEPS/usr" -DCMAKE_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu" \
+      -DCMAKE_INCLUDE_PATH="$DEPS/usr/include" > "$OUT/configure.log" 2>&1 || { tail -n 40 "$OUT/configure.log"; return 1; }
+  local t0=$SECONDS
+  cmake --build "$BUILD_DIR" -j "$(nproc)" > "$OUT/build.log" 2>&1 || { tail -n 60 "$OUT/build.log"; return 1; }
+  echo "build: $((SECONDS - t0)) s"
+}
+
+step_test() {
+  (cd "$BUILD_DIR" && ctest --output-on-failure -j 4 --output-junit "$OUT/ctest.xml") > "$OUT/test.log" 2>&1
+  local rc=$?
+  grep -E "tests passed|tests failed|Skipped|\*\*\*Failed|Passed.*Gpu" "$OUT/test.log" | tail -n 40
+  return $rc
+}
+
+step_train() {
+  local run="$OUT/train-cuda-bf16"
+  "$BUILD_DIR/longtrain" train "$ROOT/recipes/tiny.yaml" --set run.dir="$run" --set train.device=cuda \
+    --set train.dtype=bf16 --set train.log_every=50 > "$OUT/train.log" 2>&1
+  local rc=$?
+  tail -n 12 "$OUT/train.log"
+  rm -rf "$run/checkpoints"  # results only; checkpoints stay on the machine
+  return $rc
+}
+
+[ $# -eq 0 ] && set -- all
+[ "$1" = all ] && set -- deps build test train
+status=0
+for s in "$@"; do
+  echo "== $s"
+  "step_$s" || { echo "== $s FAILED"; status=1; [ "$s" = build ] || [ "$s" = deps ] && break; }
+done
+exit $status

@@ -1,0 +1,99 @@
+// The language model: shapes, causality, position-table limit, mixer registry.
+#include <gtest/gtest.h>
+
+#include "model/lm.h"
+#include "model/mixer.h"
+
+namespace longtrain {
+namespace {
+
+ModelConfig small_config() {
+  ModelConfig c;
+  c.vocab_size = 50;
+  c.d_model = 32;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.max_positions = 64;
+  return c;
+}
+
+TEST(LanguageModel, OutputShape) {
+  torch::manual_seed(0);
+  LanguageModel m(small_config());
+  auto tokens = torch::randint(0, 50, {3, 17}, torch::kInt64);
+  auto logits = m->forward(tokens);
+  EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{3, 17, 50}));
+  EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
+}
+
+TEST(LanguageModel, TiedHeadSharesEmbedding) {
+  auto cfg = small_config();
+  LanguageModel tied(cfg);
+  cfg.tie_embeddings = false;
+  LanguageModel untied(cfg);
+  EXPECT_EQ(untied->num_parameters() - tied->num_parameters(), 50 * 32);
+}
+
+// Changing token t must change no logit before t, and must change some at or after t.
+void check_causal(const std::string& norm) {
+  torch::manual_seed(1);
+  auto cfg = small_config();
+  cfg.norm = norm;
+  LanguageModel m(cfg);
+  m->eval();
+  auto a = torch::randint(0, 50, {2, 24}, torch::kInt64);
+  for (int64_t t : {0, 5, 23}) {
+    auto b = a.clone();
+    b.index_put_({torch::indexing::Slice(), t}, (a.index({torch::indexing::Slice(), t}) + 1) % 50);
+    auto la = m->forward(a), lb = m->forward(b);
+    auto diff = (la - lb).abs().amax({0, 2});  // [L]
+    for (int64_t i = 0; i < 24; ++i) {
+      if (i < t) EXPECT_EQ(diff[i].item<float>(), 0.0f) << "position " << i << " saw token " << t;
+    }
+    EXPECT_GT(diff[t].item<float>(), 0.0f);
+  }
+}
+
+TEST(LanguageModel, CausalLayerNorm) { check_causal("layernorm"); }
+TEST(LanguageModel, CausalRmsNorm) { check_causal("rmsnorm"); }
+
+TEST(LanguageModel, BidirectionalSeesTheFuture) {
+  torch::manual_seed(2);
+  auto cfg = small_config();
+  cfg.causal = false;
+  LanguageModel m(cfg);
+  m->eval();
+  auto a = torch::randint(0, 50, {1, 10}, torch::kInt64);
+  auto b = a.clone();
+  b.index_put_({0, 9}, (a.index({0, 9}) + 1) % 50);
+  EXPECT_GT((m->forward(a) - m->forward(b)).index({0, 0}).abs().max().item<float>(), 0.0f);
+}
+
+TEST(LanguageModel, SequenceLongerThanPositionTableIsAnError) {
+  LanguageModel m(small_config());
+  auto tokens = torch::zeros({1, 65}, torch::kInt64);
+  try {
+    m->forward(tokens);
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("exceeds the position table"), std::string::npos);
+  }
+}
+
+TEST(MixerRegistry, UnknownNameListsKnownOnes) {
+  try {
+    MixerRegistry::instance().get("no-such-mixer");
+    FAIL() << "expected an error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("known mixers:"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("full"), std::string::npos);
+  }
+}
+
+TEST(MixerRegistry, DuplicateNameRejected) {
+  MixerEntry e = MixerRegistry::instance().get("full");
+  EXPECT_THROW(MixerRegistry::instance().add("full", e), std::logic_error);
+}
+
+}  // namespace
+}  // namespace longtrain

@@ -1,0 +1,150 @@
+// Recipe parsing and validation; see config.h.
+#include "trainer/config.h"
+
+#include <filesystem>
+#include <initializer_list>
+
+#include "model/mixer.h"
+#include "trainer/recipe_section.h"
+
+namespace longtrain {
+namespace {
+
+void choice(Section& s, const std::string& key, const std::string& value,
+            std::initializer_list<const char*> valid) {
+  std::string list;
+  for (const char* v : valid) {
+    if (value == v) return;
+    list += (list.empty() ? "" : ", ") + std::string(v);
+  }
+  s.fail(key, "'" + value + "' is not one of: " + list);
+}
+
+void parse_run(Section s, RunConfig& c) {
+  s.get("dir", c.dir).get("seed", c.seed);
+  s.check(!c.dir.empty(), "dir", "must not be empty");
+  s.finish();
+}
+
+void parse_model(Section s, ModelConfig& c) {
+  s.get("vocab_size", c.vocab_size).get("d_model", c.d_model).get("n_layers", c.n_layers);
+  s.get("n_heads", c.n_heads).get("mlp_ratio", c.mlp_ratio).get("max_positions", c.max_positions);
+  s.get("positions", c.positions).get("norm", c.norm).get("tie_embeddings", c.tie_embeddings);
+  s.get("dropout", c.dropout).get("init_std", c.init_std).get("causal", c.causal);
+  s.check(c.vocab_size >= 0, "vocab_size", "must be >= 0 (0 takes the tokenizer's)");
+  s.check(c.d_model > 0, "d_model", "must be > 0");
+  s.check(c.n_layers > 0, "n_layers", "must be > 0");
+  s.check(c.n_heads > 0, "n_heads", "must be > 0");
+  s.check(c.d_model % c.n_heads == 0, "n_heads",
+          "d_model " + std::to_string(c.d_model) + " is not divisible by n_heads " +
+              std::to_string(c.n_heads));
+  s.check(c.mlp_ratio > 0, "mlp_ratio", "must be > 0");
+  s.check(c.max_positions > 0, "max_positions", "must be > 0");
+  choice(s, "positions", c.positions, {"learned", "none"});
+  choice(s, "norm", c.norm, {"layernorm", "rmsnorm"});
+  s.check(c.dropout >= 0 && c.dropout < 1, "dropout", "must be in [0, 1)");
+  s.check(c.init_std > 0, "init_std", "must be > 0");
+  Section mixer = s.sub("mixer");
+  c.mixer = parse_mixer(mixer);
+  s.finish();
+}
+
+void parse_data(Section s, DataConfig& c) {
+  s.get("source", c.source).get("paths", c.paths).get("tokenizer", c.tokenizer);
+  s.get("val_fraction", c.val_fraction);
+  choice(s, "source", c.source, {"synthetic", "text"});
+  choice(s, "tokenizer", c.tokenizer, {"bytes"});
+  s.check(c.source != "text" || !c.paths.empty(), "paths", "source 'text' needs at least one path");
+  s.check(c.val_fraction > 0 && c.val_fraction < 1, "val_fraction", "must be in (0, 1)");
+  Section syn = s.sub("synthetic");
+  SyntheticConfig& y = c.synthetic;
+  syn.get("train_docs", y.train_docs).get("val_docs", y.val_docs).get("facts", y.facts);
+  syn.get("recalls", y.recalls).get("filler", y.filler).get("seed", y.seed);
+  syn.check(y.train_docs > 0, "train_docs", "must be > 0");
+  syn.check(y.val_docs > 0, "val_docs", "must be > 0");
+  syn.check(y.facts >= 1 && y.facts <= 1000, "facts", "must be in [1, 1000]");
+  syn.check(y.recalls >= 1, "recalls", "must be >= 1");
+  syn.check(y.filler >= 1, "filler", "must be >= 1");
+  syn.finish();
+  s.finish();
+}
+
+void parse_train(Section s, TrainConfig& c, const ModelConfig& m) {
+  s.get("steps", c.steps).get("batch_size", c.batch_size).get("seq_len", c.seq_len);
+  s.get("grad_accum", c.grad_accum).get("lr", c.lr).get("min_lr", c.min_lr).get("warmup", c.warmup);
+  s.get("schedule", c.schedule).get("weight_decay", c.weight_decay);
+  s.get("decay_embeddings", c.decay_embeddings).get("beta1", c.beta1).get("beta2", c.beta2);
+  s.get("eps", c.eps).get("grad_clip", c.grad_clip).get("device", c.device).get("dtype", c.dtype);
+  s.get("on_nonfinite", c.on_nonfinite).get("log_every", c.log_every);
+  s.get("eval_every", c.eval_every).get("eval_docs", c.eval_docs).get("threads", c.threads);
+  s.check(c.steps > 0, "steps", "must be > 0");
+  s.check(c.batch_size > 0, "batch_size", "must be > 0");
+  s.check(c.seq_len > 1, "seq_len", "must be > 1");
+  s.check(m.positions != "learned" || c.seq_len <= m.max_positions, "seq_len",
+          std::to_string(c.seq_len) + " exceeds model.max_positions = " +
+              std::to_string(m.max_positions) + " (the learned position table)");
+  s.check(c.grad_accum >= 1, "grad_accum", "must be >= 1");
+  s.check(c.lr > 0, "lr", "must be > 0");
+  s.check(c.min_lr >= 0 && c.min_lr <= c.lr, "min_lr", "must be in [0, lr]");
+  s.check(c.warmup >= 0, "warmup", "must be >= 0");
+  choice(s, "schedule", c.schedule, {"cosine", "constant"});
+  s.check(c.weight_decay >= 0, "weight_decay", "must be >= 0");
+  s.check(c.beta1 >= 0 && c.beta1 < 1, "beta1", "must be in [0, 1)");
+  s.check(c.beta2 >= 0 && c.beta2 < 1, "beta2", "must be in [0, 1)");
+  s.check(c.eps > 0, "eps", "must be > 0");
+  s.check(c.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)");
+  choice(s, "device", c.device, {"auto", "cpu", "cuda"});
+  choice(s, "dtype", c.dtype, {"auto", "fp32", "bf16"});
+  choice(s, "on_nonfinite", c.on_nonfinite, {"stop", "skip"});
+  s.check(c.log_every >= 1, "log_every", "must be >= 1");
+  s.check(c.eval_every >= 0, "eval_every", "must be >= 0");
+  s.check(c.eval_docs >= 1, "eval_docs", "must be >= 1");
+  s.check(c.threads >= 0, "threads", "must be >= 0");
+  s.finish();
+}
+
+void parse_checkpoint(Section s, CheckpointConfig& c) {
+  s.get("every", c.every).get("keep_last", c.keep_last);
+  s.check(c.every >= 0, "every", "must be >= 0");
+  s.check(c.keep_last >= 1, "keep_last", "must be >= 1");
+  s.finish();
+}
+
+}  // namespace
+
+Recipe parse_recipe(YAML::Node root, const std::string& file) {
+  Recipe r;
+  r.file = file;
+  r.resolved = YAML::Node(YAML::NodeType::Map);
+  Section top(root, "", file, r.resolved);
+  parse_run(top.sub("run"), r.run);
+  parse_model(top.sub("model"), r.model);
+  parse_data(top.sub("data"), r.data);
+  parse_train(top.sub("train"), r.train, r.model);
+  parse_checkpoint(top.sub("checkpoint"), r.checkpoint);
+  top.finish();
+  return r;
+}
+
+Recipe load_recipe(const std::string& file, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  if (!file.empty()) {
+    if (!std::filesystem::exists(file)) throw RecipeError(file + ": no such recipe file");
+    try {
+      root = YAML::LoadFile(file);
+    } catch (const YAML::ParserException& e) {
+      throw RecipeError(file + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
+    }
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  for (const auto& o : overrides) apply_override(root, o);
+  return parse_recipe(root, file.empty() ? "<defaults>" : file);
+}
+
+std::string recipe_to_string(const Recipe& r) {
+  YAML::Emitter out;
+  out << r.resolved;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace longtrain

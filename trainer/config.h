@@ -1,0 +1,87 @@
+// The recipe: typed configuration whose defaults live here, overridden by a
+// YAML file, overridden in turn by `--set key.path=value`.
+//
+// load_recipe() validates everything at start-up (unknown keys, wrong types,
+// impossible values: file:line, the key, the valid keys) and keeps the resolved
+// recipe — every value the run will use — as YAML for printing and saving.
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace longtrain {
+
+struct RunConfig {
+  std::string dir = "runs/default";  // run directory: metrics, checkpoints, recipe
+  int64_t seed = 1234;
+};
+
+struct SyntheticConfig {
+  int64_t train_docs = 20000;
+  int64_t val_docs = 200;
+  int64_t facts = 6;          // key=value facts defined at the top of each document
+  int64_t recalls = 12;       // later questions about those facts
+  int64_t filler = 6;         // filler sentences between recalls (local structure)
+  int64_t seed = 7;
+};
+
+struct DataConfig {
+  std::string source = "synthetic";  // synthetic | text
+  std::vector<std::string> paths;    // text: files or directories (recursively)
+  std::string tokenizer = "bytes";   // bytes (SentencePiece comes with the data pipeline)
+  double val_fraction = 0.05;        // text: share of documents held out
+  SyntheticConfig synthetic;
+};
+
+struct TrainConfig {
+  int64_t steps = 300;
+  int64_t batch_size = 16;   // sequences per micro-batch
+  int64_t seq_len = 256;
+  int64_t grad_accum = 1;    // micro-batches per optimizer step
+  double lr = 1e-3;
+  double min_lr = 1e-4;
+  int64_t warmup = 30;
+  std::string schedule = "cosine";  // cosine | constant
+  double weight_decay = 0.1;
+  bool decay_embeddings = false;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;  // 0 disables clipping (the norm is still logged)
+  std::string device = "auto";  // auto | cpu | cuda
+  std::string dtype = "auto";   // auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+  std::string on_nonfinite = "stop";  // stop | skip
+  int64_t log_every = 10;
+  int64_t eval_every = 100;  // 0: only before and after training
+  int64_t eval_docs = 64;    // validation documents (or windows) per evaluation
+  int64_t threads = 0;       // CPU intra-op threads; 0: all cores
+};
+
+struct CheckpointConfig {
+  int64_t every = 100;  // steps; 0: only at the end and on signals
+  int64_t keep_last = 3;
+};
+
+struct Recipe {
+  RunConfig run;
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  CheckpointConfig checkpoint;
+  YAML::Node resolved;  // every value in force, defaults filled in
+  std::string file;     // where it came from
+};
+
+// Reads `file` (may be empty: all defaults), applies `overrides`, validates.
+Recipe load_recipe(const std::string& file, const std::vector<std::string>& overrides = {});
+// Validates an already-parsed tree (used for checkpoints and tests).
+Recipe parse_recipe(YAML::Node root, const std::string& file);
+std::string recipe_to_string(const Recipe& r);
+
+}  // namespace longtrain

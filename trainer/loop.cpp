@@ -1,0 +1,241 @@
+// See loop.h.
+#include "trainer/loop.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "data/sampler.h"
+#include "trainer/checkpoint.h"
+#include "trainer/device.h"
+#include "trainer/metrics.h"
+#include "trainer/schedule.h"
+#include "trainer/signals.h"
+
+namespace longtrain {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+bool decays(const std::string& name, const torch::Tensor& p, bool decay_embeddings) {
+  if (p.dim() < 2) return false;  // biases and norm gains
+  const bool embedding = name.find("_emb.") != std::string::npos;
+  return !embedding || decay_embeddings;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::unique_ptr<torch::optim::AdamW> make_optimizer(LanguageModel& model, const TrainConfig& c) {
+  std::vector<torch::Tensor> decay, no_decay;
+  for (const auto& item : model->named_parameters()) {
+    (decays(item.key(), item.value(), c.decay_embeddings) ? decay : no_decay).push_back(item.value());
+  }
+  auto opts = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(c.lr).betas({c.beta1, c.beta2}).eps(c.eps).weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  if (!decay.empty()) groups.emplace_back(decay, opts(c.weight_decay));
+  if (!no_decay.empty()) groups.emplace_back(no_decay, opts(0.0));
+  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(c.lr));
+}
+
+json eval_record(int64_t step, const EvalResult& r) {
+  json j = {{"eval", true}, {"step", step}, {"val_loss", r.loss}, {"val_bpb", r.bits_per_byte},
+            {"val_ppl", r.perplexity}, {"val_tokens", r.tokens}};
+  if (r.long_range_count) {
+    j["long_range_accuracy"] = r.long_range_accuracy;
+    j["long_range_bits"] = r.long_range_bits;
+    j["long_range_count"] = r.long_range_count;
+  }
+  return j;
+}
+
+void print_eval(const char* label, int64_t step, const EvalResult& r) {
+  std::cout << label << " (step " << step << "): val loss " << r.loss << ", " << r.bits_per_byte
+            << " bits/byte";
+  if (r.long_range_count) {
+    std::cout << ", long-range accuracy " << 100.0 * r.long_range_accuracy << "% (" << r.long_range_bits
+              << " bits; chance " << 100.0 * kLongRangeChanceAccuracy << "%, " << kLongRangeChanceBits
+              << " bits)";
+  }
+  std::cout << std::endl;
+}
+
+}  // namespace
+
+TrainResult train(Recipe recipe, const TrainOptions& options) {
+  const TrainConfig& tc = recipe.train;
+  if (tc.threads > 0) torch::set_num_threads(static_cast<int>(tc.threads));
+  const torch::Device device = choose_device(tc.device);
+  const bool bf16 = use_bf16(tc.dtype, device);
+
+  auto tokenizer = make_tokenizer(recipe.data.tokenizer);
+  if (recipe.model.vocab_size == 0) {
+    recipe.model.vocab_size = tokenizer->vocab_size();
+    recipe.resolved["model"]["vocab_size"] = recipe.model.vocab_size;
+  }
+  if (recipe.model.vocab_size < tokenizer->vocab_size()) {
+    throw std::runtime_error("model.vocab_size " + std::to_string(recipe.model.vocab_size) +
+                             " is smaller than the tokenizer's " + std::to_string(tokenizer->vocab_size()));
+  }
+  const Corpus corpus = build_corpus(recipe.data, *tokenizer);
+  const WindowSampler sampler(corpus.train, tc.seq_len, static_cast<uint64_t>(recipe.run.seed));
+
+  TrainResult result;
+  result.run_dir = recipe.run.dir;
+  fs::create_directories(recipe.run.dir);
+  std::string resume_from;
+  if (options.resume == "auto") {
+    resume_from = find_latest_checkpoint(recipe.run.dir, [](const std::string& w) {
+      std::cerr << "warning: " << w << std::endl;
+    });
+    if (resume_from.empty()) std::cout << "resume auto: no checkpoint in " << recipe.run.dir << ", starting fresh\n";
+  } else if (!options.resume.empty()) {
+    resume_from = options.resume;
+  }
+
+  torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
+  LanguageModel model(recipe.model);
+  model->to(device);
+  auto optimizer = make_optimizer(model, tc);
+  TrainState state;
+  state.sampler_seed = static_cast<uint64_t>(recipe.run.seed);
+  if (!resume_from.empty()) {
+    state = load_checkpoint(resume_from, *model, optimizer.get(), device);
+    std::cout << "resumed from " << resume_from << " at step " << state.step << std::endl;
+  }
+
+  if (options.print_recipe) std::cout << "# resolved recipe\n" << recipe_to_string(recipe);
+  {
+    std::ofstream out(fs::path(recipe.run.dir) / "recipe.yaml");
+    out << recipe_to_string(recipe);
+  }
+  std::cout << "data: " << corpus.description << "\n"
+            << "model: " << model->num_parameters() << " parameters, mixer '" << recipe.model.mixer.type
+            << "', device " << device << (bf16 ? " (bf16 autocast)" : " (fp32)") << std::endl;
+
+  MetricsWriter metrics((fs::path(recipe.run.dir) / "metrics.jsonl").string(), !resume_from.empty());
+  EvalOptions eo;
+  eo.seq_len = tc.seq_len;
+  eo.max_windows = tc.eval_docs;
+  eo.batch_size = tc.batch_size;
+  eo.device = device;
+  eo.bf16 = bf16;
+  if (state.step == 0) {
+    result.before = evaluate(model, corpus.val, *tokenizer, eo);
+    result.has_before = true;
+    metrics.write(eval_record(0, result.before));
+    print_eval("eval before training", 0, result.before);
+  }
+
+  install_stop_handlers();
+  model->train();
+  std::vector<torch::Tensor> params = model->parameters();
+  Progress progress(tc.steps, state.step);
+  const auto t_start = Clock::now();
+  const double elapsed_before = state.elapsed_s;
+  const int64_t first_step = state.step;
+  auto t_log = Clock::now();
+  int64_t tokens_at_log = state.tokens;
+  reset_peak_memory(device);
+
+  while (state.step < tc.steps) {
+    const double lr = lr_at(tc, state.step);
+    for (auto& group : optimizer->param_groups()) {
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+    }
+    optimizer->zero_grad();
+    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      auto batch = sampler.batch(state.step, micro, tc.batch_size).to(device);
+      auto inputs = batch.slice(1, 0, tc.seq_len);      // [B, L]
+      auto targets = batch.slice(1, 1, tc.seq_len + 1);  // [B, L]
+      torch::Tensor logits;
+      {
+        AutocastGuard autocast(device, bf16);
+        logits = model->forward(inputs);  // [B, L, V]
+      }
+      auto loss = torch::nn::functional::cross_entropy(
+          logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape(-1));
+      (loss / static_cast<double>(tc.grad_accum)).backward();
+      loss_sum = loss_sum + loss.detach();
+    }
+    const double loss_v = loss_sum.item<double>() / static_cast<double>(tc.grad_accum);
+    const double max_norm = tc.grad_clip > 0 ? tc.grad_clip : std::numeric_limits<double>::infinity();
+    const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
+    if (!std::isfinite(loss_v) || !std::isfinite(grad_norm)) {
+      if (tc.on_nonfinite == "stop") {
+        progress.newline();
+        throw NonFiniteError("non-finite " + std::string(std::isfinite(loss_v) ? "gradients" : "loss") +
+                             " at step " + std::to_string(state.step + 1) + " (loss " + std::to_string(loss_v) +
+                             ", grad norm " + std::to_string(grad_norm) +
+                             "); lower train.lr, or set train.on_nonfinite: skip to drop such steps");
+      }
+      optimizer->zero_grad();
+      state.skipped_steps += 1;
+    } else {
+      optimizer->step();
+    }
+    state.step += 1;
+    state.tokens += tc.batch_size * tc.seq_len * tc.grad_accum;
+    state.elapsed_s = elapsed_before + seconds_since(t_start);
+
+    if (state.step % tc.log_every == 0 || state.step == tc.steps) {
+      const double dt = seconds_since(t_log);
+      const double tps = dt > 0 ? static_cast<double>(state.tokens - tokens_at_log) / dt : 0.0;
+      t_log = Clock::now();
+      tokens_at_log = state.tokens;
+      metrics.write({{"step", state.step}, {"loss", loss_v}, {"lr", lr}, {"grad_norm", grad_norm},
+                     {"tokens_per_s", tps}, {"tokens", state.tokens}, {"elapsed_s", state.elapsed_s},
+                     {"memory_bytes", peak_memory_bytes(device)}, {"skipped_steps", state.skipped_steps},
+                     {"seq_len", tc.seq_len}});
+      progress.update(state.step, loss_v, lr, tps, state.elapsed_s - elapsed_before);
+    }
+    const bool last = state.step == tc.steps;
+    if (!last && tc.eval_every > 0 && state.step % tc.eval_every == 0) {
+      progress.newline();
+      const EvalResult r = evaluate(model, corpus.val, *tokenizer, eo);
+      metrics.write(eval_record(state.step, r));
+      print_eval("eval", state.step, r);
+    }
+    const bool stop_after = options.stop_after > 0 && state.step - first_step >= options.stop_after;
+    if (!last && (stop_requested() || stop_after)) {
+      progress.newline();
+      result.checkpoint = save_checkpoint(recipe.run.dir, recipe.resolved, *model, *optimizer, state,
+                                          recipe.checkpoint.keep_last);
+      std::cout << "stopped " << (stop_after ? "by --stop-after" : "by signal " + std::to_string(stop_signal()))
+                << " after step " << state.step << "; checkpoint " << result.checkpoint
+                << " (continue with --resume auto)" << std::endl;
+      result.interrupted = true;
+      break;
+    }
+    if (!last && recipe.checkpoint.every > 0 && state.step % recipe.checkpoint.every == 0) {
+      result.checkpoint = save_checkpoint(recipe.run.dir, recipe.resolved, *model, *optimizer, state,
+                                          recipe.checkpoint.keep_last);
+    }
+  }
+  progress.newline();
+  result.step = state.step;
+  result.skipped_steps = state.skipped_steps;
+  if (!result.interrupted) {
+    result.checkpoint = save_checkpoint(recipe.run.dir, recipe.resolved, *model, *optimizer, state,
+                                        recipe.checkpoint.keep_last);
+    result.after = evaluate(model, corpus.val, *tokenizer, eo);
+    metrics.write(eval_record(state.step, result.after));
+    print_eval("eval after training", state.step, result.after);
+    std::cout << "checkpoint: " << result.checkpoint << std::endl;
+  }
+  return result;
+}
+
+}  // namespace longtrain

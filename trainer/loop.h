@@ -1,0 +1,43 @@
+// The training loop: builds data, model and optimizer from a recipe, trains
+// with AdamW (decoupled weight decay; none on norms, biases and embeddings
+// unless asked), warmup + cosine/constant LR, gradient accumulation and
+// clipping, bf16 autocast on CUDA, periodic evaluation and checkpoints, resume,
+// and a clean stop on SIGINT/SIGTERM.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include "trainer/config.h"
+#include "trainer/evaluate.h"
+
+namespace longtrain {
+
+// Loss or gradients went NaN/Inf and the recipe says to stop.
+struct NonFiniteError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct TrainOptions {
+  std::string resume;  // "": fresh run; "auto": newest good checkpoint of the run; else a checkpoint dir
+  bool print_recipe = true;
+  // Stop after this many steps of this invocation, writing a checkpoint, as a
+  // signal would (for time-sliced jobs); 0: run to train.steps.
+  int64_t stop_after = 0;
+};
+
+struct TrainResult {
+  int64_t step = 0;
+  bool interrupted = false;   // stopped early by a signal or stop_after (a checkpoint was written)
+  bool has_before = false;    // evaluated before the first step (fresh runs)
+  EvalResult before, after;
+  std::string run_dir, checkpoint;
+  int64_t skipped_steps = 0;
+};
+
+TrainResult train(Recipe recipe, const TrainOptions& options);
+
+// The parameter-group rule: which parameters get weight decay.
+bool decays(const std::string& name, const torch::Tensor& p, bool decay_embeddings);
+
+}  // namespace longtrain
