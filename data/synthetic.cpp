@@ -51,7 +51,8 @@ SyntheticDoc synthetic_document(const SyntheticSpec& spec, uint64_t seed, int64_
   for (size_t i = 0; i < keys.size(); ++i) doc.text += " " + keys[i] + values[i];
   doc.text += "\n";
   for (int64_t q = 0; q < spec.recalls; ++q) {
-    const int64_t n_filler = 1 + static_cast<int64_t>(rng.below(static_cast<uint64_t>(spec.filler)));
+    const int64_t n_filler =
+        spec.filler == 0 ? 0 : 1 + static_cast<int64_t>(rng.below(static_cast<uint64_t>(spec.filler)));
     for (int64_t f = 0; f < n_filler; ++f) doc.text += filler_sentence(rng);
     const size_t which = rng.below(keys.size());
     doc.text += "ask " + keys[which];

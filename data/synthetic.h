@@ -25,7 +25,7 @@ struct SyntheticDoc {
 struct SyntheticSpec {
   int64_t facts = 6;
   int64_t recalls = 12;
-  int64_t filler = 6;  // at most this many filler sentences between questions
+  int64_t filler = 6;  // at most this many filler sentences between questions (0: none)
 };
 
 // Document `index` of the corpus with seed `seed`: the same on every machine.

@@ -24,7 +24,9 @@ struct ModelConfig {
   int64_t n_heads = 4;
   double mlp_ratio = 4.0;
   int64_t max_positions = 1024;  // size of the learned position table
-  std::string positions = "learned";  // learned | none
+  std::string positions = "learned";  // learned (a table of max_positions) | rope | none
+  double rope_base = 10000.0;
+  double rope_scale = 1.0;            // > 1: position interpolation
   std::string norm = "layernorm";     // layernorm | rmsnorm
   bool tie_embeddings = true;
   double dropout = 0.0;

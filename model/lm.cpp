@@ -33,6 +33,7 @@ BlockImpl::BlockImpl(const ModelConfig& cfg, int64_t layer) : dropout_(cfg.dropo
   dims.causal = cfg.causal;
   dims.dropout = cfg.dropout;
   dims.init_std = cfg.init_std;
+  dims.rope = {cfg.positions == "rope", cfg.rope_base, cfg.rope_scale};
   mixer_ = register_module("mixer", build_mixer(cfg.mixer, dims));
   const auto hidden = static_cast<int64_t>(std::llround(cfg.mlp_ratio * cfg.d_model));
   fc_ = register_module("fc", torch::nn::Linear(cfg.d_model, hidden));

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/rope.h"
 
 namespace longtrain {
 
@@ -31,6 +32,7 @@ struct MixerDims {
   bool causal = true;
   double dropout = 0.0;
   double init_std = 0.02;
+  RopeSpec rope;  // rotary positions, applied to q and k by attention mixers
 };
 
 // Per-call context: things that vary by batch rather than by layer.

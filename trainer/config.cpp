@@ -31,6 +31,7 @@ void parse_model(Section s, ModelConfig& c) {
   s.get("n_heads", c.n_heads).get("mlp_ratio", c.mlp_ratio).get("max_positions", c.max_positions);
   s.get("positions", c.positions).get("norm", c.norm).get("tie_embeddings", c.tie_embeddings);
   s.get("dropout", c.dropout).get("init_std", c.init_std).get("causal", c.causal);
+  s.get("rope_base", c.rope_base).get("rope_scale", c.rope_scale);
   s.check(c.vocab_size >= 0, "vocab_size", "must be >= 0 (0 takes the tokenizer's)");
   s.check(c.d_model > 0, "d_model", "must be > 0");
   s.check(c.n_layers > 0, "n_layers", "must be > 0");
@@ -40,7 +41,11 @@ void parse_model(Section s, ModelConfig& c) {
               std::to_string(c.n_heads));
   s.check(c.mlp_ratio > 0, "mlp_ratio", "must be > 0");
   s.check(c.max_positions > 0, "max_positions", "must be > 0");
-  choice(s, "positions", c.positions, {"learned", "none"});
+  choice(s, "positions", c.positions, {"learned", "rope", "none"});
+  s.check(c.rope_base > 1, "rope_base", "must be > 1");
+  s.check(c.rope_scale >= 1, "rope_scale", "must be >= 1 (position interpolation stretches, never shrinks)");
+  s.check(c.positions != "rope" || (c.d_model / c.n_heads) % 2 == 0, "positions",
+          "rope needs an even head dimension (d_model / n_heads)");
   choice(s, "norm", c.norm, {"layernorm", "rmsnorm"});
   s.check(c.dropout >= 0 && c.dropout < 1, "dropout", "must be in [0, 1)");
   s.check(c.init_std > 0, "init_std", "must be > 0");
@@ -51,8 +56,9 @@ void parse_model(Section s, ModelConfig& c) {
 
 void parse_data(Section s, DataConfig& c) {
   s.get("source", c.source).get("paths", c.paths).get("tokenizer", c.tokenizer);
-  s.get("val_fraction", c.val_fraction);
+  s.get("val_fraction", c.val_fraction).get("window_start", c.window_start);
   choice(s, "source", c.source, {"synthetic", "text"});
+  choice(s, "window_start", c.window_start, {"random", "document"});
   choice(s, "tokenizer", c.tokenizer, {"bytes"});
   s.check(c.source != "text" || !c.paths.empty(), "paths", "source 'text' needs at least one path");
   s.check(c.val_fraction > 0 && c.val_fraction < 1, "val_fraction", "must be in (0, 1)");
@@ -64,7 +70,7 @@ void parse_data(Section s, DataConfig& c) {
   syn.check(y.val_docs > 0, "val_docs", "must be > 0");
   syn.check(y.facts >= 1 && y.facts <= 1000, "facts", "must be in [1, 1000]");
   syn.check(y.recalls >= 1, "recalls", "must be >= 1");
-  syn.check(y.filler >= 1, "filler", "must be >= 1");
+  syn.check(y.filler >= 0, "filler", "must be >= 0");
   syn.finish();
   s.finish();
 }

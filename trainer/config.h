@@ -36,6 +36,7 @@ struct DataConfig {
   std::vector<std::string> paths;    // text: files or directories (recursively)
   std::string tokenizer = "bytes";   // bytes (SentencePiece comes with the data pipeline)
   double val_fraction = 0.05;        // text: share of documents held out
+  std::string window_start = "random";  // random | document (see data/sampler.h)
   SyntheticConfig synthetic;
 };
 

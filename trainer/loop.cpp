@@ -89,7 +89,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
                              " is smaller than the tokenizer's " + std::to_string(tokenizer->vocab_size()));
   }
   const Corpus corpus = build_corpus(recipe.data, *tokenizer);
-  const WindowSampler sampler(corpus.train, tc.seq_len, static_cast<uint64_t>(recipe.run.seed));
+  const WindowSampler sampler(corpus.train, tc.seq_len, static_cast<uint64_t>(recipe.run.seed), 0,
+                              parse_window_start(recipe.data.window_start));
 
   TrainResult result;
   result.run_dir = recipe.run.dir;

@@ -131,6 +131,21 @@ TEST(Sampler, PureFunctionOfSeedStepMicroRank) {
   EXPECT_TRUE(found);
 }
 
+TEST(Sampler, DocumentModeStartsAtDocumentStarts) {
+  DataConfig cfg;
+  cfg.synthetic.train_docs = 50;
+  ByteTokenizer tok;
+  Corpus c = build_corpus(cfg, tok);
+  WindowSampler s(c.train, 40, 3, 0, parse_window_start("document"));
+  auto x = s.batch(0, 0, 16);
+  for (int64_t r = 0; r < 16; ++r) {
+    std::string head;
+    for (int64_t i = 0; i < 6; ++i) head.push_back(static_cast<char>(x[r][i].item<int64_t>()));
+    EXPECT_EQ(head, "facts:") << "row " << r;
+  }
+  EXPECT_THROW(parse_window_start("middle"), std::invalid_argument);
+}
+
 TEST(Sampler, TooShortStreamIsAnError) {
   TokenStream s;
   s.tokens = {1, 2, 3};
