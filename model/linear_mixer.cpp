@@ -1,0 +1,201 @@
+// `linear`: linear attention as a mixer (math and shapes in linear_attention.h).
+//
+// x [B, L, D] -> fused qkv projection -> q, k, v [B, H, L, Dh] -> φ(q), φ(k)
+// -> linear_attention_chunked -> [B, L, D] -> output projection.
+//
+// Options (recipe section model.mixer):
+//   feature_map: elu+1 | relu | favor | cosformer   (default elu+1)
+//   chunk: 64            causal scan chunk C
+//   eps: 1e-6            denominator guard
+//   normalize: true      false keeps the numerator only
+//   decay: none | fixed | learned   per-head γ_h (RetNet / Lightning Attention)
+//   decay_init: retnet | <number>   retnet: γ_h = 1 − 2^(−5−h) (RetNet, Sun et
+//                        al. 2023), memories 1/(1−γ) of 32, 64, 128, … tokens
+//                        doubling per head, so short- and long-range heads
+//                        coexist; a number sets every head to that γ.
+//   favor_features: m    FAVOR+ random features (default: head dim)
+//   redraw_interval: 0   redraw the FAVOR+ projection every this many training
+//                        forward calls (0: never)
+//   seed: 0              FAVOR+ seed; layer l draws from seed + l
+//
+// Limits: RoPE (dims.rope) is ignored, see linear_attention.h; no attention
+// dropout (there is no attention matrix to drop from). Causal cosformer uses
+// the horizon M = max_positions, so the weight of a pair depends only on its
+// positions and not on the batch's length (which the recurrent form needs);
+// bidirectional cosformer uses M = L as in the paper.
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "model/linear_attention.h"
+#include "model/mixer.h"
+#include "trainer/recipe_section.h"
+
+namespace longtrain {
+namespace {
+
+struct LinearOptions : MixerOptions {
+  std::string feature_map = "elu+1";
+  int64_t chunk = 64;
+  double eps = 1e-6;
+  bool normalize = true;
+  std::string decay = "none";
+  std::string decay_init = "retnet";
+  int64_t favor_features = 0;  // 0: head dim
+  int64_t redraw_interval = 0;
+  int64_t seed = 0;
+};
+
+// Per-head initial γ: [H] fp32.
+torch::Tensor initial_decay(const LinearOptions& o, int64_t H) {
+  if (o.decay_init == "retnet") {
+    return 1 - torch::pow(2.0, -5 - torch::arange(H, torch::kFloat64)).to(torch::kFloat32);
+  }
+  return torch::full({H}, std::stod(o.decay_init), torch::kFloat32);
+}
+
+std::shared_ptr<const MixerOptions> parse_linear(Section& s) {
+  auto o = std::make_shared<LinearOptions>();
+  s.get("feature_map", o->feature_map).get("chunk", o->chunk).get("eps", o->eps).get("normalize", o->normalize);
+  s.get("decay", o->decay).get("decay_init", o->decay_init).get("favor_features", o->favor_features);
+  s.get("redraw_interval", o->redraw_interval).get("seed", o->seed);
+  FeatureMap map = FeatureMap::kEluPlusOne;
+  try {
+    map = parse_feature_map(o->feature_map);
+  } catch (const std::invalid_argument& e) {
+    s.fail("feature_map", e.what());
+  }
+  s.check(o->chunk > 0, "chunk", "must be > 0 (tokens per chunk of the causal scan), got " + std::to_string(o->chunk));
+  s.check(o->eps > 0, "eps", "must be > 0 (it keeps the denominator away from 0)");
+  s.check(o->decay == "none" || o->decay == "fixed" || o->decay == "learned", "decay",
+          "'" + o->decay + "' is not one of: none, fixed, learned");
+  s.check(o->decay != "none" || !s.has("decay_init"), "decay_init", "is set but decay is none");
+  if (o->decay != "none" && o->decay_init != "retnet") {
+    double g = 0;
+    try {
+      size_t used = 0;
+      g = std::stod(o->decay_init, &used);
+      if (used != o->decay_init.size()) throw std::invalid_argument("trailing characters");
+    } catch (const std::exception&) {
+      s.fail("decay_init", "'" + o->decay_init + "' is neither 'retnet' nor a number");
+    }
+    // A learned γ is sigmoid(logit), which never reaches 1.
+    const bool learned = o->decay == "learned";
+    s.check(g > 0 && (learned ? g < 1 : g <= 1), "decay_init",
+            std::string("must lie in (0, 1") + (learned ? ")" : "]") + " for decay: " + o->decay + ", got " +
+                o->decay_init);
+  }
+  const bool favor = map == FeatureMap::kFavor;
+  s.check(favor || !s.has("favor_features"), "favor_features", "only applies to feature_map: favor");
+  s.check(favor || !s.has("redraw_interval"), "redraw_interval", "only applies to feature_map: favor");
+  s.check(favor || !s.has("seed"), "seed", "only applies to feature_map: favor");
+  s.check(o->favor_features >= 0, "favor_features", "must be >= 0 (0: the head dimension)");
+  s.check(o->redraw_interval >= 0, "redraw_interval", "must be >= 0 (0: never redraw)");
+  s.check(o->seed >= 0, "seed", "must be >= 0");
+  return o;
+}
+
+class LinearMixerImpl : public MixerImpl {
+ public:
+  LinearMixerImpl(const LinearOptions& o, const MixerDims& dims)
+      : dims_(dims), map_(parse_feature_map(o.feature_map)), opts_(o) {
+    TORCH_CHECK(dims.d_model % dims.n_heads == 0, "linear attention: d_model ", dims.d_model,
+                " is not divisible by n_heads ", dims.n_heads);
+    const int64_t H = dims.n_heads, Dh = dims.d_model / H;
+    qkv_ = register_module("qkv", torch::nn::Linear(dims.d_model, 3 * dims.d_model));
+    out_ = register_module("out", torch::nn::Linear(dims.d_model, dims.d_model));
+    if (map_ == FeatureMap::kFavor) {
+      // Buffers, so that a checkpoint restores the projection in force and
+      // where the redraw schedule stands.
+      favor_m_ = o.favor_features > 0 ? o.favor_features : Dh;
+      favor_proj_ = register_buffer("favor_proj", favor_projection(favor_m_, Dh, layer_seed(), 0));
+      favor_calls_ = register_buffer("favor_calls", torch::zeros({}, torch::kInt64));
+      favor_draws_ = register_buffer("favor_draws", torch::zeros({}, torch::kInt64));
+    }
+    if (o.decay == "fixed") {
+      decay_ = register_buffer("decay", initial_decay(o, H));
+    } else if (o.decay == "learned") {
+      // γ = sigmoid(logit_init + logit): the learned part is an offset that
+      // starts at 0 because LanguageModel::init_weights re-initialises every
+      // parameter (1-D ones to zero); the initial γ lives in a buffer it leaves alone.
+      auto g = initial_decay(o, H).to(torch::kFloat64);
+      decay_logit_init_ = register_buffer("decay_logit_init", torch::log(g / (1 - g)).to(torch::kFloat32));
+      decay_logit_ = register_parameter("decay_logit", torch::zeros({H}));
+    }
+  }
+
+  torch::Tensor forward(const torch::Tensor& x, const MixerContext&) override {
+    TORCH_CHECK(x.dim() == 3 && x.size(2) == dims_.d_model, "linear attention: x must be [B, L, ", dims_.d_model,
+                "], got ", x.sizes());
+    const int64_t B = x.size(0), L = x.size(1), D = x.size(2), H = dims_.n_heads, Dh = D / H;
+    if (favor_proj_.defined() && is_training() && opts_.redraw_interval > 0) advance_redraw_schedule();
+    // [B, L, 3D] -> [3, B, H, L, Dh]
+    auto qkv = qkv_->forward(x).view({B, L, 3, H, Dh}).permute({2, 0, 3, 1, 4});
+    auto q = qkv[0], k = qkv[1];
+    if (map_ == FeatureMap::kFavor) {
+      // Dh^(-1/4) on each side: φ(q)·φ(k) then estimates exp(q·k / sqrt(Dh)),
+      // the softmax kernel at the usual temperature.
+      const double s = std::pow(static_cast<double>(Dh), -0.25);
+      q = q * s;
+      k = k * s;
+    }
+    FeatureMapSpec spec;
+    spec.map = map_;
+    spec.favor_proj = favor_proj_;
+    if (map_ == FeatureMap::kCosformer) {
+      TORCH_CHECK(!dims_.causal || L <= dims_.max_positions, "linear attention (cosformer, causal): sequence length ",
+                  L, " exceeds the horizon M = max_positions = ", dims_.max_positions);
+      spec.cosformer_horizon = dims_.causal ? dims_.max_positions : L;
+    }
+    LinearAttentionOptions la;
+    la.causal = dims_.causal;
+    la.chunk = opts_.chunk;
+    la.normalize = opts_.normalize;
+    la.eps = opts_.eps;
+    la.decay = decay();
+    auto y = linear_attention_chunked(apply_feature_map(q, spec), apply_feature_map(k, spec), qkv[2], la);
+    // [B, H, L, Dh] -> [B, L, D]
+    return out_->forward(y.transpose(1, 2).reshape({B, L, D}));
+  }
+
+  int64_t max_seq_len() const override {
+    return map_ == FeatureMap::kCosformer && dims_.causal ? dims_.max_positions : -1;
+  }
+
+  // [H] γ in force (undefined: no decay).
+  torch::Tensor decay() const {
+    if (decay_logit_.defined()) return torch::sigmoid(decay_logit_init_ + decay_logit_);
+    return decay_;
+  }
+
+ private:
+  uint64_t layer_seed() const { return static_cast<uint64_t>(opts_.seed) + static_cast<uint64_t>(dims_.layer); }
+
+  // Training forward n (0-based) uses draw floor(n / redraw_interval).
+  void advance_redraw_schedule() {
+    torch::NoGradGuard no_grad;
+    const int64_t calls = favor_calls_.item<int64_t>();
+    if (calls > 0 && calls % opts_.redraw_interval == 0) {
+      favor_draws_.add_(1);
+      const int64_t Dh = dims_.d_model / dims_.n_heads;
+      favor_proj_.copy_(favor_projection(favor_m_, Dh, layer_seed(), favor_draws_.item<int64_t>()));
+    }
+    favor_calls_.add_(1);
+  }
+
+  MixerDims dims_;
+  FeatureMap map_;
+  LinearOptions opts_;
+  int64_t favor_m_ = 0;
+  torch::nn::Linear qkv_{nullptr}, out_{nullptr};
+  torch::Tensor favor_proj_, favor_calls_, favor_draws_;
+  torch::Tensor decay_, decay_logit_init_, decay_logit_;
+};
+
+MixerRegistration reg("linear", {parse_linear, [](const MixerOptions& o, const MixerDims& dims) -> Mixer {
+                                   return std::make_shared<LinearMixerImpl>(static_cast<const LinearOptions&>(o),
+                                                                            dims);
+                                 }});
+
+}  // namespace
+}  // namespace longtrain
