@@ -4,17 +4,30 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace longtrain {
+
+// What a mixer's options are checked against once the whole recipe is known.
+struct MixerCheck {
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;
+  int64_t seq_len = 0;  // the training sequence length
+};
 
 // A mixer's own options, parsed by the factory registered under its name.
 struct MixerOptions {
   virtual ~MixerOptions() = default;
+  // Throws std::invalid_argument when the options cannot work with the model
+  // or sequence length (a window not shorter than the sequence, a per-layer
+  // list of the wrong length, ...).
+  virtual void check(const MixerCheck&) const {}
 };
 
 struct MixerSpec {
   std::string type = "full";
   std::shared_ptr<const MixerOptions> options;
+  std::string origin;  // "file:line: model.mixer", for messages
 };
 
 struct ModelConfig {
@@ -32,7 +45,12 @@ struct ModelConfig {
   double dropout = 0.0;
   double init_std = 0.02;
   bool causal = true;  // false: bidirectional encoder (classification/QA)
-  MixerSpec mixer;
+  MixerSpec mixer;     // every layer's mixer, unless a pattern says otherwise
+  // Hybrid stacks: one spec per layer (empty: all layers use `mixer`).
+  std::vector<MixerSpec> layer_mixers;
+  const MixerSpec& mixer_for(int64_t layer) const {
+    return layer_mixers.empty() ? mixer : layer_mixers.at(static_cast<size_t>(layer));
+  }
 };
 
 }  // namespace longtrain

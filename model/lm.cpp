@@ -34,7 +34,7 @@ BlockImpl::BlockImpl(const ModelConfig& cfg, int64_t layer) : dropout_(cfg.dropo
   dims.dropout = cfg.dropout;
   dims.init_std = cfg.init_std;
   dims.rope = {cfg.positions == "rope", cfg.rope_base, cfg.rope_scale};
-  mixer_ = register_module("mixer", build_mixer(cfg.mixer, dims));
+  mixer_ = register_module("mixer", build_mixer(cfg.mixer_for(layer), dims));
   const auto hidden = static_cast<int64_t>(std::llround(cfg.mlp_ratio * cfg.d_model));
   fc_ = register_module("fc", torch::nn::Linear(cfg.d_model, hidden));
   proj_ = register_module("proj", torch::nn::Linear(hidden, cfg.d_model));
@@ -90,12 +90,14 @@ int64_t LanguageModelImpl::num_parameters() const {
   return n;
 }
 
-torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, const MixerContext& ctx) {
+torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, const MixerContext& context) {
   TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, L], got ", tokens.sizes());
   const int64_t L = tokens.size(1);
   TORCH_CHECK(!pos_emb_ || L <= cfg_.max_positions, "sequence length ", L,
               " exceeds the position table (model.max_positions = ", cfg_.max_positions,
               "); raise max_positions or extend the table");
+  MixerContext ctx = context;
+  ctx.tokens = tokens;
   auto x = tok_emb_->forward(tokens);  // [B, L, D]
   if (pos_emb_) x = x + pos_emb_->forward(torch::arange(L, tokens.options()));
   if (is_training() && cfg_.dropout > 0) x = torch::dropout(x, cfg_.dropout, true);

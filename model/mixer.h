@@ -37,6 +37,7 @@ struct MixerDims {
 
 // Per-call context: things that vary by batch rather than by layer.
 struct MixerContext {
+  torch::Tensor tokens;       // [B, L] int64 token ids (set by the LM)
   torch::Tensor global_mask;  // [B, L] bool, tokens with global attention; may be undefined
 };
 

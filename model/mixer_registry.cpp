@@ -44,6 +44,7 @@ MixerSpec parse_mixer(Section& section) {
     section.fail("type", e.what());
   }
   spec.options = entry->parse(section);
+  spec.origin = section.origin();
   section.finish();
   return spec;
 }

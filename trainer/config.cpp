@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <initializer_list>
+#include <map>
 
 #include "model/mixer.h"
 #include "trainer/recipe_section.h"
@@ -24,6 +25,57 @@ void parse_run(Section s, RunConfig& c) {
   s.get("dir", c.dir).get("seed", c.seed);
   s.check(!c.dir.empty(), "dir", "must not be empty");
   s.finish();
+}
+
+// Hybrid stacks: `mixers` names mixer sections, `pattern` lists names (or
+// mixer types, with their default options), each optionally "xN" to repeat it;
+// the pattern is repeated to n_layers. E.g. pattern: [linear x7, full].
+void parse_hybrid(Section& s, ModelConfig& c) {
+  std::map<std::string, MixerSpec> named;
+  Section mixers = s.sub("mixers");
+  for (const auto& name : s.child_keys("mixers")) {
+    Section one = mixers.sub(name);
+    named[name] = parse_mixer(one);
+  }
+  mixers.finish();
+  std::vector<std::string> pattern;
+  s.get("pattern", pattern);
+  if (pattern.empty()) return;
+  std::vector<MixerSpec> unit;
+  for (const auto& entry : pattern) {
+    std::string name = entry;
+    int64_t repeat = 1;
+    const auto x = entry.rfind(" x");
+    if (x != std::string::npos) {
+      name = entry.substr(0, x);
+      try {
+        repeat = std::stoll(entry.substr(x + 2));
+      } catch (const std::exception&) {
+        s.fail("pattern", "'" + entry + "': expected NAME or NAME xN");
+      }
+      s.check(repeat >= 1, "pattern", "'" + entry + "': the repeat count must be >= 1");
+    }
+    MixerSpec spec;
+    if (named.count(name)) {
+      spec = named[name];
+    } else {
+      YAML::Node n(YAML::NodeType::Map);
+      n["type"] = name;
+      YAML::Node scratch(YAML::NodeType::Map);
+      Section defaults(n, s.path() + ".pattern", s.file(), scratch);
+      try {
+        spec = parse_mixer(defaults);
+      } catch (const RecipeError&) {
+        std::string known;
+        for (const auto& kv : named) known += kv.first + ", ";
+        for (const auto& t : MixerRegistry::instance().names()) known += t + ", ";
+        s.fail("pattern", "'" + name + "' is neither a name under model.mixers nor a mixer type (known: " +
+                              known.substr(0, known.size() - 2) + ")");
+      }
+    }
+    for (int64_t i = 0; i < repeat; ++i) unit.push_back(spec);
+  }
+  for (int64_t l = 0; l < c.n_layers; ++l) c.layer_mixers.push_back(unit[static_cast<size_t>(l) % unit.size()]);
 }
 
 void parse_model(Section s, ModelConfig& c) {
@@ -51,6 +103,7 @@ void parse_model(Section s, ModelConfig& c) {
   s.check(c.init_std > 0, "init_std", "must be > 0");
   Section mixer = s.sub("mixer");
   c.mixer = parse_mixer(mixer);
+  parse_hybrid(s, c);
   s.finish();
 }
 
@@ -129,6 +182,17 @@ Recipe parse_recipe(YAML::Node root, const std::string& file) {
   parse_train(top.sub("train"), r.train, r.model);
   parse_checkpoint(top.sub("checkpoint"), r.checkpoint);
   top.finish();
+  // Mixer options that depend on the model and the sequence length.
+  const MixerCheck check{r.model.n_layers, r.model.n_heads, r.train.seq_len};
+  std::vector<const MixerSpec*> specs{&r.model.mixer};
+  for (const auto& spec : r.model.layer_mixers) specs.push_back(&spec);
+  for (const MixerSpec* spec : specs) {
+    try {
+      spec->options->check(check);
+    } catch (const std::invalid_argument& e) {
+      throw RecipeError(spec->origin + ": " + e.what());
+    }
+  }
   return r;
 }
 

@@ -13,6 +13,7 @@ template <> const char* yaml_type_name<bool>() { return "true or false"; }
 template <> const char* yaml_type_name<std::string>() { return "a string"; }
 template <> const char* yaml_type_name<std::vector<int64_t>>() { return "a list of integers"; }
 template <> const char* yaml_type_name<std::vector<std::string>>() { return "a list of strings"; }
+template <> const char* yaml_type_name<YAML::Node>() { return "a value"; }
 
 Section::Section(YAML::Node node, std::string path, std::string file, YAML::Node out)
     : node_(node), path_(std::move(path)), file_(std::move(file)), out_(out) {
@@ -30,6 +31,15 @@ bool Section::has(const std::string& key) const {
   return node_ && node_.IsMap() && node_[key] && !node_[key].IsNull();
 }
 
+std::vector<std::string> Section::child_keys(const std::string& key) const {
+  std::vector<std::string> out;
+  if (!has(key)) return out;
+  YAML::Node n = node_[key];
+  if (!n.IsMap()) throw RecipeError(where(n) + full(key) + ": expected a mapping");
+  for (const auto& kv : n) out.push_back(kv.first.as<std::string>());
+  return out;
+}
+
 YAML::Node Section::raw(const std::string& key) const {
   return has(key) ? node_[key] : YAML::Node();
 }
@@ -39,7 +49,8 @@ std::string Section::full(const std::string& key) const {
 }
 
 std::string Section::where(const YAML::Node& node) const {
-  if (node && !node.Mark().is_null()) {
+  if (!node || node.IsNull()) return file_ + ": ";  // an absent section: its defaults
+  if (!node.Mark().is_null()) {
     return file_ + ":" + std::to_string(node.Mark().line + 1) + ": ";
   }
   return "--set ";

@@ -40,8 +40,12 @@ class Section {
   void finish() const;
 
   const std::string& path() const { return path_; }
+  // "file:line: path" of this mapping, for messages raised after parsing.
+  std::string origin() const { return where(node_) + (path_.empty() ? "recipe" : path_); }
   const std::string& file() const { return file_; }
   bool has(const std::string& key) const;
+  // Keys of the mapping under `key` (empty if absent); throws if it is not a mapping.
+  std::vector<std::string> child_keys(const std::string& key) const;
   YAML::Node raw(const std::string& key) const;
 
  private:

@@ -1,0 +1,134 @@
+// See sparse_mixer.h.
+#include "model/sparse_mixer.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <stdexcept>
+
+namespace longtrain {
+
+SparseAttentionMixerImpl::SparseAttentionMixerImpl(const MixerDims& dims, int64_t block,
+                                                   std::vector<HeadPattern> heads, GlobalSpec global)
+    : dims_(dims), block_(block), heads_(std::move(heads)), global_(global) {
+  TORCH_CHECK(dims.d_model % dims.n_heads == 0, "d_model ", dims.d_model, " is not divisible by n_heads ",
+              dims.n_heads);
+  TORCH_CHECK(static_cast<int64_t>(heads_.size()) == dims.n_heads, heads_.size(), " head patterns for ",
+              dims.n_heads, " heads");
+  qkv_ = register_module("qkv", torch::nn::Linear(dims.d_model, 3 * dims.d_model));
+  out_ = register_module("out", torch::nn::Linear(dims.d_model, dims.d_model));
+  if (global_.enabled()) {
+    global_qkv_ = register_module("global_qkv", torch::nn::Linear(dims.d_model, 3 * dims.d_model));
+  }
+}
+
+const BlockLayout& SparseAttentionMixerImpl::layout_of_head(int64_t head, int64_t seq_len) {
+  const auto key = std::make_pair(heads_[head].key, seq_len);
+  auto it = layouts_.find(key);
+  if (it == layouts_.end()) {
+    it = layouts_.emplace(key, build_layout(heads_[head].make(seq_len), seq_len, block_)).first;
+  }
+  return it->second;
+}
+
+std::vector<const LayoutTensors*> SparseAttentionMixerImpl::layouts(int64_t seq_len, const torch::Device& device) {
+  std::vector<const LayoutTensors*> out;
+  for (int64_t h = 0; h < dims_.n_heads; ++h) {
+    const auto key = std::make_tuple(heads_[h].key, seq_len, device.str());
+    auto it = tensors_.find(key);
+    if (it == tensors_.end()) it = tensors_.emplace(key, layout_tensors(layout_of_head(h, seq_len), device)).first;
+    out.push_back(&it->second);
+  }
+  return out;
+}
+
+torch::Tensor SparseAttentionMixerImpl::global_mask(const torch::Tensor& x, const MixerContext& ctx) const {
+  const int64_t B = x.size(0), L = x.size(1);
+  if (ctx.global_mask.defined()) {
+    TORCH_CHECK(ctx.global_mask.sizes() == torch::IntArrayRef({B, L}), "global mask must be [", B, ", ", L,
+                "], got ", ctx.global_mask.sizes());
+    return ctx.global_mask.to(torch::kBool);
+  }
+  auto mask = torch::zeros({B, L}, torch::dtype(torch::kBool).device(x.device()));
+  if (global_.first > 0) mask.narrow(1, 0, std::min(global_.first, L)).fill_(true);
+  if (global_.token >= 0) {
+    TORCH_CHECK(ctx.tokens.defined(), "global_token needs the token ids in the mixer context");
+    mask = mask | (ctx.tokens == global_.token);
+  }
+  return mask;
+}
+
+torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const MixerContext& ctx) {
+  const int64_t B = x.size(0), L = x.size(1), D = x.size(2), H = dims_.n_heads;
+  // [B, L, 3D] -> 3 x [B, H, L, Dh]
+  auto split = [&](const torch::Tensor& fused) {
+    auto t = fused.view({B, L, 3, H, D / H}).permute({2, 0, 3, 1, 4});
+    auto q = t[0], k = t[1];
+    if (dims_.rope.enabled) {
+      q = apply_rope(q, dims_.rope);
+      k = apply_rope(k, dims_.rope);
+    }
+    return std::make_tuple(q, k, t[2]);
+  };
+  auto [q, k, v] = split(qkv_->forward(x));
+  const auto per_head = layouts(L, x.device());
+  torch::Tensor y;
+  const bool use_global = (global_.enabled() || ctx.global_mask.defined()) && global_qkv_;
+  torch::Tensor mask = use_global ? global_mask(x, ctx) : torch::Tensor();
+  if (use_global && mask.any().item<bool>()) {
+    auto [gq, gk, gv] = split(global_qkv_->forward(x));
+    GlobalAttention g;
+    std::tie(g.index, g.valid) = global_positions(mask);
+    g.q = gq;
+    g.k = gk;
+    g.v = gv;
+    y = sparse_attention(q, k, v, per_head, dims_.causal, &g);
+  } else {
+    y = sparse_attention(q, k, v, per_head, dims_.causal);
+  }
+  // [B, H, L, Dh] -> [B, L, D]
+  return out_->forward(y.transpose(1, 2).reshape({B, L, D}));
+}
+
+PerLayerHead parse_per_layer_head(const std::string& key, const YAML::Node& value) {
+  auto as_int = [&](const YAML::Node& n) {
+    try {
+      return n.as<int64_t>();
+    } catch (const YAML::Exception&) {
+      throw std::invalid_argument(key + ": expected an integer, a list of integers (one per layer), or a list of "
+                                        "lists (per layer, per head)");
+    }
+  };
+  PerLayerHead out;
+  if (value.IsScalar()) return {{as_int(value)}};
+  if (!value.IsSequence() || value.size() == 0) throw std::invalid_argument(key + ": expected an integer or a non-empty list");
+  for (const auto& layer : value) {
+    std::vector<int64_t> heads;
+    if (layer.IsSequence()) {
+      for (const auto& h : layer) heads.push_back(as_int(h));
+    } else {
+      heads.push_back(as_int(layer));
+    }
+    out.push_back(heads);
+  }
+  return out;
+}
+
+int64_t per_layer_head(const PerLayerHead& v, int64_t layer, int64_t head) {
+  const auto& row = v.size() == 1 ? v[0] : v.at(static_cast<size_t>(layer));
+  return row.size() == 1 ? row[0] : row.at(static_cast<size_t>(head));
+}
+
+void check_per_layer_head(const std::string& key, const PerLayerHead& v, const MixerCheck& c) {
+  if (v.size() != 1 && static_cast<int64_t>(v.size()) != c.n_layers) {
+    throw std::invalid_argument(key + ": the list has " + std::to_string(v.size()) + " entries but model.n_layers is " +
+                                std::to_string(c.n_layers) + " (give one value, or one per layer)");
+  }
+  for (const auto& row : v) {
+    if (row.size() != 1 && static_cast<int64_t>(row.size()) != c.n_heads) {
+      throw std::invalid_argument(key + ": a per-head list has " + std::to_string(row.size()) +
+                                  " entries but model.n_heads is " + std::to_string(c.n_heads));
+    }
+  }
+}
+
+}  // namespace longtrain

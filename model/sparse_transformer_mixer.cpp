@@ -1,0 +1,50 @@
+// `sparse`: the Sparse Transformer's factorised patterns (Child et al. 2019),
+// both heads' halves merged into one pattern per head:
+//   strided: keys within `stride` of the query, or a multiple of `stride` away;
+//   fixed:   keys in the query's own `stride`-long segment, or among the last
+//            `summary` positions of any segment.
+// Options: pattern (strided), stride (64), summary (8, fixed only), block (64).
+#include "model/sparse_mixer.h"
+#include "trainer/recipe_section.h"
+
+namespace longtrain {
+namespace {
+
+struct SparseOptions : MixerOptions {
+  std::string pattern = "strided";
+  int64_t stride = 64, summary = 8, block = 64;
+
+  void check(const MixerCheck& c) const override {
+    if (stride >= c.seq_len) {
+      throw std::invalid_argument("stride " + std::to_string(stride) + " is not smaller than train.seq_len " +
+                                  std::to_string(c.seq_len));
+    }
+  }
+};
+
+std::shared_ptr<const MixerOptions> parse(Section& s) {
+  auto o = std::make_shared<SparseOptions>();
+  s.get("pattern", o->pattern).get("stride", o->stride).get("summary", o->summary).get("block", o->block);
+  s.check(o->pattern == "strided" || o->pattern == "fixed", "pattern",
+          "'" + o->pattern + "' is not one of: strided, fixed");
+  s.check(o->stride >= 1, "stride", "must be >= 1");
+  s.check(o->summary >= 1 && o->summary <= o->stride, "summary", "must be in [1, stride]");
+  s.check(o->block > 0, "block", "must be > 0");
+  return o;
+}
+
+Mixer build(const MixerOptions& base, const MixerDims& dims) {
+  const auto o = static_cast<const SparseOptions&>(base);
+  const bool causal = dims.causal;
+  HeadPattern p{o.pattern + " " + std::to_string(o.stride) + "/" + std::to_string(o.summary), [=](int64_t L) {
+                  return o.pattern == "strided" ? strided_pattern(L, o.block, o.stride, causal)
+                                                : fixed_pattern(L, o.block, o.stride, o.summary, causal);
+                }};
+  return std::make_shared<SparseAttentionMixerImpl>(dims, o.block, std::vector<HeadPattern>(dims.n_heads, p),
+                                                    GlobalSpec{});
+}
+
+MixerRegistration reg("sparse", {parse, build});
+
+}  // namespace
+}  // namespace longtrain
