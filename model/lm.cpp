@@ -66,20 +66,22 @@ LanguageModelImpl::LanguageModelImpl(const ModelConfig& cfg) : cfg_(cfg) {
 
 void LanguageModelImpl::init_weights() {
   torch::NoGradGuard no_grad;
-  // GPT-2 initialisation: N(0, std) everywhere, residual output projections
-  // scaled by 1/sqrt(2 * n_layers) so the residual stream's variance does not
-  // grow with depth.
+  // GPT-2 initialisation of every Linear and Embedding: N(0, std) weights,
+  // zero biases, residual output projections scaled by 1/sqrt(2 * n_layers) so
+  // the residual stream's variance does not grow with depth. Other parameters
+  // (norms, a mixer's own decay rates or position biases) keep the values their
+  // module chose.
   const double resid_std = cfg_.init_std / std::sqrt(2.0 * cfg_.n_layers);
-  for (auto& item : named_parameters()) {
+  for (const auto& item : named_modules("", /*include_self=*/false)) {
     const std::string& name = item.key();
-    auto& p = item.value();
-    if (name.find("norm") != std::string::npos) continue;  // ones / zeros already
-    if (p.dim() == 1) {
-      p.zero_();
-    } else {
-      const bool resid = name.find(".out.weight") != std::string::npos ||
-                         name.find(".proj.weight") != std::string::npos;
-      p.normal_(0.0, resid ? resid_std : cfg_.init_std);
+    auto* module = item.value().get();
+    if (auto* linear = dynamic_cast<torch::nn::LinearImpl*>(module)) {
+      const bool resid = name.size() >= 4 && (name.compare(name.size() - 4, 4, ".out") == 0 ||
+                                             (name.size() >= 5 && name.compare(name.size() - 5, 5, ".proj") == 0));
+      linear->weight.normal_(0.0, resid ? resid_std : cfg_.init_std);
+      if (linear->bias.defined()) linear->bias.zero_();
+    } else if (auto* emb = dynamic_cast<torch::nn::EmbeddingImpl*>(module)) {
+      emb->weight.normal_(0.0, cfg_.init_std);
     }
   }
 }
@@ -96,6 +98,12 @@ torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, const Mixe
   TORCH_CHECK(!pos_emb_ || L <= cfg_.max_positions, "sequence length ", L,
               " exceeds the position table (model.max_positions = ", cfg_.max_positions,
               "); raise max_positions or extend the table");
+  for (int64_t l = 0; l < static_cast<int64_t>(blocks_->size()); ++l) {
+    const int64_t limit = (*blocks_)[l]->as<BlockImpl>()->mixer()->max_seq_len();
+    TORCH_CHECK(limit < 0 || L <= limit, "sequence length ", L, " exceeds what layer ", l, "'s ",
+                cfg_.mixer_for(l).type, " mixer accepts (", limit,
+                " positions, model.max_positions); raise max_positions or extend it");
+  }
   MixerContext ctx = context;
   ctx.tokens = tokens;
   auto x = tok_emb_->forward(tokens);  // [B, L, D]
@@ -105,6 +113,34 @@ torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, const Mixe
   x = final_norm_->forward(x);
   // [B, L, D] -> [B, L, V]
   return head_ ? head_->forward(x) : torch::linear(x, tok_emb_->weight);
+}
+
+void copy_parameters(LanguageModelImpl& from, LanguageModelImpl& to) {
+  torch::NoGradGuard no_grad;
+  auto src = from.named_parameters();
+  for (const auto& [name, dst] : to.named_parameters().pairs()) {
+    TORCH_CHECK(src.contains(name), "cannot carry the model over: '", name, "' is new in the target model");
+    const auto& s = src[name];
+    if (name == "pos_emb.weight" && s.size(0) < dst.size(0) && s.size(1) == dst.size(1)) {
+      const int64_t n = s.size(0);
+      for (int64_t start = 0; start < dst.size(0); start += n) {
+        const int64_t rows = std::min(n, dst.size(0) - start);
+        dst.narrow(0, start, rows).copy_(s.narrow(0, 0, rows));
+      }
+      continue;
+    }
+    TORCH_CHECK(s.sizes() == dst.sizes(), "cannot carry the model over: '", name, "' is ", s.sizes(),
+                " in the source and ", dst.sizes(), " in the target");
+    dst.copy_(s);
+  }
+  TORCH_CHECK(src.size() == to.named_parameters().size(), "cannot carry the model over: the source has ",
+              src.size(), " parameters, the target ", to.named_parameters().size());
+  auto src_buffers = from.named_buffers();
+  for (const auto& [name, dst] : to.named_buffers().pairs()) {
+    TORCH_CHECK(src_buffers.contains(name) && src_buffers[name].sizes() == dst.sizes(),
+                "cannot carry the model over: buffer '", name, "' differs");
+    dst.copy_(src_buffers[name]);
+  }
 }
 
 }  // namespace longtrain

@@ -46,6 +46,7 @@ class LanguageModelImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& tokens, const MixerContext& ctx = {});
   const ModelConfig& config() const { return cfg_; }
   int64_t num_parameters() const;
+  torch::nn::ModuleList blocks() const { return blocks_; }
 
  private:
   void init_weights();
@@ -57,5 +58,14 @@ class LanguageModelImpl : public torch::nn::Module {
   torch::nn::Linear head_{nullptr};
 };
 TORCH_MODULE(LanguageModel);
+
+// Copies every parameter and buffer of `from` into `to`, which must have the
+// same names and shapes, except that `to`'s learned position table may be
+// longer: its first rows are `from`'s and the new rows repeat the learned ones
+// (row i takes row i mod n), Longformer's copy initialisation, so a model
+// trained on short sequences starts long ones near its old loss instead of
+// from random positions. Used at curriculum phase boundaries and by
+// `longtrain extend`. Throws naming the first parameter that cannot carry over.
+void copy_parameters(LanguageModelImpl& from, LanguageModelImpl& to);
 
 }  // namespace longtrain

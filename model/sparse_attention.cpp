@@ -24,22 +24,46 @@ torch::Tensor pad_to_blocks(const torch::Tensor& x, int64_t padded_len) {
 }  // namespace
 
 LayoutTensors layout_tensors(const BlockLayout& layout, const torch::Device& device) {
-  const int64_t nb = layout.n_blocks, b = layout.block, m = std::max<int64_t>(1, layout.max_visits());
-  auto key_blocks = torch::zeros({nb, m}, torch::kInt64);
-  auto allowed = torch::zeros({nb, b, m * b}, torch::kBool);
-  auto kb_a = key_blocks.accessor<int64_t, 2>();
-  auto al_a = allowed.accessor<bool, 3>();
+  const int64_t nb = layout.n_blocks, b = layout.block;
+  // Bucket query blocks by ceil(log2(visits)).
+  std::map<int64_t, std::vector<int64_t>> buckets;
   for (int64_t i = 0; i < nb; ++i) {
-    for (int64_t v = layout.row_ptr[i], slot = 0; v < layout.row_ptr[i + 1]; ++v, ++slot) {
-      const int64_t kb = layout.cols[v];
-      kb_a[i][slot] = kb;
-      const int64_t keys = std::min(b, layout.seq_len - kb * b);
-      const uint8_t* tile = layout.mask_index[v] < 0 ? nullptr : layout.masks.data() + layout.mask_index[v] * b * b;
-      for (int64_t r = 0; r < b; ++r)
-        for (int64_t c = 0; c < keys; ++c) al_a[i][r][slot * b + c] = tile ? tile[r * b + c] != 0 : true;
-    }
+    const int64_t visits = layout.row_ptr[i + 1] - layout.row_ptr[i];
+    int64_t width = 1;
+    while (width < visits) width *= 2;
+    buckets[width].push_back(i);
   }
-  return {key_blocks.to(device), allowed.to(device), b, nb};
+  LayoutTensors out;
+  out.block = b;
+  out.n_blocks = nb;
+  auto inverse = torch::empty({nb}, torch::kInt64);
+  int64_t position = 0;
+  for (const auto& [width, rows] : buckets) {
+    (void)width;
+    const int64_t n = static_cast<int64_t>(rows.size());
+    int64_t m = 1;
+    for (int64_t i : rows) m = std::max(m, layout.row_ptr[i + 1] - layout.row_ptr[i]);
+    auto key_blocks = torch::zeros({n, m}, torch::kInt64);
+    auto allowed = torch::zeros({n, b, m * b}, torch::kBool);
+    auto kb_a = key_blocks.accessor<int64_t, 2>();
+    auto al_a = allowed.accessor<bool, 3>();
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t i = rows[r];
+      inverse[i] = position++;
+      for (int64_t v = layout.row_ptr[i], slot = 0; v < layout.row_ptr[i + 1]; ++v, ++slot) {
+        const int64_t kb = layout.cols[v];
+        kb_a[r][slot] = kb;
+        const int64_t keys = std::min(b, layout.seq_len - kb * b);
+        const uint8_t* tile =
+            layout.mask_index[v] < 0 ? nullptr : layout.masks.data() + layout.mask_index[v] * b * b;
+        for (int64_t qr = 0; qr < b; ++qr)
+          for (int64_t c = 0; c < keys; ++c) al_a[r][qr][slot * b + c] = tile ? tile[qr * b + c] != 0 : true;
+      }
+    }
+    out.groups.push_back({torch::tensor(rows, torch::kInt64).to(device), key_blocks.to(device), allowed.to(device)});
+  }
+  out.order_inverse = inverse.to(device);
+  return out;
 }
 
 std::pair<torch::Tensor, torch::Tensor> global_positions(const torch::Tensor& mask) {
@@ -66,7 +90,9 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, c
               " layouts for ", H, " heads");
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   const auto dtype = q.scalar_type();
-  auto qf = q.to(torch::kFloat32), kf = k.to(torch::kFloat32), vf = v.to(torch::kFloat32);
+  // Accumulate in fp32 at least (fp64 stays fp64, for gradient checks).
+  const auto acc = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  auto qf = q.to(acc), kf = k.to(acc), vf = v.to(acc);
 
   torch::Tensor key_is_global, gk, gv, gmask;  // global columns
   if (global) {
@@ -91,39 +117,49 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, c
   for (const auto& [lt, heads] : groups) {
     TORCH_CHECK(lt->n_blocks * lt->block >= L && (lt->n_blocks - 1) * lt->block < L,
                 "sparse_attention: layout of ", lt->n_blocks, " blocks of ", lt->block, " does not fit L = ", L);
-    const int64_t nb = lt->n_blocks, b = lt->block, m = lt->key_blocks.size(1), Hg = static_cast<int64_t>(heads.size());
+    const int64_t nb = lt->n_blocks, b = lt->block, Hg = static_cast<int64_t>(heads.size());
     auto hidx = torch::tensor(heads, torch::kInt64).to(q.device());
     // [B, Hg, L, D] -> [B, Hg, nb, b, D]
     auto qb = pad_to_blocks(qf.index_select(1, hidx), nb * b).view({B, Hg, nb, b, D});
     auto kp = pad_to_blocks(kf.index_select(1, hidx), nb * b).view({B, Hg, nb, b, D});
     auto vp = pad_to_blocks(vf.index_select(1, hidx), nb * b).view({B, Hg, nb, b, D});
-    // Visited key blocks: [B, Hg, nb * m, b, D] -> [B, Hg, nb, m * b, D]
-    auto flat = lt->key_blocks.reshape({-1});
-    auto kg = kp.index_select(2, flat).view({B, Hg, nb, m * b, D});
-    auto vg = vp.index_select(2, flat).view({B, Hg, nb, m * b, D});
-    auto s = torch::matmul(qb, kg.transpose(-1, -2)) * scale;  // [B, Hg, nb, b, m * b]
-    auto allowed = lt->allowed.view({1, 1, nb, b, m * b});
+    torch::Tensor kig, gm, gkh, gvh;
     if (global) {
-      // Drop window visits of global keys: they are scored once, as global columns.
-      auto kig = torch::constant_pad_nd(key_is_global, {0, nb * b - L}).view({B, nb, b});
-      auto visited_global = kig.index_select(1, flat).view({B, 1, nb, 1, m * b});
-      allowed = allowed & visited_global.logical_not();
+      kig = torch::constant_pad_nd(key_is_global, {0, nb * b - L}).view({B, nb, b});
+      gm = torch::constant_pad_nd(gmask, {0, 0, 0, nb * b - L}).view({B, 1, nb, b, gk.size(2)});
+      gkh = gk.index_select(1, hidx);
+      gvh = gv.index_select(1, hidx);
     }
-    s = s.masked_fill(allowed.logical_not(), kMasked);
-    torch::Tensor o;
-    if (global) {
-      const int64_t G = gk.size(2);
-      auto sg = torch::matmul(qb.view({B, Hg, nb * b, D}), gk.index_select(1, hidx).transpose(-1, -2)) * scale;
-      auto gm = torch::constant_pad_nd(gmask, {0, 0, 0, nb * b - L});  // [B, 1, nb*b, G]
-      sg = sg.masked_fill(gm.logical_not(), kMasked).view({B, Hg, nb, b, G});
-      auto p = torch::softmax(torch::cat({s, sg}, -1), -1);
-      o = torch::matmul(p.narrow(-1, 0, m * b), vg) +
-          torch::matmul(p.narrow(-1, m * b, G).view({B, Hg, nb * b, G}), gv.index_select(1, hidx))
-              .view({B, Hg, nb, b, D});
-    } else {
-      o = torch::matmul(torch::softmax(s, -1), vg);  // [B, Hg, nb, b, D]
+    std::vector<torch::Tensor> parts;
+    for (const auto& rg : lt->groups) {
+      const int64_t n = rg.query_blocks.size(0), m = rg.key_blocks.size(1);
+      auto qg = qb.index_select(2, rg.query_blocks);  // [B, Hg, n, b, D]
+      // Visited key blocks: [B, Hg, n * m, b, D] -> [B, Hg, n, m * b, D]
+      auto flat = rg.key_blocks.reshape({-1});
+      auto kg = kp.index_select(2, flat).view({B, Hg, n, m * b, D});
+      auto vg = vp.index_select(2, flat).view({B, Hg, n, m * b, D});
+      auto s = torch::matmul(qg, kg.transpose(-1, -2)) * scale;  // [B, Hg, n, b, m * b]
+      auto allowed = rg.allowed.view({1, 1, n, b, m * b});
+      if (global) {
+        // Drop window visits of global keys: they are scored once, as global columns.
+        auto visited_global = kig.index_select(1, flat).view({B, 1, n, 1, m * b});
+        allowed = allowed & visited_global.logical_not();
+      }
+      s = s.masked_fill(allowed.logical_not(), kMasked);
+      if (global) {
+        const int64_t G = gk.size(2);
+        auto sg = torch::matmul(qg.reshape({B, Hg, n * b, D}), gkh.transpose(-1, -2)) * scale;
+        sg = sg.masked_fill(gm.index_select(2, rg.query_blocks).reshape({B, 1, n * b, G}).logical_not(), kMasked)
+                 .view({B, Hg, n, b, G});
+        auto p = torch::softmax(torch::cat({s, sg}, -1), -1);
+        parts.push_back(torch::matmul(p.narrow(-1, 0, m * b), vg) +
+                        torch::matmul(p.narrow(-1, m * b, G).reshape({B, Hg, n * b, G}), gvh).view({B, Hg, n, b, D}));
+      } else {
+        parts.push_back(torch::matmul(torch::softmax(s, -1), vg));  // [B, Hg, n, b, D]
+      }
     }
-    out.index_copy_(1, hidx, o.view({B, Hg, nb * b, D}).narrow(2, 0, L));
+    auto o = (parts.size() == 1 ? parts[0] : torch::cat(parts, 2)).index_select(2, lt->order_inverse);
+    out.index_copy_(1, hidx, o.reshape({B, Hg, nb * b, D}).narrow(2, 0, L));
   }
 
   if (global) {
@@ -131,13 +167,13 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, c
     // the rows of global positions. [B, H, G, D] x [B, H, L, D] -> [B, H, G, L]
     const int64_t G = global->index.size(1);
     auto idx = global->index.view({B, 1, G, 1}).expand({B, H, G, D});
-    auto gq = global->q.to(torch::kFloat32).gather(2, idx);
-    auto s = torch::matmul(gq, global->k.to(torch::kFloat32).transpose(-1, -2)) * scale;
+    auto gq = global->q.to(acc).gather(2, idx);
+    auto s = torch::matmul(gq, global->k.to(acc).transpose(-1, -2)) * scale;
     if (causal) {
       auto keys = torch::arange(L, global->index.options()).view({1, 1, 1, L});
       s = s.masked_fill(keys > global->index.view({B, 1, G, 1}), kMasked);
     }
-    auto rows = torch::matmul(torch::softmax(s, -1), global->v.to(torch::kFloat32));  // [B, H, G, D]
+    auto rows = torch::matmul(torch::softmax(s, -1), global->v.to(acc));  // [B, H, G, D]
     // Invalid (padding) entries keep the row already computed.
     auto keep = global->valid.view({B, 1, G, 1});
     rows = torch::where(keep, rows, out.gather(2, idx));

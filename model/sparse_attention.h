@@ -1,5 +1,5 @@
 // Block-sparse softmax attention, the reference implementation: plain LibTorch
-// ops, fp32 accumulation, memory O(L * visited keys per query) — never an L x L
+// ops, fp32 accumulation (fp64 inputs stay fp64), memory O(L * visited keys per query) — never an L x L
 // matrix. It is the ground truth the fused CUDA kernels are checked against.
 //
 //   q, k, v: [B, H, L, D] -> out [B, H, L, D]
@@ -23,10 +23,19 @@
 
 namespace longtrain {
 
-// A layout gathered into tensors on one device.
+// A layout gathered into tensors on one device. Query blocks are grouped by
+// how many key blocks they visit (rounded up to a power of two) and each group
+// is padded only to its own widest row, so a few wide rows (BigBird's global
+// blocks, which see everything) cost O(L) each instead of widening every row
+// to L: total memory stays within 2x of the pairs the layout visits.
+struct LayoutRowGroup {
+  torch::Tensor query_blocks;  // [n] int64
+  torch::Tensor key_blocks;    // [n, m] int64; padding visits point at block 0
+  torch::Tensor allowed;       // [n, block, m * block] bool, tail and padding excluded
+};
 struct LayoutTensors {
-  torch::Tensor key_blocks;  // [n_blocks, max_visits] int64; padding visits point at block 0
-  torch::Tensor allowed;     // [n_blocks, block, max_visits * block] bool, tail and padding excluded
+  std::vector<LayoutRowGroup> groups;
+  torch::Tensor order_inverse;  // [n_blocks]: where query block i lands in the groups' concatenation
   int64_t block = 0;
   int64_t n_blocks = 0;
 };

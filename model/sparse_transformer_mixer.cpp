@@ -3,7 +3,7 @@
 //   strided: keys within `stride` of the query, or a multiple of `stride` away;
 //   fixed:   keys in the query's own `stride`-long segment, or among the last
 //            `summary` positions of any segment.
-// Options: pattern (strided), stride (64), summary (8, fixed only), block (64).
+// Options: pattern (strided), stride (64), summary (fixed only: min(8, stride)), block (64).
 #include "model/sparse_mixer.h"
 #include "trainer/recipe_section.h"
 
@@ -28,7 +28,12 @@ std::shared_ptr<const MixerOptions> parse(Section& s) {
   s.check(o->pattern == "strided" || o->pattern == "fixed", "pattern",
           "'" + o->pattern + "' is not one of: strided, fixed");
   s.check(o->stride >= 1, "stride", "must be >= 1");
-  s.check(o->summary >= 1 && o->summary <= o->stride, "summary", "must be in [1, stride]");
+  if (o->pattern == "fixed") {
+    if (!s.has("summary")) o->summary = std::min(o->summary, o->stride);
+    s.check(o->summary >= 1 && o->summary <= o->stride, "summary", "must be in [1, stride]");
+  } else {
+    s.check(!s.has("summary"), "summary", "only applies to pattern: fixed");
+  }
   s.check(o->block > 0, "block", "must be > 0");
   return o;
 }

@@ -15,6 +15,7 @@
 #include "model/lm.h"
 #include "model/mixer.h"
 #include "tests/model/gradcheck.h"
+#include "tests/trainer/test_recipes.h"
 #include "trainer/config.h"
 #include "trainer/recipe_section.h"
 
@@ -241,17 +242,8 @@ TEST(AftMemory, LongSequenceNeverFormsLByL) {
   }
 }
 
-std::string recipe_error(const std::vector<std::string>& overrides) {
-  try {
-    load_recipe("", overrides);
-  } catch (const RecipeError& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
 void expect_error_contains(const std::vector<std::string>& overrides, const std::string& want) {
-  const std::string got = recipe_error(overrides);
+  const std::string got = recipe_error_of(overrides);
   EXPECT_NE(got.find(want), std::string::npos) << "overrides " << overrides.back() << ": got '" << got << "'";
 }
 

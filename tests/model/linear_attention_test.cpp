@@ -5,14 +5,14 @@
 // recipe errors.
 #include <gtest/gtest.h>
 
-#include <c10/core/CPUAllocator.h>
-
 #include <atomic>
 #include <sstream>
 
 #include "model/linear_attention.h"
 #include "model/mixer.h"
 #include "tests/model/gradcheck.h"
+#include "trainer/cpu_memory.h"
+#include "tests/trainer/test_recipes.h"
 #include "trainer/config.h"
 #include "trainer/device.h"
 #include "trainer/recipe_section.h"
@@ -261,40 +261,6 @@ TEST(LinearAttentionPrecision, Bf16InputsAndAutocastAccumulateInFp32) {
   EXPECT_LE(max_abs_diff(under_autocast, ref), 1e-3 * ref.abs().max().item<double>()) << "autocast leaked into the scan";
 }
 
-// Counts live bytes from the CPU allocator while installed, so a test can see
-// the peak of one computation. (Max RSS is process-wide and never falls, and the
-// OS may not even touch an allocated L×L page, so it cannot show this reliably.)
-std::atomic<int64_t> g_live_bytes{0}, g_peak_bytes{0};
-
-class CountingCpuAllocator : public c10::Allocator {
- public:
-  CountingCpuAllocator() : inner_(c10::GetCPUAllocator()) { c10::SetCPUAllocator(this, kPriority); }
-  ~CountingCpuAllocator() override { c10::SetCPUAllocator(inner_, kPriority); }
-
-  c10::DataPtr allocate(size_t n) override {
-    auto* ctx = new Context{inner_->allocate(n), static_cast<int64_t>(n)};
-    const int64_t live = g_live_bytes += ctx->bytes;
-    int64_t peak = g_peak_bytes.load();
-    while (live > peak && !g_peak_bytes.compare_exchange_weak(peak, live)) {}
-    return {ctx->inner.get(), ctx, &release, c10::Device(c10::DeviceType::CPU)};
-  }
-  void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
-
- private:
-  // Above the default CPU allocator's registration (0), so it takes over.
-  static constexpr uint8_t kPriority = 100;
-  struct Context {
-    c10::DataPtr inner;
-    int64_t bytes;
-  };
-  static void release(void* p) {
-    auto* ctx = static_cast<Context*>(p);
-    g_live_bytes -= ctx->bytes;
-    delete ctx;
-  }
-  c10::Allocator* inner_;
-};
-
 TEST(LinearAttentionMemory, CausalChunkedAtL16384NeverHoldsAnLxLMatrix) {
   const int64_t L = 16384, D = 32;
   torch::manual_seed(11);
@@ -302,14 +268,10 @@ TEST(LinearAttentionMemory, CausalChunkedAtL16384NeverHoldsAnLxLMatrix) {
   auto v = torch::randn({1, 1, L, D}).requires_grad_();
   LinearAttentionOptions o;
   o.decay = torch::tensor({0.99f});
-  g_peak_bytes = g_live_bytes.load();
-  const int64_t start = g_live_bytes.load();
-  {
-    CountingCpuAllocator counting;
+  const int64_t peak = peak_cpu_bytes([&] {
     auto y = linear_attention_chunked(elu1(q), elu1(k), v, o);
     y.pow(2).sum().backward();
-  }
-  const int64_t peak = g_peak_bytes.load() - start;
+  });
   // One L×L fp32 matrix is 1 GiB. The chunked scan holds O(L·(C + D)) values:
   // inputs, grads, features and the C×C blocks of every chunk for backward —
   // 29 MiB measured. 64 MiB allows that twice over and is a sixteenth of one
@@ -322,12 +284,7 @@ TEST(LinearAttentionMemory, CausalChunkedAtL16384NeverHoldsAnLxLMatrix) {
 std::string recipe_error(const std::vector<std::string>& options) {
   std::vector<std::string> overrides = {"model.mixer.type=linear"};
   for (const auto& o : options) overrides.push_back("model.mixer." + o);
-  try {
-    load_recipe("", overrides);
-  } catch (const RecipeError& e) {
-    return e.what();
-  }
-  return "";
+  return recipe_error_of(overrides);
 }
 
 TEST(LinearMixer, BadConfigsAreClearErrors) {

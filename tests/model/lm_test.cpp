@@ -3,6 +3,7 @@
 
 #include "model/lm.h"
 #include "model/mixer.h"
+#include "trainer/recipe_section.h"
 
 namespace longtrain {
 namespace {
@@ -47,8 +48,8 @@ void check_causal(const std::string& norm) {
     b.index_put_({torch::indexing::Slice(), t}, (a.index({torch::indexing::Slice(), t}) + 1) % 50);
     auto la = m->forward(a), lb = m->forward(b);
     auto diff = (la - lb).abs().amax({0, 2});  // [L]
-    for (int64_t i = 0; i < 24; ++i) {
-      if (i < t) EXPECT_EQ(diff[i].item<float>(), 0.0f) << "position " << i << " saw token " << t;
+    for (int64_t i = 0; i < t; ++i) {
+      EXPECT_EQ(diff[i].item<float>(), 0.0f) << "position " << i << " saw token " << t;
     }
     EXPECT_GT(diff[t].item<float>(), 0.0f);
   }
@@ -67,6 +68,72 @@ TEST(LanguageModel, BidirectionalSeesTheFuture) {
   auto b = a.clone();
   b.index_put_({0, 9}, (a.index({0, 9}) + 1) % 50);
   EXPECT_GT((m->forward(a) - m->forward(b)).index({0, 0}).abs().max().item<float>(), 0.0f);
+}
+
+// A mixer with parameters of its own and a length limit, registered like any other.
+class ProbeMixerImpl : public MixerImpl {
+ public:
+  explicit ProbeMixerImpl(const MixerDims& dims) {
+    proj_ = register_module("proj", torch::nn::Linear(dims.d_model, dims.d_model));
+    table_ = register_parameter("table", torch::full({4, 4}, 0.5));
+    rate_ = register_parameter("rate", torch::full({4}, 0.25));
+  }
+  torch::Tensor forward(const torch::Tensor& x, const MixerContext&) override {
+    return proj_->forward(x) * rate_.sum() + table_.sum();
+  }
+  int64_t max_seq_len() const override { return 8; }
+  torch::nn::Linear proj_{nullptr};
+  torch::Tensor table_, rate_;
+};
+MixerRegistration probe_reg("test_probe", {[](Section&) { return std::make_shared<const MixerOptions>(); },
+                                           [](const MixerOptions&, const MixerDims& d) -> Mixer {
+                                             return std::make_shared<ProbeMixerImpl>(d);
+                                           }});
+
+ModelConfig probe_config() {
+  auto cfg = small_config();
+  cfg.mixer.type = "test_probe";
+  cfg.mixer.options = std::make_shared<const MixerOptions>();
+  return cfg;
+}
+
+// The model initialises Linear and Embedding layers (GPT-2 style) and leaves a
+// mixer's own parameters as the mixer made them.
+TEST(LanguageModel, InitKeepsMixerOwnParameters) {
+  torch::manual_seed(0);
+  LanguageModel m(probe_config());
+  int64_t seen = 0;
+  for (const auto& item : m->named_parameters()) {
+    const auto& name = item.key();
+    if (name.find(".table") != std::string::npos) {
+      EXPECT_TRUE(torch::equal(item.value(), torch::full({4, 4}, 0.5))) << name << " was re-initialised";
+      ++seen;
+    } else if (name.find(".rate") != std::string::npos) {
+      EXPECT_TRUE(torch::equal(item.value(), torch::full({4}, 0.25))) << name << " was re-initialised";
+      ++seen;
+    } else if (name.find("mixer.proj.weight") != std::string::npos) {
+      // A residual output projection: std 0.02 / sqrt(2 * n_layers) = 0.01.
+      EXPECT_NEAR(item.value().std().item<double>(), 0.01, 0.003) << name;
+    } else if (name.find("mixer.proj.bias") != std::string::npos) {
+      EXPECT_EQ(item.value().abs().max().item<float>(), 0.0f) << name;
+    }
+  }
+  EXPECT_EQ(seen, 4);
+}
+
+TEST(LanguageModel, SequenceLongerThanAMixerAcceptsIsAnError) {
+  auto cfg = probe_config();
+  cfg.positions = "none";
+  LanguageModel m(cfg);
+  EXPECT_NO_THROW(m->forward(torch::zeros({1, 8}, torch::kInt64)));
+  try {
+    m->forward(torch::zeros({1, 9}, torch::kInt64));
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("exceeds what layer 0's test_probe mixer accepts (8 positions"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(LanguageModel, SequenceLongerThanPositionTableIsAnError) {

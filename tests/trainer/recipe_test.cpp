@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "tests/trainer/test_recipes.h"
 #include "trainer/config.h"
 #include "trainer/recipe_section.h"
 
@@ -19,12 +20,7 @@ std::string write_recipe(const std::string& name, const std::string& text) {
 }
 
 std::string error_of(const std::string& file, const std::vector<std::string>& sets = {}) {
-  try {
-    load_recipe(file, sets);
-  } catch (const RecipeError& e) {
-    return e.what();
-  }
-  return "";
+  return recipe_error_of(sets, file);
 }
 
 TEST(Recipe, DefaultsWhenEmpty) {

@@ -7,6 +7,7 @@
 
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/recipe_section.h"
 
 namespace longtrain {
 
@@ -29,6 +30,16 @@ inline Recipe tiny_recipe(const std::string& run_dir, std::vector<std::string> e
   auto o = tiny_overrides(run_dir);
   o.insert(o.end(), extra.begin(), extra.end());
   return load_recipe("", o);
+}
+
+// The RecipeError message loading (file, sets) raises, or "" if it loads.
+inline std::string recipe_error_of(const std::vector<std::string>& sets, const std::string& file = "") {
+  try {
+    load_recipe(file, sets);
+  } catch (const RecipeError& e) {
+    return e.what();
+  }
+  return "";
 }
 
 }  // namespace longtrain
