@@ -3,6 +3,8 @@
 
 #include <stdexcept>
 
+#include "data/spm_tokenizer.h"
+
 namespace longtrain {
 
 std::vector<int32_t> ByteTokenizer::encode(std::string_view text) const {
@@ -23,7 +25,9 @@ std::string ByteTokenizer::decode(const std::vector<int32_t>& ids) const {
 
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec) {
   if (spec == "bytes") return std::make_unique<ByteTokenizer>();
-  throw std::invalid_argument("unknown tokenizer '" + spec + "' (valid: bytes)");
+  if (spec.rfind("spm:", 0) == 0 && spec.size() > 4) return std::make_unique<SpmTokenizer>(spec.substr(4));
+  throw std::invalid_argument("unknown tokenizer '" + spec +
+                              "' (valid: bytes, spm:PATH with PATH a SentencePiece .model file)");
 }
 
 }  // namespace longtrain

@@ -1,5 +1,5 @@
-// Tokenizers: text <-> token ids. Byte-level now (256 bytes + specials);
-// SentencePiece plugs in behind the same interface.
+// Tokenizers: text <-> token ids. Byte-level (256 bytes + specials) here;
+// SentencePiece (data/spm_tokenizer.h) behind the same interface.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +20,9 @@ class Tokenizer {
   // How many bytes of text a token stands for (for bits per byte); 0 for specials.
   virtual int64_t bytes_of(int32_t id) const = 0;
   virtual std::string name() const = 0;  // the spec that recreates it
+  // True when encode(a + "\n" + b) == encode(a + "\n") ++ encode(b) for all a, b:
+  // long documents may then be encoded in line-aligned pieces, in parallel.
+  virtual bool encodes_lines_independently() const { return false; }
 };
 
 // Byte-level: ids 0..255 are bytes, 256 = <eos>, 257 = <pad>.
@@ -33,9 +36,11 @@ class ByteTokenizer : public Tokenizer {
   int32_t eos() const override { return kEos; }
   int64_t bytes_of(int32_t id) const override { return id < 256 ? 1 : 0; }
   std::string name() const override { return "bytes"; }
+  bool encodes_lines_independently() const override { return true; }
 };
 
-// "bytes" -> ByteTokenizer; anything else is an error listing the valid specs.
+// "bytes" -> ByteTokenizer, "spm:PATH" -> SpmTokenizer (a SentencePiece .model);
+// anything else is an error listing the valid specs.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec);
 
 }  // namespace longtrain
