@@ -54,6 +54,18 @@ std::string step_name(int64_t step) {
 
 int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
 
+TrainState parse_state(const fs::path& d) {
+  const json st = json::parse(read_text(d / "state.json"));
+  TrainState s;
+  s.step = st.at("step").get<int64_t>();
+  s.tokens = st.at("tokens").get<int64_t>();
+  s.skipped_steps = st.at("skipped_steps").get<int64_t>();
+  s.elapsed_s = st.at("elapsed_s").get<double>();
+  s.sampler_seed = st.at("sampler").at("seed").get<uint64_t>();
+  s.phase = st.value("phase", int64_t{0});
+  return s;
+}
+
 }  // namespace
 
 void remove_tree(const std::string& path) {
@@ -85,7 +97,7 @@ std::string save_checkpoint(const std::string& run_dir, const YAML::Node& resolv
     archive.save_to((tmp / "rng.pt").string());
   }
   json st = {{"step", state.step}, {"tokens", state.tokens}, {"skipped_steps", state.skipped_steps},
-             {"elapsed_s", state.elapsed_s}, {"sampler", {{"seed", state.sampler_seed}, {"step", state.step}}}};
+             {"elapsed_s", state.elapsed_s}, {"sampler", {{"seed", state.sampler_seed}, {"step", state.step}}}, {"phase", state.phase}};
   write_text(tmp / "state.json", st.dump(2) + "\n");
   YAML::Emitter em;
   em << resolved_recipe;
@@ -194,14 +206,12 @@ TrainState load_checkpoint(const std::string& dir, torch::nn::Module& model,
   } catch (const c10::Error& e) {
     throw CheckpointError(dir + ": does not match this model: " + e.what_without_backtrace());
   }
-  const json st = json::parse(read_text(d / "state.json"));
-  TrainState s;
-  s.step = st.at("step").get<int64_t>();
-  s.tokens = st.at("tokens").get<int64_t>();
-  s.skipped_steps = st.at("skipped_steps").get<int64_t>();
-  s.elapsed_s = st.at("elapsed_s").get<double>();
-  s.sampler_seed = st.at("sampler").at("seed").get<uint64_t>();
-  return s;
+  return parse_state(d);
+}
+
+TrainState read_train_state(const std::string& dir) {
+  verify_checkpoint(dir);
+  return parse_state(dir);
 }
 
 }  // namespace longtrain

@@ -34,6 +34,7 @@ struct TrainState {
   int64_t skipped_steps = 0;  // steps dropped for non-finite loss/gradients
   double elapsed_s = 0;       // training wall time so far
   uint64_t sampler_seed = 0;  // sampler position is (seed, step)
+  int64_t phase = 0;          // curriculum phase whose model the checkpoint holds
 };
 
 // Saves and returns the checkpoint's path; prunes all but the newest keep_last.
@@ -59,6 +60,9 @@ YAML::Node checkpoint_recipe(const std::string& dir);
 // is not used: libtorch.so exports its own copy of std::filesystem, which the
 // dynamic linker binds first, and its remove_all crashes.
 void remove_tree(const std::string& path);
+
+// The checkpoint's state.json (verifying the checkpoint first).
+TrainState read_train_state(const std::string& dir);
 
 // Loads into already-built objects; optimizer may be null (evaluation).
 TrainState load_checkpoint(const std::string& dir, torch::nn::Module& model,

@@ -5,6 +5,7 @@
 #include <initializer_list>
 #include <map>
 
+#include "data/shards.h"
 #include "model/mixer.h"
 #include "trainer/recipe_section.h"
 
@@ -75,7 +76,12 @@ void parse_hybrid(Section& s, ModelConfig& c) {
     }
     for (int64_t i = 0; i < repeat; ++i) unit.push_back(spec);
   }
-  for (int64_t l = 0; l < c.n_layers; ++l) c.layer_mixers.push_back(unit[static_cast<size_t>(l) % unit.size()]);
+  const int64_t period = static_cast<int64_t>(unit.size());
+  s.check(c.n_layers % period == 0, "pattern",
+          "covers " + std::to_string(period) + " layers, which does not divide model.n_layers " +
+              std::to_string(c.n_layers) + " (the pattern repeats to fill the stack; give a pattern whose length "
+              "divides n_layers, or list every layer)");
+  for (int64_t l = 0; l < c.n_layers; ++l) c.layer_mixers.push_back(unit[static_cast<size_t>(l % period)]);
 }
 
 void parse_model(Section s, ModelConfig& c) {
@@ -108,12 +114,36 @@ void parse_model(Section s, ModelConfig& c) {
 }
 
 void parse_data(Section s, DataConfig& c) {
-  s.get("source", c.source).get("paths", c.paths).get("tokenizer", c.tokenizer);
-  s.get("val_fraction", c.val_fraction).get("window_start", c.window_start);
-  choice(s, "source", c.source, {"synthetic", "text"});
-  choice(s, "window_start", c.window_start, {"random", "document"});
-  choice(s, "tokenizer", c.tokenizer, {"bytes"});
+  s.get("source", c.source).get("paths", c.paths);
+  choice(s, "source", c.source, {"synthetic", "text", "shards"});
   s.check(c.source != "text" || !c.paths.empty(), "paths", "source 'text' needs at least one path");
+  // Shards carry their tokenizer: it is the default, and one named explicitly must be it.
+  ShardMeta meta;
+  if (c.source == "shards") {
+    s.check(c.paths.size() == 1, "paths",
+            "source 'shards' needs exactly one directory written by `longtrain prepare`");
+    try {
+      meta = read_shard_meta(c.paths[0]);
+    } catch (const std::runtime_error& e) {
+      s.fail("paths", e.what());
+    }
+    c.tokenizer = shard_tokenizer_spec(meta, c.paths[0]);
+  }
+  const bool explicit_tokenizer = s.has("tokenizer");
+  s.get("tokenizer", c.tokenizer);
+  s.get("val_fraction", c.val_fraction).get("window_start", c.window_start);
+  choice(s, "window_start", c.window_start, {"random", "document", "inside"});
+  if (c.tokenizer.rfind("spm:", 0) == 0) {
+    s.check(std::filesystem::is_regular_file(c.tokenizer.substr(4)), "tokenizer",
+            "'" + c.tokenizer + "': no such SentencePiece model file");
+  } else {
+    s.check(c.tokenizer == "bytes", "tokenizer",
+            "'" + c.tokenizer + "' is not one of: bytes, spm:PATH (a SentencePiece .model file)");
+  }
+  if (c.source == "shards" && explicit_tokenizer) {
+    const std::string why = shard_tokenizer_mismatch(meta, c.paths[0], c.tokenizer);
+    s.check(why.empty(), "tokenizer", why + " (leave data.tokenizer out to use the shards' own)");
+  }
   s.check(c.val_fraction > 0 && c.val_fraction < 1, "val_fraction", "must be in (0, 1)");
   Section syn = s.sub("synthetic");
   SyntheticConfig& y = c.synthetic;
@@ -128,7 +158,7 @@ void parse_data(Section s, DataConfig& c) {
   s.finish();
 }
 
-void parse_train(Section s, TrainConfig& c, const ModelConfig& m) {
+void parse_train(Section s, TrainConfig& c, const ModelConfig& m, bool staged) {
   s.get("steps", c.steps).get("batch_size", c.batch_size).get("seq_len", c.seq_len);
   s.get("grad_accum", c.grad_accum).get("lr", c.lr).get("min_lr", c.min_lr).get("warmup", c.warmup);
   s.get("schedule", c.schedule).get("weight_decay", c.weight_decay);
@@ -139,7 +169,8 @@ void parse_train(Section s, TrainConfig& c, const ModelConfig& m) {
   s.check(c.steps > 0, "steps", "must be > 0");
   s.check(c.batch_size > 0, "batch_size", "must be > 0");
   s.check(c.seq_len > 1, "seq_len", "must be > 1");
-  s.check(m.positions != "learned" || c.seq_len <= m.max_positions, "seq_len",
+  // A curriculum's phases grow the table themselves (trainer/curriculum.h).
+  s.check(staged || m.positions != "learned" || c.seq_len <= m.max_positions, "seq_len",
           std::to_string(c.seq_len) + " exceeds model.max_positions = " +
               std::to_string(m.max_positions) + " (the learned position table)");
   s.check(c.grad_accum >= 1, "grad_accum", "must be >= 1");
@@ -179,9 +210,20 @@ Recipe parse_recipe(YAML::Node root, const std::string& file) {
   parse_run(top.sub("run"), r.run);
   parse_model(top.sub("model"), r.model);
   parse_data(top.sub("data"), r.data);
-  parse_train(top.sub("train"), r.train, r.model);
+  const YAML::Node& const_root = root;  // operator[] on a const node never inserts
+  const bool staged = const_root.IsMap() && const_root["curriculum"].IsDefined();
+  parse_train(top.sub("train"), r.train, r.model, staged);
   parse_checkpoint(top.sub("checkpoint"), r.checkpoint);
+  {
+    Section curriculum = top.sub("curriculum");
+    parse_curriculum(curriculum, r);
+  }
   top.finish();
+  if (!r.curriculum.phases.empty()) {
+    // Each phase is a recipe of its own, validated (mixers included) here.
+    build_phases(r);
+    return r;
+  }
   // Mixer options that depend on the model and the sequence length.
   const MixerCheck check{r.model.n_layers, r.model.n_heads, r.train.seq_len};
   std::vector<const MixerSpec*> specs{&r.model.mixer};

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "trainer/curriculum.h"
 
 namespace longtrain {
 
@@ -32,11 +33,14 @@ struct SyntheticConfig {
 };
 
 struct DataConfig {
-  std::string source = "synthetic";  // synthetic | text
-  std::vector<std::string> paths;    // text: files or directories (recursively)
-  std::string tokenizer = "bytes";   // bytes (SentencePiece comes with the data pipeline)
+  std::string source = "synthetic";  // synthetic | text | shards
+  // text: files or directories (recursively); shards: the one directory
+  // `longtrain prepare` wrote
+  std::vector<std::string> paths;
+  // bytes | spm:PATH (a SentencePiece .model); shards default to the one they were made with
+  std::string tokenizer = "bytes";
   double val_fraction = 0.05;        // text: share of documents held out
-  std::string window_start = "random";  // random | document (see data/sampler.h)
+  std::string window_start = "random";  // random | document | inside (see data/sampler.h)
   SyntheticConfig synthetic;
 };
 
@@ -75,6 +79,7 @@ struct Recipe {
   DataConfig data;
   TrainConfig train;
   CheckpointConfig checkpoint;
+  CurriculumConfig curriculum;  // staged training (trainer/curriculum.h); empty: none
   YAML::Node resolved;  // every value in force, defaults filled in
   std::string file;     // where it came from
 };

@@ -12,6 +12,7 @@
 #include "data/sampler.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device.h"
+#include "trainer/extend.h"
 #include "trainer/metrics.h"
 #include "trainer/schedule.h"
 #include "trainer/signals.h"
@@ -71,13 +72,33 @@ void print_eval(const char* label, int64_t step, const EvalResult& r) {
   std::cout << std::endl;
 }
 
+// Prints a curriculum's phases, one line each.
+void print_phases(const std::vector<Phase>& phases) {
+  if (phases.size() < 2) return;
+  std::cout << "curriculum: " << phases.size() << " phases\n";
+  for (const auto& p : phases) {
+    const Recipe& r = *p.recipe;
+    std::cout << "  phase " << p.index << ": steps " << p.first_step + 1 << "-" << p.end_step() << ", seq_len "
+              << r.train.seq_len << ", batch " << r.train.batch_size << ", lr " << r.train.lr << ", warmup "
+              << r.train.warmup;
+    if (r.model.positions == "learned") std::cout << ", position table " << r.model.max_positions;
+    if (r.model.positions == "rope") std::cout << ", rope_scale " << r.model.rope_scale;
+    const YAML::Node window = r.resolved["model"]["mixer"]["window"];
+    if (window) {
+      YAML::Emitter e;
+      e << YAML::Flow << window;
+      std::cout << ", window " << e.c_str();
+    }
+    std::cout << "\n";
+  }
+}
+
 }  // namespace
 
 TrainResult train(Recipe recipe, const TrainOptions& options) {
-  const TrainConfig& tc = recipe.train;
-  if (tc.threads > 0) torch::set_num_threads(static_cast<int>(tc.threads));
-  const torch::Device device = choose_device(tc.device);
-  const bool bf16 = use_bf16(tc.dtype, device);
+  if (recipe.train.threads > 0) torch::set_num_threads(static_cast<int>(recipe.train.threads));
+  const torch::Device device = choose_device(recipe.train.device);
+  const bool bf16 = use_bf16(recipe.train.dtype, device);
 
   auto tokenizer = make_tokenizer(recipe.data.tokenizer);
   if (recipe.model.vocab_size == 0) {
@@ -88,9 +109,9 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     throw std::runtime_error("model.vocab_size " + std::to_string(recipe.model.vocab_size) +
                              " is smaller than the tokenizer's " + std::to_string(tokenizer->vocab_size()));
   }
+  const std::vector<Phase> phases = build_phases(recipe);
+  const int64_t total_steps = phases.back().end_step();
   const Corpus corpus = build_corpus(recipe.data, *tokenizer);
-  const WindowSampler sampler(corpus.train, tc.seq_len, static_cast<uint64_t>(recipe.run.seed), 0,
-                              parse_window_start(recipe.data.window_start));
 
   TrainResult result;
   result.run_dir = recipe.run.dir;
@@ -105,15 +126,26 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     resume_from = options.resume;
   }
 
+  // The model is built for the phase that saved the checkpoint (its position
+  // table and windows); a checkpoint at a boundary moves on to the next
+  // phase in the loop, as the uninterrupted run did.
+  int64_t phase = resume_from.empty() ? 0 : read_train_state(resume_from).phase;
+  if (phase < 0 || phase >= static_cast<int64_t>(phases.size())) {
+    throw std::runtime_error(resume_from + " was saved in curriculum phase " + std::to_string(phase) +
+                             " but the recipe has " + std::to_string(phases.size()) + " phase(s)");
+  }
   torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
-  LanguageModel model(recipe.model);
+  LanguageModel model(phases[phase].recipe->model);
   model->to(device);
-  auto optimizer = make_optimizer(model, tc);
+  auto optimizer = make_optimizer(model, phases[phase].recipe->train);
   TrainState state;
   state.sampler_seed = static_cast<uint64_t>(recipe.run.seed);
   if (!resume_from.empty()) {
     state = load_checkpoint(resume_from, *model, optimizer.get(), device);
     std::cout << "resumed from " << resume_from << " at step " << state.step << std::endl;
+  } else if (!options.init.empty()) {
+    init_from_checkpoint(options.init, *model, device);
+    std::cout << "initialised from " << options.init << std::endl;
   }
 
   if (options.print_recipe) std::cout << "# resolved recipe\n" << recipe_to_string(recipe);
@@ -124,41 +156,82 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   std::cout << "data: " << corpus.description << "\n"
             << "model: " << model->num_parameters() << " parameters, mixer '" << recipe.model.mixer.type
             << "', device " << device << (bf16 ? " (bf16 autocast)" : " (fp32)") << std::endl;
+  print_phases(phases);
 
   MetricsWriter metrics((fs::path(recipe.run.dir) / "metrics.jsonl").string(), !resume_from.empty());
+  const auto window_start = parse_window_start(recipe.data.window_start);
+  std::unique_ptr<WindowSampler> sampler;
   EvalOptions eo;
-  eo.seq_len = tc.seq_len;
-  eo.max_windows = tc.eval_docs;
-  eo.batch_size = tc.batch_size;
   eo.device = device;
   eo.bf16 = bf16;
+  auto use_phase = [&](int64_t p) {
+    const TrainConfig& tc = phases[p].recipe->train;
+    sampler = std::make_unique<WindowSampler>(corpus.train, tc.seq_len, static_cast<uint64_t>(recipe.run.seed), 0,
+                                              window_start);
+    eo.seq_len = tc.seq_len;
+    eo.max_windows = tc.eval_docs;
+    eo.batch_size = tc.batch_size;
+  };
+  use_phase(phase);
+  auto eval_entry = [&](int64_t step, const EvalResult& r) {
+    json j = eval_record(step, r);
+    j["phase"] = phase;
+    j["seq_len"] = eo.seq_len;
+    return j;
+  };
   if (state.step == 0) {
     result.before = evaluate(model, corpus.val, *tokenizer, eo);
     result.has_before = true;
-    metrics.write(eval_record(0, result.before));
+    metrics.write(eval_entry(0, result.before));
     print_eval("eval before training", 0, result.before);
   }
 
   install_stop_handlers();
   model->train();
   std::vector<torch::Tensor> params = model->parameters();
-  Progress progress(tc.steps, state.step);
+  Progress progress(total_steps, state.step);
   const auto t_start = Clock::now();
   const double elapsed_before = state.elapsed_s;
   const int64_t first_step = state.step;
   auto t_log = Clock::now();
   int64_t tokens_at_log = state.tokens;
   reset_peak_memory(device);
+  auto save = [&] {
+    state.phase = phase;
+    return save_checkpoint(recipe.run.dir, phases[phase].recipe->resolved, *model, *optimizer, state,
+                           recipe.checkpoint.keep_last);
+  };
 
-  while (state.step < tc.steps) {
-    const double lr = lr_at(tc, state.step);
+  while (state.step < total_steps) {
+    if (const int64_t next = phase_at(phases, state.step); next != phase) {
+      // Phase boundary: the next phase's model (longer table, new windows)
+      // takes every parameter over; AdamW and the LR schedule start afresh.
+      // Building it must not draw from the training RNG, or a run resumed
+      // here would differ from one that went straight through.
+      const auto rng = rng_states();
+      LanguageModel next_model(phases[next].recipe->model);
+      set_rng_states(rng);
+      copy_parameters(*model, *next_model);
+      next_model->to(device);
+      next_model->train();
+      model = next_model;
+      optimizer = make_optimizer(model, phases[next].recipe->train);
+      params = model->parameters();
+      phase = next;
+      use_phase(phase);
+      progress.newline();
+      std::cout << "phase " << phase << " from step " << state.step + 1 << ": seq_len " << eo.seq_len << ", lr "
+                << phases[phase].recipe->train.lr << std::endl;
+    }
+    const TrainConfig& tc = phases[phase].recipe->train;
+    const double lr = lr_at(tc, state.step - phases[phase].first_step);
     for (auto& group : optimizer->param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
     optimizer->zero_grad();
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-      auto batch = sampler.batch(state.step, micro, tc.batch_size).to(device);
+      auto batch = sampler->batch(state.step, micro, tc.batch_size).to(device);
       auto inputs = batch.slice(1, 0, tc.seq_len);      // [B, L]
       auto targets = batch.slice(1, 1, tc.seq_len + 1);  // [B, L]
       torch::Tensor logits;
@@ -191,7 +264,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     state.tokens += tc.batch_size * tc.seq_len * tc.grad_accum;
     state.elapsed_s = elapsed_before + seconds_since(t_start);
 
-    if (state.step % tc.log_every == 0 || state.step == tc.steps) {
+    if (state.step % tc.log_every == 0 || state.step == total_steps) {
       const double dt = seconds_since(t_log);
       const double tps = dt > 0 ? static_cast<double>(state.tokens - tokens_at_log) / dt : 0.0;
       t_log = Clock::now();
@@ -199,21 +272,20 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       metrics.write({{"step", state.step}, {"loss", loss_v}, {"lr", lr}, {"grad_norm", grad_norm},
                      {"tokens_per_s", tps}, {"tokens", state.tokens}, {"elapsed_s", state.elapsed_s},
                      {"memory_bytes", peak_memory_bytes(device)}, {"skipped_steps", state.skipped_steps},
-                     {"seq_len", tc.seq_len}});
+                     {"seq_len", tc.seq_len}, {"phase", phase}});
       progress.update(state.step, loss_v, lr, tps, state.elapsed_s - elapsed_before);
     }
-    const bool last = state.step == tc.steps;
+    const bool last = state.step == total_steps;
     if (!last && tc.eval_every > 0 && state.step % tc.eval_every == 0) {
       progress.newline();
       const EvalResult r = evaluate(model, corpus.val, *tokenizer, eo);
-      metrics.write(eval_record(state.step, r));
+      metrics.write(eval_entry(state.step, r));
       print_eval("eval", state.step, r);
     }
     const bool stop_after = options.stop_after > 0 && state.step - first_step >= options.stop_after;
     if (!last && (stop_requested() || stop_after)) {
       progress.newline();
-      result.checkpoint = save_checkpoint(recipe.run.dir, recipe.resolved, *model, *optimizer, state,
-                                          recipe.checkpoint.keep_last);
+      result.checkpoint = save();
       std::cout << "stopped " << (stop_after ? "by --stop-after" : "by signal " + std::to_string(stop_signal()))
                 << " after step " << state.step << "; checkpoint " << result.checkpoint
                 << " (continue with --resume auto)" << std::endl;
@@ -221,21 +293,21 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       break;
     }
     if (!last && recipe.checkpoint.every > 0 && state.step % recipe.checkpoint.every == 0) {
-      result.checkpoint = save_checkpoint(recipe.run.dir, recipe.resolved, *model, *optimizer, state,
-                                          recipe.checkpoint.keep_last);
+      result.checkpoint = save();
     }
   }
   progress.newline();
   result.step = state.step;
   result.skipped_steps = state.skipped_steps;
+  result.phase = phase;
   if (!result.interrupted) {
-    result.checkpoint = save_checkpoint(recipe.run.dir, recipe.resolved, *model, *optimizer, state,
-                                        recipe.checkpoint.keep_last);
+    result.checkpoint = save();
     result.after = evaluate(model, corpus.val, *tokenizer, eo);
-    metrics.write(eval_record(state.step, result.after));
+    metrics.write(eval_entry(state.step, result.after));
     print_eval("eval after training", state.step, result.after);
     std::cout << "checkpoint: " << result.checkpoint << std::endl;
   }
+  result.model = model;
   return result;
 }
 

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "model/lm.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
 
@@ -24,6 +25,8 @@ struct TrainOptions {
   // Stop after this many steps of this invocation, writing a checkpoint, as a
   // signal would (for time-sliced jobs); 0: run to train.steps.
   int64_t stop_after = 0;
+  // A fresh run starts from this checkpoint's weights (trainer/extend.h).
+  std::string init;
 };
 
 struct TrainResult {
@@ -33,6 +36,8 @@ struct TrainResult {
   EvalResult before, after;
   std::string run_dir, checkpoint;
   int64_t skipped_steps = 0;
+  int64_t phase = 0;             // curriculum phase at the end
+  LanguageModel model{nullptr};  // the trained model (for tests and callers that go on using it)
 };
 
 TrainResult train(Recipe recipe, const TrainOptions& options);

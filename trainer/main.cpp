@@ -1,31 +1,37 @@
-// The `longtrain` command line: train, eval.
+// The `longtrain` command line: train, eval, extend, prepare.
 //
 // Exit codes: 0 success (also a run stopped cleanly by SIGINT/SIGTERM after
 // writing its checkpoint), 1 an error (one line on stderr saying why), 2 bad
 // command-line usage.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "data/dataset.h"
+#include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/device.h"
 #include "trainer/evaluate.h"
+#include "trainer/extend.h"
 #include "trainer/loop.h"
+#include "trainer/metrics.h"
 
 namespace {
 
 using namespace longtrain;
 
 int run_train(const std::string& recipe_file, const std::vector<std::string>& sets, const std::string& resume,
-              int64_t stop_after) {
+              int64_t stop_after, const std::string& init) {
   Recipe recipe = load_recipe(recipe_file, sets);
   TrainOptions opt;
   opt.resume = resume;
   opt.stop_after = stop_after;
+  opt.init = init;
   const TrainResult r = train(recipe, opt);
   if (r.has_before && !r.interrupted) {
     std::cout << "summary: val loss " << r.before.loss << " -> " << r.after.loss << ", bits/byte "
@@ -88,6 +94,34 @@ int run_eval(const std::string& ckpt, const std::vector<std::string>& data, int6
   return 0;
 }
 
+int run_extend(const std::string& ckpt, int64_t positions, std::string out) {
+  if (out.empty()) {
+    std::string base = ckpt;
+    while (!base.empty() && base.back() == '/') base.pop_back();
+    out = base + "-ext" + std::to_string(positions);
+  }
+  const std::string written = extend_checkpoint(ckpt, positions, out);
+  std::cout << "extended " << ckpt << " to " << positions << " positions: " << written << "\n"
+            << "evaluate with: longtrain eval " << written << " --seq-len " << positions << "\n"
+            << "train from it with: longtrain train RECIPE --init " << written << std::endl;
+  return 0;
+}
+
+int run_prepare(const PrepareOptions& options) {
+  const PrepareResult r = prepare(options);
+  const ShardMeta& m = r.meta;
+  std::cout << "prepared " << options.out_dir << " in " << format_duration(r.seconds) << " from "
+            << m.input_files << " files: tokenizer " << m.made_with << " (vocab " << m.vocab_size << ", "
+            << m.token_width << "-byte tokens)\n"
+            << "  train: " << m.train.shards.size() << " shards, " << m.train.documents << " documents, "
+            << m.train.tokens << " tokens\n"
+            << "  val:   " << m.val.shards.size() << " shards, " << m.val.documents << " documents, "
+            << m.val.tokens << " tokens\n"
+            << "train on it with: --set data.source=shards --set 'data.paths=[" << options.out_dir << "]'"
+            << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -103,6 +137,16 @@ int main(int argc, char** argv) {
   train->add_option("--stop-after", stop_after,
                     "Stop after N steps of this invocation, writing a checkpoint (for time-sliced jobs)");
   train->add_option("--resume", resume, "Resume: 'auto' (newest complete checkpoint of the run) or a checkpoint directory");
+  std::string init;
+  train->add_option("--init", init,
+                    "Start a fresh run from this checkpoint's weights (a longer position table is filled by copying)");
+
+  auto* ext = app.add_subcommand("extend", "Extend a checkpoint's positions for longer sequences");
+  std::string ext_ckpt, ext_out;
+  int64_t ext_positions = 0;
+  ext->add_option("checkpoint", ext_ckpt, "Checkpoint directory")->required();
+  ext->add_option("--positions", ext_positions, "New number of positions (longer than the model's)")->required();
+  ext->add_option("--out", ext_out, "Run directory for the extended checkpoint (default: CHECKPOINT-extN)");
 
   auto* eval = app.add_subcommand("eval", "Evaluate a checkpoint on held-out data");
   std::string ckpt, json_out;
@@ -114,13 +158,45 @@ int main(int argc, char** argv) {
   eval->add_option("--seq-len", seq_len, "Window length (default: the recipe's train.seq_len)");
   eval->add_option("--json", json_out, "Also write the report as JSON to this file");
 
+  auto* prep = app.add_subcommand("prepare", "Tokenize text files, directories or JSONL into token shards");
+  PrepareOptions po;
+  po.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  prep->add_option("inputs", po.inputs,
+                   "Text files (one document each), directories (read recursively) or .jsonl files "
+                   "(one JSON object per line, the document in \"text\")")
+      ->required();
+  prep->add_option("--out", po.out_dir, "Output directory for the shards, meta.json and tokenizer.model")
+      ->required();
+  prep->add_option("--tokenizer", po.tokenizer,
+                   "bytes | spm:MODEL (an existing SentencePiece model) | train-spm:VOCAB (train one on the "
+                   "train split)")
+      ->capture_default_str();
+  prep->add_option("--spm-type", po.spm_type, "Model type for train-spm")
+      ->check(CLI::IsMember({"bpe", "unigram"}))
+      ->capture_default_str();
+  prep->add_option("--val-fraction", po.val_fraction,
+                   "Share held out for validation: of the documents, or the tail of a single document")
+      ->capture_default_str();
+  prep->add_option("--shard-tokens", po.shard_tokens, "Tokens per shard (a longer document gets its own)")
+      ->capture_default_str();
+  prep->add_option("--threads", po.threads, "Tokenizer threads (the output does not depend on it)")
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   try {
-    if (*train) return run_train(recipe_file, sets, resume, stop_after);
+    if (*train) {
+      if (!init.empty() && !resume.empty()) {
+        std::cerr << "longtrain: error: --init starts a fresh run; it cannot be combined with --resume" << std::endl;
+        return 2;
+      }
+      return run_train(recipe_file, sets, resume, stop_after, init);
+    }
+    if (*ext) return run_extend(ext_ckpt, ext_positions, ext_out);
+    if (*prep) return run_prepare(po);
     return run_eval(ckpt, data, docs, seq_len, json_out);
   } catch (const c10::Error& e) {
     std::cerr << "longtrain: error: " << e.what_without_backtrace() << std::endl;
