@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "model/aft.h"
+#include "model/no_autocast.h"
 #include "model/mixer.h"
 #include "trainer/recipe_section.h"
 
@@ -107,15 +108,18 @@ class AftMixerImpl : public MixerImpl {
     const auto &q = qkv[0], &k = qkv[1], &v = qkv[2];
     const bool causal = dims_.causal;
     torch::Tensor y;
-    if (o_.variant == "simple") {
-      y = aft_simple(q, k, v, causal);
-    } else if (o_.variant == "local") {
-      y = aft_local(q, k, v, local_bias_, o_.window, causal);
-    } else if (o_.variant == "conv") {
-      y = aft_conv(q, k, v, aft_conv_kernel(conv_raw_, conv_gain_, conv_shift_), o_.window, causal);
-    } else {
-      auto w = o_.rank == 0 ? full_bias_ : aft_full_bias(full_u_, full_v_, L);
-      y = aft_full(q, k, v, w, causal);
+    {
+      NoAutocast no_autocast;  // the weighted sums accumulate in fp32 (model/no_autocast.h)
+      if (o_.variant == "simple") {
+        y = aft_simple(q, k, v, causal);
+      } else if (o_.variant == "local") {
+        y = aft_local(q, k, v, local_bias_, o_.window, causal);
+      } else if (o_.variant == "conv") {
+        y = aft_conv(q, k, v, aft_conv_kernel(conv_raw_, conv_gain_, conv_shift_), o_.window, causal);
+      } else {
+        auto w = o_.rank == 0 ? full_bias_ : aft_full_bias(full_u_, full_v_, L);
+        y = aft_full(q, k, v, w, causal);
+      }
     }
     return out_->forward(y);
   }

@@ -1,5 +1,6 @@
 // See linear_attention.h for the math and shapes.
 #include "model/linear_attention.h"
+#include "model/no_autocast.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -17,11 +18,8 @@ using torch::Tensor;
 
 constexpr double kHalfPi = 1.57079632679489661923;
 
-// Autocast would run the matmuls below in bf16 even on fp32 operands; the
-// running state sums up to L terms, so it must accumulate in fp32.
-struct NoAutocast {
-  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
-};
+// NoAutocast (model/no_autocast.h) below: the running state sums up to L
+// terms, so it must accumulate in fp32.
 
 torch::ScalarType compute_type(std::initializer_list<Tensor> ts) {
   for (const auto& t : ts) {

@@ -1,6 +1,8 @@
 // See sparse_attention.h.
 #include "model/sparse_attention.h"
 
+#include "model/no_autocast.h"
+
 #include <cmath>
 #include <limits>
 #include <map>
@@ -89,6 +91,7 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, c
   TORCH_CHECK(static_cast<int64_t>(per_head.size()) == H, "sparse_attention: ", per_head.size(),
               " layouts for ", H, " heads");
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  NoAutocast no_autocast;  // fp32 scores and sums, also under bf16 autocast
   const auto dtype = q.scalar_type();
   // Accumulate in fp32 at least (fp64 stays fp64, for gradient checks).
   const auto acc = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;

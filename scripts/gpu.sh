@@ -5,7 +5,7 @@
 # recipe on CUDA in bf16. Logs and results go to one folder: $OUT, or gpu-out/.
 #
 #   scripts/gpu.sh all          # deps build test train
-#   scripts/gpu.sh build test   # any subset, in order
+#   scripts/gpu.sh build test   # any subset, in order (also bench_cpu, compare)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -51,6 +51,27 @@ step_train() {
   local rc=$?
   tail -n 12 "$OUT/train.log"
   rm -rf "$run/checkpoints"  # results only; checkpoints stay on the machine
+  return $rc
+}
+
+# The CPU scaling table (bench/README.md) on this machine's quiet CPU cores,
+# 2 threads like a laptop; results and plot into $OUT.
+step_bench_cpu() {
+  local json="$OUT/cpu_scaling_$(date +%F).json"
+  "$BUILD_DIR/longtrain_bench_cpu" --threads "${BENCH_THREADS:-2}" --max-seconds "${BENCH_MAX_SECONDS:-30}" \
+    --out "$json" > "$OUT/bench_cpu.log" 2>&1
+  local rc=$?
+  tail -n 60 "$OUT/bench_cpu.log"
+  python3 "$ROOT/bench/plot_scaling.py" "$json" "${json%.json}.png" >> "$OUT/bench_cpu.log" 2>&1 || echo "(no plot)"
+  return $rc
+}
+
+# The attention-family comparison (bench/compare_families.sh) on this GPU.
+step_compare() {
+  BUILD_DIR="$BUILD_DIR" OUT_DIR="$OUT" "$ROOT/bench/compare_families.sh" "${COMPARE_STEPS:-600}" \
+    > "$OUT/compare.log" 2>&1
+  local rc=$?
+  tail -n 16 "$OUT/compare.log"
   return $rc
 }
 

@@ -11,6 +11,7 @@
 #include "model/lm.h"
 #include "model/sparse_mixer.h"
 #include "tests/trainer/test_recipes.h"
+#include "trainer/device.h"
 #include "trainer/loop.h"
 
 namespace longtrain {
@@ -104,6 +105,17 @@ TEST(ShippedRecipes, EveryRecipeLoadsBuildsAndTrainsTwoSteps) {
     EXPECT_EQ(result.step, probe.curriculum.phases.empty() ? 2 : static_cast<int64_t>(probe.curriculum.phases.size()))
         << name;
     EXPECT_TRUE(std::isfinite(result.after.loss)) << name;
+    // bf16 autocast (what CUDA training uses; CPU has it too): the mixers'
+    // fp32 reference math must not run in bf16 (a masked score of float
+    // lowest overflows it).
+    const auto device = result.model->parameters()[0].device();
+    auto tokens = torch::randint(0, 200, {2, r.train.seq_len}, torch::TensorOptions(torch::kInt64).device(device));
+    torch::Tensor logits;
+    {
+      AutocastGuard autocast(device, true);
+      ASSERT_NO_THROW(logits = result.model->forward(tokens)) << name << " under bf16 autocast";
+    }
+    EXPECT_TRUE(torch::isfinite(logits).all().item<bool>()) << name << " under bf16 autocast";
   }
   EXPECT_GE(count, 9) << "recipes/ lost some recipes";
 }

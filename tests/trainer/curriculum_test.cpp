@@ -130,7 +130,7 @@ TEST(Curriculum, PositionTableGrowsByCopyingLearnedRows) {
 std::vector<std::string> staged(const std::string& dir, std::vector<std::string> extra = {}) {
   auto o = tiny_overrides(dir);
   for (const std::string s :
-       {"model.max_positions=32", "model.mixer={type: sliding, block: 8}", "checkpoint.every=1",
+       {"train.device=cpu", "model.max_positions=32", "model.mixer={type: sliding, block: 8}", "checkpoint.every=1",
         "checkpoint.keep_last=20",
         "curriculum.phases=[{seq_len: 32, steps: 4, window: 8, batch_size: 4}, "
         "{seq_len: 64, steps: 4, window: 16, batch_size: 2, lr: 1.5e-3, warmup: 1}]"})
@@ -238,7 +238,7 @@ TEST(PositionExtension, CopiedRowsKeepTheLossRandomRowsDoNot) {
   TrainOptions opt;
   opt.print_recipe = false;
   // Local attention, as in Longformer: each token sees the 16 before it.
-  Recipe recipe = tiny_recipe(dir, {"train.steps=300", "train.seq_len=64", "model.max_positions=64",
+  Recipe recipe = tiny_recipe(dir, {"train.device=cpu", "train.steps=300", "train.seq_len=64", "model.max_positions=64",
                                     "model.d_model=64", "train.batch_size=8", "data.synthetic.filler=6",
                                     "model.mixer={type: sliding, window: 16, block: 16}"});
   TrainResult trained = train(recipe, opt);
@@ -293,7 +293,7 @@ TEST(PositionExtension, ExtendCommandAndInitRun) {
   const auto dir = fresh_run_dir("extend_cmd");
   TrainOptions opt;
   opt.print_recipe = false;
-  TrainResult trained = train(tiny_recipe(dir, {"train.steps=4", "model.max_positions=64"}), opt);
+  TrainResult trained = train(tiny_recipe(dir, {"train.device=cpu", "train.steps=4", "model.max_positions=64"}), opt);
   const auto out = fresh_run_dir("extend_cmd_out");
   const std::string ext = extend_checkpoint(trained.checkpoint, 256, out);
   YAML::Node stored = checkpoint_recipe(ext);
@@ -311,11 +311,11 @@ TEST(PositionExtension, ExtendCommandAndInitRun) {
   TrainOptions init = opt;
   init.init = trained.checkpoint;
   TrainResult longer =
-      train(tiny_recipe(init_dir, {"train.steps=2", "train.seq_len=256", "model.max_positions=256"}), init);
+      train(tiny_recipe(init_dir, {"train.device=cpu", "train.steps=2", "train.seq_len=256", "model.max_positions=256"}), init);
   EXPECT_EQ(longer.step, 2);
   const auto fresh_dir = fresh_run_dir("extend_fresh");
   TrainResult fresh =
-      train(tiny_recipe(fresh_dir, {"train.steps=1", "train.seq_len=256", "model.max_positions=256"}), opt);
+      train(tiny_recipe(fresh_dir, {"train.device=cpu", "train.steps=1", "train.seq_len=256", "model.max_positions=256"}), opt);
   EXPECT_LT(longer.before.loss, fresh.before.loss - 0.3)
       << "the initialised run does not start from the trained weights";
 }
