@@ -5,7 +5,8 @@
 // the window is the block itself and the ones before, random blocks come from
 // the past, and the diagonal block is masked per element.
 //
-// Options: block (64), window_blocks (3), global_blocks (2), random_blocks (3), seed (0).
+// Options: block (64), window_blocks (3), global_blocks (2), random_blocks (3), seed (0),
+// impl (auto: the CUDA kernel on CUDA in bf16/fp16, else the reference; cuda; reference).
 // The training sequence length must be a multiple of `block`; other lengths
 // (evaluation) work, the last block being short.
 #include "model/sparse_mixer.h"
@@ -15,6 +16,7 @@ namespace longtrain {
 namespace {
 
 struct BigBirdOptions : MixerOptions {
+  SparseImpl impl = SparseImpl::kAuto;
   int64_t block = 64, window_blocks = 3, global_blocks = 2, random_blocks = 3, seed = 0;
 
   void check(const MixerCheck& c) const override {
@@ -33,6 +35,7 @@ struct BigBirdOptions : MixerOptions {
 
 std::shared_ptr<const MixerOptions> parse(Section& s) {
   auto o = std::make_shared<BigBirdOptions>();
+  o->impl = parse_sparse_impl(s);
   s.get("block", o->block).get("window_blocks", o->window_blocks).get("global_blocks", o->global_blocks);
   s.get("random_blocks", o->random_blocks).get("seed", o->seed);
   s.check(o->block > 0, "block", "must be > 0");
@@ -51,7 +54,7 @@ Mixer build(const MixerOptions& base, const MixerDims& dims) {
                   return bigbird_pattern(L, o.block, o.window_blocks, o.global_blocks, o.random_blocks, seed, causal);
                 }};
   return std::make_shared<SparseAttentionMixerImpl>(dims, o.block, std::vector<HeadPattern>(dims.n_heads, p),
-                                                    GlobalSpec{});
+                                                    GlobalSpec{}, o.impl);
 }
 
 MixerRegistration reg("bigbird", {parse, build});

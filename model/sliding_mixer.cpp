@@ -10,6 +10,7 @@
 //   block:    layout block size (default 64)
 //   global_first: the first k tokens are global (default 0)
 //   global_token: tokens with this id are global (default -1: none)
+//   impl:     auto (default: the CUDA kernel on CUDA in bf16/fp16) | cuda | reference
 // Cost O(L * window) time and memory (sparse_attention.h), never L x L.
 #include "model/sparse_mixer.h"
 #include "trainer/recipe_section.h"
@@ -18,6 +19,7 @@ namespace longtrain {
 namespace {
 
 struct SlidingOptions : MixerOptions {
+  SparseImpl impl = SparseImpl::kAuto;
   PerLayerHead window{{256}};
   PerLayerHead dilation{{1}};
   int64_t block = 64;
@@ -43,6 +45,7 @@ struct SlidingOptions : MixerOptions {
 
 std::shared_ptr<const MixerOptions> parse(Section& s) {
   auto o = std::make_shared<SlidingOptions>();
+  o->impl = parse_sparse_impl(s);
   YAML::Node window = YAML::Node(256), dilation = YAML::Node(1);
   s.get("window", window).get("dilation", dilation).get("block", o->block);
   s.get("global_first", o->global.first).get("global_token", o->global.token);
@@ -71,7 +74,7 @@ Mixer build(const MixerOptions& base, const MixerDims& dims) {
     heads.push_back({"sliding w" + std::to_string(w) + " d" + std::to_string(d),
                      [=](int64_t L) { return sliding_pattern(L, block, w, d, causal); }});
   }
-  return std::make_shared<SparseAttentionMixerImpl>(dims, o.block, std::move(heads), o.global);
+  return std::make_shared<SparseAttentionMixerImpl>(dims, o.block, std::move(heads), o.global, o.impl);
 }
 
 MixerRegistration reg("sliding", {parse, build});

@@ -81,6 +81,27 @@ std::pair<torch::Tensor, torch::Tensor> global_positions(const torch::Tensor& ma
   return {index, valid};
 }
 
+torch::Tensor apply_global_rows(const torch::Tensor& out, const GlobalAttention& global, bool causal) {
+  // Global rows: full attention through the global projections, written over
+  // the rows of global positions. [B, H, G, D] x [B, H, L, D] -> [B, H, G, L]
+  NoAutocast no_autocast;
+  const int64_t B = out.size(0), H = out.size(1), L = out.size(2), D = out.size(3), G = global.index.size(1);
+  const auto acc = out.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  auto idx = global.index.view({B, 1, G, 1}).expand({B, H, G, D});
+  auto gq = global.q.to(acc).gather(2, idx);
+  auto s = torch::matmul(gq, global.k.to(acc).transpose(-1, -2)) * scale;
+  if (causal) {
+    auto keys = torch::arange(L, global.index.options()).view({1, 1, 1, L});
+    s = s.masked_fill(keys > global.index.view({B, 1, G, 1}), kMasked);
+  }
+  auto rows = torch::matmul(torch::softmax(s, -1), global.v.to(acc)).to(out.scalar_type());  // [B, H, G, D]
+  // Invalid (padding) entries keep the row already computed.
+  auto keep = global.valid.view({B, 1, G, 1});
+  rows = torch::where(keep, rows, out.gather(2, idx));
+  return out.scatter(2, idx, rows);
+}
+
 torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const std::vector<const LayoutTensors*>& per_head, bool causal,
                                const GlobalAttention* global) {
@@ -165,23 +186,7 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, c
     out.index_copy_(1, hidx, o.reshape({B, Hg, nb * b, D}).narrow(2, 0, L));
   }
 
-  if (global) {
-    // Global rows: full attention through the global projections, written over
-    // the rows of global positions. [B, H, G, D] x [B, H, L, D] -> [B, H, G, L]
-    const int64_t G = global->index.size(1);
-    auto idx = global->index.view({B, 1, G, 1}).expand({B, H, G, D});
-    auto gq = global->q.to(acc).gather(2, idx);
-    auto s = torch::matmul(gq, global->k.to(acc).transpose(-1, -2)) * scale;
-    if (causal) {
-      auto keys = torch::arange(L, global->index.options()).view({1, 1, 1, L});
-      s = s.masked_fill(keys > global->index.view({B, 1, G, 1}), kMasked);
-    }
-    auto rows = torch::matmul(torch::softmax(s, -1), global->v.to(acc));  // [B, H, G, D]
-    // Invalid (padding) entries keep the row already computed.
-    auto keep = global->valid.view({B, 1, G, 1});
-    rows = torch::where(keep, rows, out.gather(2, idx));
-    out = out.scatter(2, idx, rows);
-  }
+  if (global) out = apply_global_rows(out, *global, causal);
   return out.to(dtype);
 }
 

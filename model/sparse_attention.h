@@ -51,6 +51,11 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, c
                                const std::vector<const LayoutTensors*>& per_head, bool causal,
                                const GlobalAttention* global = nullptr);
 
+// Overwrites the rows of global positions of `out` ([B, H, L, D]) with full
+// attention through the global projections (causal: over keys up to the row),
+// computed in fp32 (fp64 for fp64 inputs).
+torch::Tensor apply_global_rows(const torch::Tensor& out, const GlobalAttention& global, bool causal);
+
 // [B, L] bool mask -> (index [B, G], valid [B, G]) with G the largest count in the batch.
 std::pair<torch::Tensor, torch::Tensor> global_positions(const torch::Tensor& mask);
 

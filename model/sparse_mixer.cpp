@@ -5,11 +5,14 @@
 
 #include <stdexcept>
 
+#include "model/sparse_attention_fast.h"
+
 namespace longtrain {
 
 SparseAttentionMixerImpl::SparseAttentionMixerImpl(const MixerDims& dims, int64_t block,
-                                                   std::vector<HeadPattern> heads, GlobalSpec global)
-    : dims_(dims), block_(block), heads_(std::move(heads)), global_(global) {
+                                                   std::vector<HeadPattern> heads, GlobalSpec global,
+                                                   SparseImpl impl)
+    : dims_(dims), block_(block), heads_(std::move(heads)), global_(global), impl_(impl) {
   TORCH_CHECK(dims.d_model % dims.n_heads == 0, "d_model ", dims.d_model, " is not divisible by n_heads ",
               dims.n_heads);
   TORCH_CHECK(static_cast<int64_t>(heads_.size()) == dims.n_heads, heads_.size(), " head patterns for ",
@@ -41,6 +44,48 @@ std::vector<const LayoutTensors*> SparseAttentionMixerImpl::layouts(int64_t seq_
   return out;
 }
 
+const kernels::SparseAttentionPlan& SparseAttentionMixerImpl::kernel_plan(int64_t seq_len, const torch::Device& device,
+                                                                         bool with_columns) {
+  const auto key = std::make_tuple(seq_len, device.str(), with_columns);
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return it->second;
+  // Heads with one pattern share one tile layout.
+  std::map<std::string, int64_t> index_of;
+  std::vector<kernels::TileLayout> tiles;
+  std::vector<int64_t> head_layout;
+  for (int64_t h = 0; h < dims_.n_heads; ++h) {
+    auto [pos, fresh] = index_of.emplace(heads_[h].key, static_cast<int64_t>(tiles.size()));
+    if (fresh) {
+      if (with_columns) {
+        const auto pattern = with_global_columns(heads_[h].make(seq_len), global_.first, block_, dims_.causal);
+        tiles.push_back(tile_layout(build_layout(pattern, seq_len, block_)));
+      } else {
+        tiles.push_back(tile_layout(layout_of_head(h, seq_len)));
+      }
+    }
+    head_layout.push_back(pos->second);
+  }
+  std::vector<const kernels::TileLayout*> ptrs;
+  for (const auto& t : tiles) ptrs.push_back(&t);
+  return plans_.emplace(key, kernels::make_plan(ptrs, head_layout, device)).first->second;
+}
+
+bool SparseAttentionMixerImpl::use_kernel(const torch::Tensor& q) const {
+  if (impl_ == SparseImpl::kReference) return false;
+  const std::string why = sparse_kernel_unsupported(q);
+  TORCH_CHECK(why.empty() || impl_ == SparseImpl::kAuto, "impl: cuda cannot run: ", why);
+  return why.empty();
+}
+
+SparseImpl parse_sparse_impl(Section& s) {
+  std::string impl = "auto";
+  s.get("impl", impl);
+  if (impl == "auto") return SparseImpl::kAuto;
+  if (impl == "cuda") return SparseImpl::kCuda;
+  if (impl == "reference") return SparseImpl::kReference;
+  s.fail("impl", "must be one of auto, cuda, reference; got '" + impl + "'");
+}
+
 torch::Tensor SparseAttentionMixerImpl::global_mask(const torch::Tensor& x, const MixerContext& ctx) const {
   const int64_t B = x.size(0), L = x.size(1);
   if (ctx.global_mask.defined()) {
@@ -70,7 +115,8 @@ torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const Mi
     return std::make_tuple(q, k, t[2]);
   };
   auto [q, k, v] = split(qkv_->forward(x));
-  const auto per_head = layouts(L, x.device());
+  const bool kernel = use_kernel(q);
+  const std::vector<const LayoutTensors*> per_head = kernel ? std::vector<const LayoutTensors*>() : layouts(L, x.device());
   torch::Tensor y;
   const bool use_global = (global_.enabled() || ctx.global_mask.defined()) && global_qkv_;
   torch::Tensor mask = use_global ? global_mask(x, ctx) : torch::Tensor();
@@ -81,9 +127,14 @@ torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const Mi
     g.q = gq;
     g.k = gk;
     g.v = gv;
-    y = sparse_attention(q, k, v, per_head, dims_.causal, &g);
+    // "First k tokens" globals are the same for every batch: their columns go into the kernel's layout.
+    const bool static_columns = !ctx.global_mask.defined() && global_.token < 0;
+    y = kernel ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), static_columns), dims_.causal, &g,
+                                       static_columns)
+               : sparse_attention(q, k, v, per_head, dims_.causal, &g);
   } else {
-    y = sparse_attention(q, k, v, per_head, dims_.causal);
+    y = kernel ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), false), dims_.causal, nullptr, false)
+               : sparse_attention(q, k, v, per_head, dims_.causal);
   }
   // [B, H, L, Dh] -> [B, L, D]
   return out_->forward(y.transpose(1, 2).reshape({B, L, D}));

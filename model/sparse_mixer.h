@@ -8,12 +8,15 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "trainer/recipe_section.h"
+
 #include <functional>
 #include <map>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "kernels/sparse_attention/op.h"
 #include "model/block_layout.h"
 #include "model/mixer.h"
 #include "model/sparse_attention.h"
@@ -36,13 +39,25 @@ struct GlobalSpec {
   bool enabled() const { return first > 0 || token >= 0; }
 };
 
+// Which implementation runs: `auto` takes the CUDA kernel when it can (CUDA,
+// bf16/fp16, head dim 64 or 128) and the reference otherwise; `cuda` insists
+// (an error says why it cannot); `reference` always runs the reference.
+enum class SparseImpl { kAuto, kCuda, kReference };
+SparseImpl parse_sparse_impl(Section& s);
+
 class SparseAttentionMixerImpl : public MixerImpl {
  public:
-  SparseAttentionMixerImpl(const MixerDims& dims, int64_t block, std::vector<HeadPattern> heads, GlobalSpec global);
+  SparseAttentionMixerImpl(const MixerDims& dims, int64_t block, std::vector<HeadPattern> heads, GlobalSpec global,
+                           SparseImpl impl = SparseImpl::kAuto);
   torch::Tensor forward(const torch::Tensor& x, const MixerContext& ctx) override;
   // The layouts this mixer uses at length L (built if needed), per head.
   std::vector<const LayoutTensors*> layouts(int64_t seq_len, const torch::Device& device);
   const BlockLayout& layout_of_head(int64_t head, int64_t seq_len);
+  // The kernel's plan at length L on `device` (built once); with_columns: the
+  // static global columns (the first `global_first` tokens) folded in.
+  const kernels::SparseAttentionPlan& kernel_plan(int64_t seq_len, const torch::Device& device, bool with_columns);
+  // Whether forward() takes the kernel for these q, k, v (throws for impl: cuda when it cannot).
+  bool use_kernel(const torch::Tensor& q) const;
 
  private:
   torch::Tensor global_mask(const torch::Tensor& x, const MixerContext& ctx) const;
@@ -54,6 +69,8 @@ class SparseAttentionMixerImpl : public MixerImpl {
   torch::nn::Linear qkv_{nullptr}, out_{nullptr}, global_qkv_{nullptr};
   std::map<std::pair<std::string, int64_t>, BlockLayout> layouts_;
   std::map<std::tuple<std::string, int64_t, std::string>, LayoutTensors> tensors_;
+  SparseImpl impl_;
+  std::map<std::tuple<int64_t, std::string, bool>, kernels::SparseAttentionPlan> plans_;
 };
 
 // Reads an int, a list (one per layer), or a list of lists (per layer, per

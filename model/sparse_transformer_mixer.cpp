@@ -3,7 +3,8 @@
 //   strided: keys within `stride` of the query, or a multiple of `stride` away;
 //   fixed:   keys in the query's own `stride`-long segment, or among the last
 //            `summary` positions of any segment.
-// Options: pattern (strided), stride (64), summary (fixed only: min(8, stride)), block (64).
+// Options: pattern (strided), stride (64), summary (fixed only: min(8, stride)), block (64),
+// impl (auto | cuda | reference, see sparse_mixer.h).
 #include "model/sparse_mixer.h"
 #include "trainer/recipe_section.h"
 
@@ -11,6 +12,7 @@ namespace longtrain {
 namespace {
 
 struct SparseOptions : MixerOptions {
+  SparseImpl impl = SparseImpl::kAuto;
   std::string pattern = "strided";
   int64_t stride = 64, summary = 8, block = 64;
 
@@ -24,6 +26,7 @@ struct SparseOptions : MixerOptions {
 
 std::shared_ptr<const MixerOptions> parse(Section& s) {
   auto o = std::make_shared<SparseOptions>();
+  o->impl = parse_sparse_impl(s);
   s.get("pattern", o->pattern).get("stride", o->stride).get("summary", o->summary).get("block", o->block);
   s.check(o->pattern == "strided" || o->pattern == "fixed", "pattern",
           "'" + o->pattern + "' is not one of: strided, fixed");
@@ -46,7 +49,7 @@ Mixer build(const MixerOptions& base, const MixerDims& dims) {
                                                 : fixed_pattern(L, o.block, o.stride, o.summary, causal);
                 }};
   return std::make_shared<SparseAttentionMixerImpl>(dims, o.block, std::vector<HeadPattern>(dims.n_heads, p),
-                                                    GlobalSpec{});
+                                                    GlobalSpec{}, o.impl);
 }
 
 MixerRegistration reg("sparse", {parse, build});

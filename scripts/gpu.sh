@@ -5,7 +5,8 @@
 # recipe on CUDA in bf16. Logs and results go to one folder: $OUT, or gpu-out/.
 #
 #   scripts/gpu.sh all          # deps build test train
-#   scripts/gpu.sh build test   # any subset, in order (also bench_cpu, compare)
+#   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
+#                               # bench_cpu, compare)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -31,9 +32,9 @@ step_build() {
   PKG_CONFIG_SYSROOT_DIR="$DEPS" PKG_CONFIG_PATH="$DEPS/usr/lib/x86_64-linux-gnu/pkgconfig" \
     cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_PREFIX_PATH="$torch_prefix;$DEPS/usr" -DCMAKE_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu" \
-      -DCMAKE_INCLUDE_PATH="$DEPS/usr/include" > "$OUT/configure.log" 2>&1 || { tail -n 40 "$OUT/configure.log"; return 1; }
+      -DCMAKE_INCLUDE_PATH="$DEPS/usr/include" -DLONGTRAIN_PTXAS_VERBOSE=ON > "$OUT/configure.log" 2>&1 || { tail -n 40 "$OUT/configure.log"; return 1; }
   local t0=$SECONDS
-  cmake --build "$BUILD_DIR" -j "$(nproc)" > "$OUT/build.log" 2>&1 || { tail -n 60 "$OUT/build.log"; return 1; }
+  cmake --build "$BUILD_DIR" -j "$(nproc)" > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -n 30; return 1; }
   echo "build: $((SECONDS - t0)) s"
 }
 
@@ -51,6 +52,32 @@ step_train() {
   local rc=$?
   tail -n 12 "$OUT/train.log"
   rm -rf "$run/checkpoints"  # results only; checkpoints stay on the machine
+  return $rc
+}
+
+# The kernel tests in one process (each ctest process would pay ~2 s of CUDA
+# start-up), then compute-sanitizer memcheck and racecheck on a small case.
+step_kernels() {
+  local filter="${KERNEL_TESTS:-*SparseKernel*:TileLayout*}"
+  "$BUILD_DIR/longtrain_tests" --gtest_filter="$filter" > "$OUT/kernels.log" 2>&1
+  local rc=$?
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|Failure|error" "$OUT/kernels.log" | head -n 40
+  local small='Patterns/SparseKernelVsReference.*sliding_w8_short*'
+  for tool in memcheck racecheck; do
+    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$BUILD_DIR/longtrain_tests" \
+      --gtest_filter="$small" > "$OUT/sanitizer_$tool.log" 2>&1
+    echo "compute-sanitizer $tool: exit $? ($(grep -cE "^========= (Invalid|Race|Error)" "$OUT/sanitizer_$tool.log") findings)"
+  done
+  return $rc
+}
+
+# Sparse attention beside FlexAttention / SDPA / HF Longformer (bench/sparse_attention.py).
+step_bench_sparse() {
+  local json="$OUT/sparse_attention_$(date +%F).json"
+  python3 "$ROOT/bench/sparse_attention.py" --lib "$BUILD_DIR/liblongtrain_torch_ops.so" --out "$json" \
+    ${BENCH_QUICK:+--quick} > "$OUT/bench_sparse.log" 2>&1
+  local rc=$?
+  tail -n 16 "$OUT/bench_sparse.log"
   return $rc
 }
 

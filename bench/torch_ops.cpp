@@ -1,0 +1,90 @@
+// longtrain's sparse attention as PyTorch operators, for the peer benchmark
+// (bench/sparse_attention.py) only: it loads this library with
+// torch.ops.load_library and times longtrain beside FlexAttention and SDPA on
+// the same tensors in the same process.
+//
+//   torch.ops.longtrain.sparse_attention(q, k, v, pattern, window, global_first, causal)
+//     q, k, v: [B, H, L, D] bf16/fp16 CUDA; pattern: "sliding" | "bigbird"
+//     (block 128, 3 window + 2 global + 3 random blocks); global_first: the
+//     first tokens attend and are attended everywhere (global rows through
+//     gq, gk, gv when given — Longformer's separate projections — else q, k, v).
+//   torch.ops.longtrain.bigbird_blocks(L, causal) -> [nb, nb] bool, the block
+//     layout above, so the peer runs the same pattern.
+#include <torch/library.h>
+#include <torch/torch.h>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <tuple>
+
+#include "model/sparse_attention_fast.h"
+
+namespace longtrain {
+namespace {
+
+constexpr int64_t kBigBirdBlock = 128;
+
+SparsePattern bench_pattern(const std::string& pattern, int64_t L, int64_t block, int64_t window, bool causal) {
+  if (pattern == "sliding") return sliding_pattern(L, block, window, 1, causal);
+  TORCH_CHECK(pattern == "bigbird", "pattern must be sliding or bigbird, got ", pattern);
+  return bigbird_pattern(L, kBigBirdBlock, 3, 2, 3, 0, causal);
+}
+
+const kernels::SparseAttentionPlan& cached_plan(const std::string& pattern, int64_t L, int64_t H, int64_t window,
+                                                int64_t global_first, bool causal, const torch::Device& device) {
+  static std::mutex mu;
+  static std::map<std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, bool, std::string>,
+                  kernels::SparseAttentionPlan>
+      plans;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(pattern, L, H, window, global_first, causal, device.str());
+  auto it = plans.find(key);
+  if (it == plans.end()) {
+    const int64_t block = pattern == "bigbird" ? kBigBirdBlock : 64;
+    auto p = bench_pattern(pattern, L, block, window, causal);
+    if (global_first > 0) p = with_global_columns(p, global_first, block, causal);
+    const auto tiles = tile_layout(build_layout(p, L, block));
+    it = plans.emplace(key, kernels::make_plan({&tiles}, std::vector<int64_t>(H, 0), device)).first;
+  }
+  return it->second;
+}
+
+torch::Tensor sparse_attention_op(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const std::string& pattern, int64_t window, int64_t global_first, bool causal,
+                                  const std::optional<torch::Tensor>& gq, const std::optional<torch::Tensor>& gk,
+                                  const std::optional<torch::Tensor>& gv) {
+  const int64_t B = q.size(0), H = q.size(1), L = q.size(2);
+  const auto& plan = cached_plan(pattern, L, H, window, global_first, causal, q.device());
+  if (global_first <= 0) return sparse_attention_fast(q, k, v, plan, causal, nullptr, false);
+  GlobalAttention g;
+  auto mask = torch::zeros({B, L}, torch::dtype(torch::kBool).device(q.device()));
+  mask.narrow(1, 0, global_first).fill_(true);
+  std::tie(g.index, g.valid) = global_positions(mask);
+  g.q = gq ? *gq : q;
+  g.k = gk ? *gk : k;
+  g.v = gv ? *gv : v;
+  return sparse_attention_fast(q, k, v, plan, causal, &g, true);
+}
+
+torch::Tensor bigbird_blocks_op(int64_t L, bool causal) {
+  const auto layout = build_layout(bench_pattern("bigbird", L, kBigBirdBlock, 0, causal), L, kBigBirdBlock);
+  auto m = torch::zeros({layout.n_blocks, layout.n_blocks}, torch::kBool);
+  for (int64_t i = 0; i < layout.n_blocks; ++i)
+    for (int64_t v = layout.row_ptr[i]; v < layout.row_ptr[i + 1]; ++v) m[i][layout.cols[v]] = true;
+  return m;
+}
+
+}  // namespace
+}  // namespace longtrain
+
+TORCH_LIBRARY(longtrain, m) {
+  m.def(
+      "sparse_attention(Tensor q, Tensor k, Tensor v, str pattern, int window, int global_first, bool causal, "
+      "Tensor? gq=None, Tensor? gk=None, Tensor? gv=None) -> Tensor");
+  m.def("bigbird_blocks(int L, bool causal) -> Tensor", longtrain::bigbird_blocks_op);
+}
+
+// Composite: autograd runs through the op's own torch::autograd::Function.
+TORCH_LIBRARY_IMPL(longtrain, CompositeImplicitAutograd, m) {
+  m.impl("sparse_attention", longtrain::sparse_attention_op);
+}

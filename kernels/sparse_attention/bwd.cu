@@ -1,0 +1,353 @@
+// Block-sparse flash attention, backward (FlashAttention-2 form, recomputing P
+// from the saved logsumexp instead of storing it):
+//
+//   P = exp(S - lse),  dV = P^T dO,  dP = dO V^T,
+//   dS = P * (dP - delta),  delta_i = rowsum(dO_i * O_i) - dlse_i,
+//   dQ = scale * dS K,  dK = scale * dS^T Q.
+//
+// Three launches: `delta` (one warp per row); the dQ kernel, one CTA per query
+// tile walking the layout's rows; the dK/dV kernel, one CTA per key tile
+// walking its transposed columns. Every gradient is written exactly once, by
+// one CTA, with no atomics: results are deterministic. A gradient of lse
+// (when the caller merges this attention with other keys, e.g. Longformer's
+// global columns) enters through delta, since d lse_i / d S_ij = P_ij.
+//
+// Matches: model/sparse_attention.cpp differentiated by LibTorch autograd.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/sparse_attention/tile.cuh"
+
+namespace longtrain::kernels {
+namespace {
+
+using namespace tile;
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr float kLog2e = 1.4426950408889634f;
+
+void check_launch(const char* name) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string(name) + ": " + cudaGetErrorString(err));
+}
+
+// delta[b, h, i] = sum_d dO * O - dlse, one warp per row.
+template <typename T>
+__global__ void sparse_attention_bwd_delta_kernel(const SparseAttentionBwdParams p) {
+  const int bh = blockIdx.y, b = bh / p.fwd.H, h = bh % p.fwd.H;
+  const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= p.fwd.L) return;
+  const T* o = static_cast<const T*>(p.fwd.o) + b * p.fwd.o_strides[0] + h * p.fwd.o_strides[1] +
+               static_cast<int64_t>(row) * p.fwd.o_strides[2];
+  const T* dout = static_cast<const T*>(p.dout) + b * p.do_strides[0] + h * p.do_strides[1] +
+                  static_cast<int64_t>(row) * p.do_strides[2];
+  float acc = 0.f;
+  for (int d = lane; d < p.fwd.D; d += 32) acc += static_cast<float>(o[d]) * static_cast<float>(dout[d]);
+#pragma unroll
+  for (int off = 16; off; off /= 2) acc += __shfl_xor_sync(0xffffffff, acc, off);
+  const int64_t i = static_cast<int64_t>(bh) * p.fwd.L + row;
+  if (lane == 0) p.delta[i] = acc - (p.dlse ? p.dlse[i] : 0.f);
+}
+
+// dQ: one CTA per (query tile, batch * head), 16 query rows per warp.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) sparse_attention_bwd_dq_kernel(const SparseAttentionBwdParams bp) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const SparseAttentionParams& p = bp.fwd;
+  T* qs = reinterpret_cast<T*>(smem_raw);
+  T* dos = qs + Smem<D>::kTileElems;
+  T* ks = dos + Smem<D>::kTileElems;  // [2]
+  T* vs = ks + 2 * Smem<D>::kTileElems;  // [2]
+
+  const int qt = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const SparseLayoutParams& lay = p.layout;
+  const int layout = lay.head_layout[h];
+  const int v0 = lay.row_ptr[layout * (lay.n_tiles + 1) + qt], v1 = lay.row_ptr[layout * (lay.n_tiles + 1) + qt + 1];
+  const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
+  const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
+  const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
+  const T* dout = static_cast<const T*>(bp.dout) + b * bp.do_strides[0] + h * bp.do_strides[1];
+  const int row_a = warp * 16 + g, row_b = row_a + 8;
+  const float scale_log2 = p.scale * kLog2e;
+
+  float lse2[2], delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = qt * kTile + (r ? row_b : row_a);
+    const int64_t i = static_cast<int64_t>(bh) * p.L + row;
+    lse2[r] = row < p.L ? p.lse[i] * kLog2e : INFINITY;
+    delta[r] = row < p.L ? bp.delta[i] : 0.f;
+  }
+
+  load_tile_async<D, kThreads>(qs, q, p.q_strides[2], qt * kTile, p.L, tid);
+  load_tile_async<D, kThreads>(dos, dout, bp.do_strides[2], qt * kTile, p.L, tid);
+  if (v0 < v1) {
+    load_tile_async<D, kThreads>(ks, k, p.k_strides[2], lay.cols[v0] * kTile, p.L, tid);
+    load_tile_async<D, kThreads>(vs, v, p.v_strides[2], lay.cols[v0] * kTile, p.L, tid);
+  }
+  cp_async_commit();
+
+  float dq[D / 8][4] = {};
+  for (int visit = v0; visit < v1; ++visit) {
+    const int buf = (visit - v0) & 1;
+    if (visit + 1 < v1) {
+      const int next = lay.cols[visit + 1];
+      load_tile_async<D, kThreads>(ks + (buf ^ 1) * Smem<D>::kTileElems, k, p.k_strides[2], next * kTile, p.L, tid);
+      load_tile_async<D, kThreads>(vs + (buf ^ 1) * Smem<D>::kTileElems, v, p.v_strides[2], next * kTile, p.L, tid);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* kb = ks + buf * Smem<D>::kTileElems;
+    const T* vb = vs + buf * Smem<D>::kTileElems;
+
+    // S = Q K^T and dP = dO V^T, 16 rows x 64 keys each.
+    float s[8][4] = {}, dp[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[4], da[4];
+      load_a<D>(qa, qs, warp * 16, kk * 16, lane);
+      load_a<D>(da, dos, warp * 16, kk * 16, lane);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t bf[4];
+        load_b_nk<D>(bf, kb, np * 16, kk * 16, lane);
+        mma<T>(s[2 * np], qa, bf[0], bf[1]);
+        mma<T>(s[2 * np + 1], qa, bf[2], bf[3]);
+        load_b_nk<D>(bf, vb, np * 16, kk * 16, lane);
+        mma<T>(dp[2 * np], da, bf[0], bf[1]);
+        mma<T>(dp[2 * np + 1], da, bf[2], bf[3]);
+      }
+    }
+
+    const int kt = lay.cols[visit];
+    const int mask_index = lay.row_mask[visit];
+    const uint64_t* mask = mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr;
+    uint64_t keep = ~0ull;
+    if (kt == lay.n_tiles - 1 && p.L % kTile) keep = (1ull << (p.L % kTile)) - 1;
+    if (lay.exclude) keep &= ~lay.exclude[static_cast<int64_t>(b) * lay.n_tiles + kt];
+    const uint64_t words[2] = {mask ? mask[row_a] & keep : keep, mask ? mask[row_b] & keep : keep};
+    // dS = P * (dP - delta), written over s.
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int c = nb * 8 + 2 * t + (i & 1), r = i >> 1;
+        const bool ok = (words[r] >> c) & 1ull;
+        const float pr = ok ? exp2f(s[nb][i] * scale_log2 - lse2[r]) : 0.f;
+        s[nb][i] = pr * (dp[nb][i] - delta[r]);
+      }
+    }
+    // dQ += dS K.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint32_t a[4] = {Pack<T>::from(s[2 * kk][0], s[2 * kk][1]), Pack<T>::from(s[2 * kk][2], s[2 * kk][3]),
+                             Pack<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             Pack<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t bf[4];
+        load_b_kn<D>(bf, kb, kk * 16, dn * 16, lane);
+        mma<T>(dq[2 * dn], a, bf[0], bf[1]);
+        mma<T>(dq[2 * dn + 1], a, bf[2], bf[3]);
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+  T* out = static_cast<T*>(bp.dq) + b * bp.dq_strides[0] + h * bp.dq_strides[1];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = qt * kTile + (r ? row_b : row_a);
+    if (row >= p.L) continue;
+    T* dst = out + static_cast<int64_t>(row) * bp.dq_strides[2];
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      *reinterpret_cast<uint32_t*>(dst + dn * 8 + 2 * t) =
+          Pack<T>::from(dq[dn][2 * r] * p.scale, dq[dn][2 * r + 1] * p.scale);
+    }
+  }
+}
+
+// dK, dV: one CTA per (key tile, batch * head), 16 keys per warp; the query
+// tiles that visit this key tile come from the transposed layout. Queries are
+// taken 32 at a time to keep S^T and dP^T at 16 registers each beside the
+// dK and dV accumulators.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) sparse_attention_bwd_dkdv_kernel(const SparseAttentionBwdParams bp) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const SparseAttentionParams& p = bp.fwd;
+  T* ks = reinterpret_cast<T*>(smem_raw);
+  T* vs = ks + Smem<D>::kTileElems;
+  T* qs = vs + Smem<D>::kTileElems;       // [2]
+  T* dos = qs + 2 * Smem<D>::kTileElems;  // [2]
+  float* lse_s = reinterpret_cast<float*>(dos + 2 * Smem<D>::kTileElems);  // [2][64], log2 domain
+  float* delta_s = lse_s + 2 * kTile;                                      // [2][64]
+
+  const int kt = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const SparseLayoutParams& lay = p.layout;
+  const int layout = lay.head_layout[h];
+  const int v0 = lay.col_ptr[layout * (lay.n_tiles + 1) + kt], v1 = lay.col_ptr[layout * (lay.n_tiles + 1) + kt + 1];
+  const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
+  const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
+  const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
+  const T* dout = static_cast<const T*>(bp.dout) + b * bp.do_strides[0] + h * bp.do_strides[1];
+  const float* lse = p.lse + static_cast<int64_t>(bh) * p.L;
+  const float* delta = bp.delta + static_cast<int64_t>(bh) * p.L;
+  const int key_a = warp * 16 + g, key_b = key_a + 8;  // this thread's two keys in the tile
+  const float scale_log2 = p.scale * kLog2e;
+
+  uint64_t keep = ~0ull;
+  if (lay.exclude) keep &= ~lay.exclude[static_cast<int64_t>(b) * lay.n_tiles + kt];
+  const bool key_ok[2] = {((keep >> key_a) & 1ull) != 0, ((keep >> key_b) & 1ull) != 0};
+
+  auto load_rows = [&](int visit, int buf) {
+    const int qtile = lay.rows[visit];
+    load_tile_async<D, kThreads>(qs + buf * Smem<D>::kTileElems, q, p.q_strides[2], qtile * kTile, p.L, tid);
+    load_tile_async<D, kThreads>(dos + buf * Smem<D>::kTileElems, dout, bp.do_strides[2], qtile * kTile, p.L, tid);
+    if (tid < kTile) {
+      const int row = qtile * kTile + tid;
+      lse_s[buf * kTile + tid] = row < p.L ? lse[row] * kLog2e : INFINITY;
+      delta_s[buf * kTile + tid] = row < p.L ? delta[row] : 0.f;
+    }
+  };
+  load_tile_async<D, kThreads>(ks, k, p.k_strides[2], kt * kTile, p.L, tid);
+  load_tile_async<D, kThreads>(vs, v, p.v_strides[2], kt * kTile, p.L, tid);
+  if (v0 < v1) load_rows(v0, 0);
+  cp_async_commit();
+
+  float dk[D / 8][4] = {}, dv[D / 8][4] = {};
+  for (int visit = v0; visit < v1; ++visit) {
+    const int buf = (visit - v0) & 1;
+    if (visit + 1 < v1) {
+      load_rows(visit + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* qb = qs + buf * Smem<D>::kTileElems;
+    const T* db = dos + buf * Smem<D>::kTileElems;
+    const float* lse_b = lse_s + buf * kTile;
+    const float* delta_b = delta_s + buf * kTile;
+    const int mask_index = lay.col_mask[visit];
+    const uint64_t* mask = mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr;
+
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int q0 = half * 32;
+      // S^T = K Q^T and dP^T = V dO^T: 16 keys x 32 queries.
+      float s[4][4] = {}, dp[4][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ka[4], va[4];
+        load_a<D>(ka, ks, warp * 16, kk * 16, lane);
+        load_a<D>(va, vs, warp * 16, kk * 16, lane);
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {
+          uint32_t bf[4];
+          load_b_nk<D>(bf, qb, q0 + np * 16, kk * 16, lane);
+          mma<T>(s[2 * np], ka, bf[0], bf[1]);
+          mma<T>(s[2 * np + 1], ka, bf[2], bf[3]);
+          load_b_nk<D>(bf, db, q0 + np * 16, kk * 16, lane);
+          mma<T>(dp[2 * np], va, bf[0], bf[1]);
+          mma<T>(dp[2 * np + 1], va, bf[2], bf[3]);
+        }
+      }
+      // P^T (into s) and dS^T (into dp).
+#pragma unroll
+      for (int nb = 0; nb < 4; ++nb) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int c = q0 + nb * 8 + 2 * t + (i & 1), r = i >> 1;
+          bool ok = key_ok[r];
+          if (mask) ok = ok && ((mask[c] >> (r ? key_b : key_a)) & 1ull);
+          const float pr = ok ? exp2f(s[nb][i] * scale_log2 - lse_b[c]) : 0.f;
+          s[nb][i] = pr;
+          dp[nb][i] = pr * (dp[nb][i] - delta_b[c]);
+        }
+      }
+      // dV += P^T dO and dK += dS^T Q over these 32 queries.
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        const uint32_t pa[4] = {Pack<T>::from(s[2 * kk][0], s[2 * kk][1]), Pack<T>::from(s[2 * kk][2], s[2 * kk][3]),
+                                Pack<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                Pack<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        const uint32_t da[4] = {Pack<T>::from(dp[2 * kk][0], dp[2 * kk][1]),
+                                Pack<T>::from(dp[2 * kk][2], dp[2 * kk][3]),
+                                Pack<T>::from(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                                Pack<T>::from(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          uint32_t bf[4];
+          load_b_kn<D>(bf, db, q0 + kk * 16, dn * 16, lane);
+          mma<T>(dv[2 * dn], pa, bf[0], bf[1]);
+          mma<T>(dv[2 * dn + 1], pa, bf[2], bf[3]);
+          load_b_kn<D>(bf, qb, q0 + kk * 16, dn * 16, lane);
+          mma<T>(dk[2 * dn], da, bf[0], bf[1]);
+          mma<T>(dk[2 * dn + 1], da, bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+  T* dk_out = static_cast<T*>(bp.dk) + b * bp.dk_strides[0] + h * bp.dk_strides[1];
+  T* dv_out = static_cast<T*>(bp.dv) + b * bp.dv_strides[0] + h * bp.dv_strides[1];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = kt * kTile + (r ? key_b : key_a);
+    if (row >= p.L) continue;
+    T* dkr = dk_out + static_cast<int64_t>(row) * bp.dk_strides[2];
+    T* dvr = dv_out + static_cast<int64_t>(row) * bp.dv_strides[2];
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      *reinterpret_cast<uint32_t*>(dkr + dn * 8 + 2 * t) =
+          Pack<T>::from(dk[dn][2 * r] * p.scale, dk[dn][2 * r + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(dvr + dn * 8 + 2 * t) = Pack<T>::from(dv[dn][2 * r], dv[dn][2 * r + 1]);
+    }
+  }
+}
+
+template <typename T, int D>
+void launch_bwd(const SparseAttentionBwdParams& p, cudaStream_t stream) {
+  const int bh = p.fwd.B * p.fwd.H;
+  sparse_attention_bwd_delta_kernel<T><<<dim3((p.fwd.L + 7) / 8, bh), 256, 0, stream>>>(p);
+  check_launch("sparse_attention_bwd_delta_kernel");
+
+  constexpr int dq_smem = 6 * Smem<D>::kTileElems * sizeof(T);
+  auto dq_kernel = sparse_attention_bwd_dq_kernel<T, D>;
+  cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem);
+  dq_kernel<<<dim3(p.fwd.layout.n_tiles, bh), kThreads, dq_smem, stream>>>(p);
+  check_launch("sparse_attention_bwd_dq_kernel");
+
+  constexpr int dkdv_smem = 6 * Smem<D>::kTileElems * sizeof(T) + 4 * kTile * sizeof(float);
+  auto dkdv_kernel = sparse_attention_bwd_dkdv_kernel<T, D>;
+  cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem);
+  dkdv_kernel<<<dim3(p.fwd.layout.n_tiles, bh), kThreads, dkdv_smem, stream>>>(p);
+  check_launch("sparse_attention_bwd_dkdv_kernel");
+}
+
+}  // namespace
+
+void sparse_attention_bwd(const SparseAttentionBwdParams& p, DType dtype, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.fwd.D != 64 && p.fwd.D != 128) throw std::invalid_argument("sparse_attention_bwd: head dim must be 64 or 128");
+  if (dtype == DType::kBFloat16) {
+    p.fwd.D == 64 ? launch_bwd<__nv_bfloat16, 64>(p, s) : launch_bwd<__nv_bfloat16, 128>(p, s);
+  } else {
+    p.fwd.D == 64 ? launch_bwd<__half, 64>(p, s) : launch_bwd<__half, 128>(p, s);
+  }
+}
+
+}  // namespace longtrain::kernels

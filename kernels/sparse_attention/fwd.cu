@@ -1,0 +1,205 @@
+// Block-sparse flash attention, forward.
+//
+//   o[i] = sum_j softmax_j(q_i . k_j * scale) v_j over the keys j the layout
+//   allows for query i;  lse[i] = log sum_j exp(q_i . k_j * scale)
+//
+// One CTA per (query tile of 64 rows, batch * head); 4 warps, 16 query rows
+// each. The CTA walks its tile row of the layout: K and V tiles are copied
+// asynchronously into shared memory one visit ahead, S = Q K^T and O += P V
+// run on tensor cores (mma.sync m16n8k16, fp32 accumulators), and the softmax
+// is the online one (running max and sum in registers, base-2 exponentials).
+// Full visits skip element masking; partial visits, the sequence end and
+// excluded keys mask per element. Never an L x L matrix in memory.
+//
+// Matches: model/sparse_attention.cpp (the reference) on the same layout.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/sparse_attention/tile.cuh"
+
+namespace longtrain::kernels {
+namespace {
+
+using namespace tile;
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* qs = reinterpret_cast<T*>(smem_raw);
+  T* ks = qs + Smem<D>::kTileElems;  // [2] buffers
+  T* vs = ks + 2 * Smem<D>::kTileElems;
+
+  const int qt = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const SparseLayoutParams& lay = p.layout;
+  const int layout = lay.head_layout[h];
+  const int v0 = lay.row_ptr[layout * (lay.n_tiles + 1) + qt], v1 = lay.row_ptr[layout * (lay.n_tiles + 1) + qt + 1];
+
+  const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
+  const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
+  const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
+  const int row_a = warp * 16 + g, row_b = row_a + 8;  // this thread's two rows in the tile
+
+  float o[D / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const float scale_log2 = p.scale * kLog2e;
+
+  load_tile_async<D, kThreads>(qs, q, p.q_strides[2], qt * kTile, p.L, tid);
+  if (v0 < v1) {
+    const int kt = lay.cols[v0];
+    load_tile_async<D, kThreads>(ks, k, p.k_strides[2], kt * kTile, p.L, tid);
+    load_tile_async<D, kThreads>(vs, v, p.v_strides[2], kt * kTile, p.L, tid);
+  }
+  cp_async_commit();
+
+  uint32_t qf[D / 16][4];
+  for (int visit = v0; visit < v1; ++visit) {
+    const int buf = (visit - v0) & 1;
+    if (visit + 1 < v1) {
+      const int next = lay.cols[visit + 1];
+      load_tile_async<D, kThreads>(ks + (buf ^ 1) * Smem<D>::kTileElems, k, p.k_strides[2], next * kTile, p.L, tid);
+      load_tile_async<D, kThreads>(vs + (buf ^ 1) * Smem<D>::kTileElems, v, p.v_strides[2], next * kTile, p.L, tid);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (visit == v0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qf[kk], qs, warp * 16, kk * 16, lane);
+    }
+    const T* kb = ks + buf * Smem<D>::kTileElems;
+    const T* vb = vs + buf * Smem<D>::kTileElems;
+
+    // S = Q K^T for this warp's 16 rows x 64 keys.
+    float s[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t bf[4];
+        load_b_nk<D>(bf, kb, np * 16, kk * 16, lane);
+        mma<T>(s[2 * np], qf[kk], bf[0], bf[1]);
+        mma<T>(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+      }
+    }
+
+    // Scale to base 2 and mask.
+    const int kt = lay.cols[visit];
+    const int mask_index = lay.row_mask[visit];
+    const uint64_t* mask = mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr;
+    uint64_t keep = ~0ull;
+    if (kt == lay.n_tiles - 1 && p.L % kTile) keep = (1ull << (p.L % kTile)) - 1;
+    if (lay.exclude) keep &= ~lay.exclude[static_cast<int64_t>(b) * lay.n_tiles + kt];
+    const bool masked = mask != nullptr || keep != ~0ull;
+    const uint64_t words[2] = {masked ? (mask ? mask[row_a] & keep : keep) : ~0ull,
+                               masked ? (mask ? mask[row_b] & keep : keep) : ~0ull};
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int c = nb * 8 + 2 * t + (i & 1);
+        const bool ok = !masked || ((words[i >> 1] >> c) & 1ull);
+        s[nb][i] = ok ? s[nb][i] * scale_log2 : -INFINITY;
+      }
+    }
+
+    // Online softmax: new running max, rescale what was accumulated.
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = m[r];
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
+      mx = quad_max(mx);
+      const float use = mx == -INFINITY ? 0.f : mx;
+      alpha[r] = exp2f(m[r] - use);
+      m[r] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb) {
+        s[nb][2 * r] = exp2f(s[nb][2 * r] - use);
+        s[nb][2 * r + 1] = exp2f(s[nb][2 * r + 1] - use);
+        sum += s[nb][2 * r] + s[nb][2 * r + 1];
+      }
+      l[r] = l[r] * alpha[r] + sum;
+    }
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      o[dn][0] *= alpha[0];
+      o[dn][1] *= alpha[0];
+      o[dn][2] *= alpha[1];
+      o[dn][3] *= alpha[1];
+    }
+
+    // O += P V, P straight from the S registers.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint32_t a[4] = {Pack<T>::from(s[2 * kk][0], s[2 * kk][1]), Pack<T>::from(s[2 * kk][2], s[2 * kk][3]),
+                             Pack<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             Pack<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t bf[4];
+        load_b_kn<D>(bf, vb, kk * 16, dp * 16, lane);
+        mma<T>(o[2 * dp], a, bf[0], bf[1]);
+        mma<T>(o[2 * dp + 1], a, bf[2], bf[3]);
+      }
+    }
+    __syncthreads();  // the next visit's copy overwrites this buffer
+  }
+  cp_async_wait<0>();
+
+  // Normalise and store; rows with no allowed key get 0 and lse = -inf.
+  T* out = static_cast<T*>(p.o) + b * p.o_strides[0] + h * p.o_strides[1];
+  float* lse = p.lse + (static_cast<int64_t>(b) * p.H + h) * p.L;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float total = quad_sum(l[r]);
+    const int row = qt * kTile + (r ? row_b : row_a);
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    if (row < p.L) {
+      T* dst = out + static_cast<int64_t>(row) * p.o_strides[2];
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        *reinterpret_cast<uint32_t*>(dst + dn * 8 + 2 * t) =
+            Pack<T>::from(o[dn][2 * r] * inv, o[dn][2 * r + 1] * inv);
+      }
+      if (t == 0) lse[row] = total > 0.f ? (m[r] + log2f(total)) / kLog2e : -INFINITY;
+    }
+  }
+}
+
+template <typename T, int D>
+void launch_fwd(const SparseAttentionParams& p, cudaStream_t stream) {
+  constexpr int smem = 5 * Smem<D>::kTileElems * sizeof(T);
+  auto kernel = sparse_attention_fwd_kernel<T, D>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  const dim3 grid(p.layout.n_tiles, p.B * p.H);
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("sparse_attention_fwd_kernel: ") + cudaGetErrorString(err));
+  }
+}
+
+}  // namespace
+
+void sparse_attention_fwd(const SparseAttentionParams& p, DType dtype, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.D != 64 && p.D != 128) throw std::invalid_argument("sparse_attention_fwd: head dim must be 64 or 128");
+  if (dtype == DType::kBFloat16) {
+    p.D == 64 ? launch_fwd<__nv_bfloat16, 64>(p, s) : launch_fwd<__nv_bfloat16, 128>(p, s);
+  } else {
+    p.D == 64 ? launch_fwd<__half, 64>(p, s) : launch_fwd<__half, 128>(p, s);
+  }
+}
+
+}  // namespace longtrain::kernels

@@ -1,0 +1,285 @@
+// See op.h. The autograd glue: checks at the boundary, plain params for the
+// kernels (params.h), launches on the current CUDA stream.
+#include "kernels/sparse_attention/op.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/sparse_attention/params.h"
+
+#ifdef LONGTRAIN_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace longtrain::kernels {
+
+namespace {
+
+torch::Tensor int32_tensor(const std::vector<int32_t>& v, const torch::Device& device) {
+  auto t = torch::empty({static_cast<int64_t>(v.size())}, torch::kInt32);
+  std::copy(v.begin(), v.end(), t.data_ptr<int32_t>());
+  return t.to(device);
+}
+
+}  // namespace
+
+SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, const std::vector<int64_t>& head_layout,
+                              const torch::Device& device) {
+  TORCH_CHECK(!layouts.empty(), "make_plan: no layouts");
+  const int64_t nt = layouts[0]->n_tiles;
+  std::vector<int32_t> row_ptr, cols, row_mask, col_ptr, rows, col_mask;
+  std::vector<uint64_t> masks;
+  for (const TileLayout* l : layouts) {
+    TORCH_CHECK(l->n_tiles == nt && l->seq_len == layouts[0]->seq_len, "make_plan: layouts of different lengths");
+    TORCH_CHECK(static_cast<int64_t>(l->row_ptr.size()) == nt + 1, "make_plan: row_ptr has ", l->row_ptr.size(),
+                " entries for ", nt, " tiles");
+    const int32_t visit0 = static_cast<int32_t>(cols.size());
+    const int32_t mask0 = static_cast<int32_t>(masks.size() / kTile);
+    for (int64_t i = 0; i <= nt; ++i) row_ptr.push_back(visit0 + l->row_ptr[i]);
+    for (int64_t v = 0; v < l->visits(); ++v) {
+      cols.push_back(l->cols[v]);
+      row_mask.push_back(l->mask_of[v] < 0 ? -1 : mask0 + l->mask_of[v]);
+    }
+    masks.insert(masks.end(), l->masks.begin(), l->masks.end());
+    // Transpose: for each key tile, the query tiles visiting it, in order.
+    std::vector<std::vector<std::pair<int32_t, int32_t>>> by_col(nt);
+    for (int64_t i = 0; i < nt; ++i) {
+      for (int32_t v = l->row_ptr[i]; v < l->row_ptr[i + 1]; ++v) {
+        by_col[l->cols[v]].emplace_back(static_cast<int32_t>(i), l->mask_of[v] < 0 ? -1 : mask0 + l->mask_of[v]);
+      }
+    }
+    for (int64_t j = 0; j < nt; ++j) {
+      col_ptr.push_back(static_cast<int32_t>(rows.size()));
+      for (const auto& [r, m] : by_col[j]) {
+        rows.push_back(r);
+        col_mask.push_back(m);
+      }
+    }
+    col_ptr.push_back(static_cast<int32_t>(rows.size()));
+  }
+  TORCH_CHECK(masks.size() / kTile < static_cast<size_t>(std::numeric_limits<int32_t>::max()),
+              "make_plan: too many partial tiles");
+  SparseAttentionPlan p;
+  p.seq_len = layouts[0]->seq_len;
+  p.n_tiles = nt;
+  p.row_ptr = int32_tensor(row_ptr, device);
+  p.cols = int32_tensor(cols, device);
+  p.row_mask = int32_tensor(row_mask, device);
+  p.col_ptr = int32_tensor(col_ptr, device);
+  p.rows = int32_tensor(rows, device);
+  p.col_mask = int32_tensor(col_mask, device);
+  auto m = torch::empty({static_cast<int64_t>(std::max<size_t>(masks.size(), 1))}, torch::kInt64);
+  std::copy(masks.begin(), masks.end(), reinterpret_cast<uint64_t*>(m.data_ptr<int64_t>()));
+  p.masks = m.to(device);
+  std::vector<int32_t> hl(head_layout.begin(), head_layout.end());
+  for (int32_t h : hl) TORCH_CHECK(h >= 0 && h < static_cast<int32_t>(layouts.size()), "make_plan: bad head layout ", h);
+  p.head_layout = int32_tensor(hl, device);
+  return p;
+}
+
+#ifndef LONGTRAIN_WITH_CUDA
+
+bool sparse_attention_cuda_built() { return false; }
+
+std::tuple<torch::Tensor, torch::Tensor> sparse_attention_cuda(const torch::Tensor&, const torch::Tensor&,
+                                                               const torch::Tensor&, const SparseAttentionPlan&,
+                                                               const torch::Tensor&, double) {
+  TORCH_CHECK(false, "sparse_attention_cuda: this build has no CUDA kernels (nvcc was not found at configure time)");
+}
+
+#else
+
+bool sparse_attention_cuda_built() { return true; }
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Rows must be 16-byte aligned for the kernels' vector copies.
+torch::Tensor rows_aligned(const torch::Tensor& t) {
+  const bool ok = t.stride(3) == 1 && t.stride(2) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(0) % 8 == 0 &&
+                  reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  return ok ? t : t.contiguous();
+}
+
+void set_strides(int64_t (&s)[3], const torch::Tensor& t) {
+  s[0] = t.stride(0);
+  s[1] = t.stride(1);
+  s[2] = t.stride(2);
+}
+
+SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::Tensor& exclude) {
+  SparseLayoutParams l;
+  l.row_ptr = plan.row_ptr.data_ptr<int32_t>();
+  l.cols = plan.cols.data_ptr<int32_t>();
+  l.row_mask = plan.row_mask.data_ptr<int32_t>();
+  l.col_ptr = plan.col_ptr.data_ptr<int32_t>();
+  l.rows = plan.rows.data_ptr<int32_t>();
+  l.col_mask = plan.col_mask.data_ptr<int32_t>();
+  l.masks = reinterpret_cast<const uint64_t*>(plan.masks.data_ptr<int64_t>());
+  l.head_layout = plan.head_layout.data_ptr<int32_t>();
+  l.exclude = exclude.defined() ? reinterpret_cast<const uint64_t*>(exclude.data_ptr<int64_t>()) : nullptr;
+  l.n_tiles = static_cast<int>(plan.n_tiles);
+  return l;
+}
+
+SparseAttentionPlan plan_from(AutogradContext* ctx) {
+  SparseAttentionPlan p;
+  auto& d = ctx->saved_data;
+  p.row_ptr = d["row_ptr"].toTensor();
+  p.cols = d["cols"].toTensor();
+  p.row_mask = d["row_mask"].toTensor();
+  p.col_ptr = d["col_ptr"].toTensor();
+  p.rows = d["rows"].toTensor();
+  p.col_mask = d["col_mask"].toTensor();
+  p.masks = d["masks"].toTensor();
+  p.head_layout = d["head_layout"].toTensor();
+  p.seq_len = d["seq_len"].toInt();
+  p.n_tiles = d["n_tiles"].toInt();
+  return p;
+}
+
+DType dtype_of(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kBFloat16 ? DType::kBFloat16 : DType::kFloat16;
+}
+
+class SparseAttentionFunction : public torch::autograd::Function<SparseAttentionFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                               const SparseAttentionPlan& plan, const torch::Tensor* exclude_or_null,
+                               double scale) {
+    // Passed by pointer: an undefined tensor among apply()'s tensor arguments is not allowed.
+    const torch::Tensor exclude = exclude_or_null ? *exclude_or_null : torch::Tensor();
+    q = rows_aligned(q);
+    k = rows_aligned(k);
+    v = rows_aligned(v);
+    const int64_t B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
+    // [B, L, H, D] storage: the mixer's transpose back to [B, L, H * D] is free.
+    auto o = torch::empty({B, L, H, D}, q.options()).transpose(1, 2);
+    auto lse = torch::empty({B, H, L}, q.options().dtype(torch::kFloat32));
+    SparseAttentionParams p;
+    p.q = q.data_ptr();
+    p.k = k.data_ptr();
+    p.v = v.data_ptr();
+    p.o = o.data_ptr();
+    p.lse = lse.data_ptr<float>();
+    set_strides(p.q_strides, q);
+    set_strides(p.k_strides, k);
+    set_strides(p.v_strides, v);
+    set_strides(p.o_strides, o);
+    p.B = static_cast<int>(B);
+    p.H = static_cast<int>(H);
+    p.L = static_cast<int>(L);
+    p.D = static_cast<int>(D);
+    p.scale = static_cast<float>(scale);
+    p.layout = layout_params(plan, exclude);
+    const c10::cuda::CUDAGuard guard(q.device());
+    sparse_attention_fwd(p, dtype_of(q), c10::cuda::getCurrentCUDAStream().stream());
+
+    ctx->save_for_backward({q, k, v, o, lse});
+    auto& d = ctx->saved_data;
+    d["row_ptr"] = plan.row_ptr;
+    d["cols"] = plan.cols;
+    d["row_mask"] = plan.row_mask;
+    d["col_ptr"] = plan.col_ptr;
+    d["rows"] = plan.rows;
+    d["col_mask"] = plan.col_mask;
+    d["masks"] = plan.masks;
+    d["head_layout"] = plan.head_layout;
+    d["seq_len"] = plan.seq_len;
+    d["n_tiles"] = plan.n_tiles;
+    d["exclude"] = exclude.defined() ? exclude : torch::Tensor();
+    d["has_exclude"] = exclude.defined();
+    d["scale"] = scale;
+    return {o, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto q = saved[0], k = saved[1], v = saved[2], o = saved[3], lse = saved[4];
+    const auto plan = plan_from(ctx);
+    torch::Tensor exclude = ctx->saved_data["has_exclude"].toBool() ? ctx->saved_data["exclude"].toTensor()
+                                                                     : torch::Tensor();
+    const int64_t B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
+    torch::Tensor dout = grads[0].defined() ? rows_aligned(grads[0].to(q.scalar_type())) : torch::zeros_like(o);
+    torch::Tensor dlse = grads[1].defined() ? grads[1].to(torch::kFloat32).contiguous() : torch::Tensor();
+    auto dq = torch::empty({B, L, H, D}, q.options()).transpose(1, 2);
+    auto dk = torch::empty({B, L, H, D}, q.options()).transpose(1, 2);
+    auto dv = torch::empty({B, L, H, D}, q.options()).transpose(1, 2);
+    auto delta = torch::empty({B, H, L}, q.options().dtype(torch::kFloat32));
+
+    SparseAttentionBwdParams p;
+    SparseAttentionParams& f = p.fwd;
+    f.q = q.data_ptr();
+    f.k = k.data_ptr();
+    f.v = v.data_ptr();
+    f.o = o.data_ptr();
+    f.lse = lse.data_ptr<float>();
+    set_strides(f.q_strides, q);
+    set_strides(f.k_strides, k);
+    set_strides(f.v_strides, v);
+    set_strides(f.o_strides, o);
+    f.B = static_cast<int>(B);
+    f.H = static_cast<int>(H);
+    f.L = static_cast<int>(L);
+    f.D = static_cast<int>(D);
+    f.scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
+    f.layout = layout_params(plan, exclude);
+    p.dout = dout.data_ptr();
+    p.dlse = dlse.defined() ? dlse.data_ptr<float>() : nullptr;
+    p.delta = delta.data_ptr<float>();
+    p.dq = dq.data_ptr();
+    p.dk = dk.data_ptr();
+    p.dv = dv.data_ptr();
+    set_strides(p.do_strides, dout);
+    set_strides(p.dq_strides, dq);
+    set_strides(p.dk_strides, dk);
+    set_strides(p.dv_strides, dv);
+    const c10::cuda::CUDAGuard guard(q.device());
+    sparse_attention_bwd(p, dtype_of(q), c10::cuda::getCurrentCUDAStream().stream());
+    return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor()};  // plan, exclude, scale: none
+  }
+};
+
+}  // namespace
+
+std::tuple<torch::Tensor, torch::Tensor> sparse_attention_cuda(const torch::Tensor& q, const torch::Tensor& k,
+                                                               const torch::Tensor& v,
+                                                               const SparseAttentionPlan& plan,
+                                                               const torch::Tensor& exclude, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "sparse_attention_cuda: q, k, v must be [B, H, L, D] of one shape, got ", q.sizes(), ", ", k.sizes(),
+              ", ", v.sizes());
+  TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device(),
+              "sparse_attention_cuda: q, k, v must be on one CUDA device, got ", q.device(), ", ", k.device(), ", ",
+              v.device());
+  TORCH_CHECK((q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kFloat16) &&
+                  k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "sparse_attention_cuda: q, k, v must all be bf16 or all fp16, got ", q.scalar_type(), ", ",
+              k.scalar_type(), ", ", v.scalar_type());
+  TORCH_CHECK(q.size(3) == 64 || q.size(3) == 128, "sparse_attention_cuda: head dim must be 64 or 128, got ",
+              q.size(3));
+  const int64_t L = q.size(2), H = q.size(1);
+  TORCH_CHECK(plan.seq_len == L, "sparse_attention_cuda: the plan is for L = ", plan.seq_len, ", inputs have L = ", L);
+  TORCH_CHECK(plan.head_layout.numel() == H, "sparse_attention_cuda: the plan has ", plan.head_layout.numel(),
+              " heads, inputs have ", H);
+  TORCH_CHECK(plan.row_ptr.device() == q.device(), "sparse_attention_cuda: the plan is on ", plan.row_ptr.device(),
+              ", inputs on ", q.device());
+  TORCH_CHECK(L < (1 << 30) && q.size(0) * H < 65536, "sparse_attention_cuda: B * H must be < 65536, got ",
+              q.size(0) * H);
+  if (exclude.defined()) {
+    TORCH_CHECK(exclude.scalar_type() == torch::kInt64 && exclude.is_contiguous() && exclude.device() == q.device() &&
+                    exclude.sizes() == torch::IntArrayRef({q.size(0), plan.n_tiles}),
+                "sparse_attention_cuda: exclude must be contiguous int64 [B, n_tiles] = [", q.size(0), ", ",
+                plan.n_tiles, "] on ", q.device(), ", got ", exclude.sizes(), " ", exclude.scalar_type());
+  }
+  auto out = SparseAttentionFunction::apply(q, k, v, plan, exclude.defined() ? &exclude : nullptr, scale);
+  return {out[0], out[1]};
+}
+
+#endif
+
+}  // namespace longtrain::kernels

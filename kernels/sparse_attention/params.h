@@ -1,0 +1,64 @@
+// Plain parameters of the block-sparse flash attention kernels (no torch types:
+// this header is shared by op.cpp and the .cu files).
+//
+// Tensors are [B, H, L, D] addressed by element strides (the head dim is
+// contiguous). The layout is the model's block layout re-cut into 64 x 64
+// tiles (kTile): for layout l, query tile i visits key tiles
+// tile_cols[tile_row_ptr[l * (n_tiles + 1) + i] ..  tile_row_ptr[... + i + 1]),
+// each full (mask index -1) or partial (64 mask words, word r = query row r,
+// bit c = key column c). The transposed (CSC) lists drive the dK/dV kernel.
+// A per-batch exclusion word per key tile (optional) removes keys from every
+// tile (Longformer global keys, which the caller scores once, densely).
+#pragma once
+
+#include <cstdint>
+
+namespace longtrain::kernels {
+
+constexpr int kTile = 64;
+
+struct SparseLayoutParams {
+  const int32_t* row_ptr = nullptr;    // [n_layouts * (n_tiles + 1)], offsets into cols
+  const int32_t* cols = nullptr;       // key tile per visit
+  const int32_t* row_mask = nullptr;   // mask index per visit, -1 = full
+  const int32_t* col_ptr = nullptr;    // [n_layouts * (n_tiles + 1)], offsets into rows
+  const int32_t* rows = nullptr;       // query tile per transposed visit
+  const int32_t* col_mask = nullptr;   // mask index per transposed visit
+  const uint64_t* masks = nullptr;     // [n_masks, 64]
+  const int32_t* head_layout = nullptr;  // [H] -> layout index
+  const uint64_t* exclude = nullptr;   // [B, n_tiles] key-exclusion words, or null
+  int n_tiles = 0;
+};
+
+struct SparseAttentionParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  float* lse = nullptr;  // [B, H, L] natural-log logsumexp; -inf for rows with no key
+  // Strides in elements: batch, head, row (the last dim is contiguous).
+  int64_t q_strides[3], k_strides[3], v_strides[3], o_strides[3];
+  int B = 0, H = 0, L = 0, D = 0;
+  float scale = 0.f;
+  SparseLayoutParams layout;
+};
+
+struct SparseAttentionBwdParams {
+  SparseAttentionParams fwd;  // q, k, v, o, lse as saved by the forward
+  const void* dout = nullptr;
+  const float* dlse = nullptr;  // [B, H, L] gradient of lse, or null
+  float* delta = nullptr;       // [B, H, L] workspace: rowsum(dO * O) - dlse
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  int64_t do_strides[3], dq_strides[3], dk_strides[3], dv_strides[3];
+};
+
+enum class DType { kBFloat16, kFloat16 };
+
+// Launchers (fwd.cu, bwd.cu): check the last CUDA error and throw with the
+// kernel name on failure. `stream` is a cudaStream_t.
+void sparse_attention_fwd(const SparseAttentionParams& p, DType dtype, void* stream);
+void sparse_attention_bwd(const SparseAttentionBwdParams& p, DType dtype, void* stream);
+
+}  // namespace longtrain::kernels

@@ -1,0 +1,37 @@
+// The sparse family's fast path on CUDA: the model's block layouts re-cut into
+// the kernels' 64 x 64 tiles, and block-sparse flash attention
+// (kernels/sparse_attention) with Longformer's global tokens around it.
+//
+// Global tokens, as in the reference (sparse_attention.h): global columns are
+// either folded into the layout (static "first k tokens" globals: the kernel
+// alone does the work) or, for per-batch positions, excluded from the kernel's
+// tiles and scored densely beside it, the two softmaxes merged through the
+// kernel's logsumexp; global rows (their own q, k, v projections) are dense.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+#include "kernels/sparse_attention/op.h"
+#include "model/block_layout.h"
+#include "model/sparse_attention.h"
+
+namespace longtrain {
+
+// The layout in 64 x 64 tiles: a tile is full when every in-range pair is allowed.
+kernels::TileLayout tile_layout(const BlockLayout& layout);
+
+// Adds the columns of the first `first` tokens (causal: only for later queries).
+SparsePattern with_global_columns(SparsePattern base, int64_t first, int64_t block, bool causal);
+
+// Why the kernel cannot take these inputs ("" when it can).
+std::string sparse_kernel_unsupported(const torch::Tensor& q);
+
+// q, k, v: [B, H, L, D] on CUDA, bf16/fp16. `columns_in_plan`: the global
+// columns are part of the plan's layouts (only the global rows remain).
+torch::Tensor sparse_attention_fast(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    const kernels::SparseAttentionPlan& plan, bool causal,
+                                    const GlobalAttention* global, bool columns_in_plan);
+
+}  // namespace longtrain

@@ -1,0 +1,367 @@
+// Block-sparse flash attention (kernels/sparse_attention) against the
+// references, outputs and every gradient, by the rule
+//   err(kernel, ref_fp32) <= 2 * err(ref_lowp, ref_fp32) + atol
+// where ref_lowp is dense attention run in the kernel's dtype (bf16 / fp16)
+// and ref_fp32 the same in fp32 on the same (rounded) inputs, itself checked
+// against the model's sparse reference. Fresh random inputs per case, one
+// shared random grad_out, outputs poisoned with NaN before every kernel run.
+// Every pattern of the sparse family, causal and bidirectional, odd lengths,
+// lengths that are not a multiple of the tile or window, B > 1, H > 1, head
+// dims 64 and 128, one long case. The tile-layout tests run on CPU too.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <yaml-cpp/yaml.h>
+
+#include "model/mixer.h"
+#include "model/sparse_attention_fast.h"
+#include "tests/model/attention_reference.h"
+#include "trainer/device.h"
+#include "trainer/recipe_section.h"
+
+namespace longtrain {
+namespace {
+
+using torch::Tensor;
+
+#define SKIP_WITHOUT_CUDA() \
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
+
+// ---------------------------------------------------------------- tile layouts (CPU)
+
+// The tile layout expanded to [L, L], as the kernel reads it.
+Tensor tile_mask(const kernels::TileLayout& t) {
+  const int64_t L = t.seq_len, T = kernels::kTile;
+  auto m = torch::zeros({L, L}, torch::kBool);
+  auto a = m.accessor<bool, 2>();
+  for (int64_t qt = 0; qt < t.n_tiles; ++qt)
+    for (int32_t v = t.row_ptr[qt]; v < t.row_ptr[qt + 1]; ++v)
+      for (int64_t q = qt * T; q < std::min(L, qt * T + T); ++q)
+        for (int64_t k = t.cols[v] * T; k < std::min(L, t.cols[v] * T + T); ++k)
+          a[q][k] = t.mask_of[v] < 0 || ((t.masks[t.mask_of[v] * T + (q - qt * T)] >> (k - t.cols[v] * T)) & 1);
+  return m;
+}
+
+struct PatternCase {
+  std::string name;
+  std::function<SparsePattern(int64_t L, int64_t block, bool causal)> make;
+};
+
+std::vector<PatternCase> patterns() {
+  return {
+      {"sliding_w100", [](int64_t L, int64_t b, bool c) { return sliding_pattern(L, b, 100, 1, c); }},
+      {"sliding_w64_d3", [](int64_t L, int64_t b, bool c) { return sliding_pattern(L, b, 64, 3, c); }},
+      {"bigbird_3_2_3", [](int64_t L, int64_t b, bool c) { return bigbird_pattern(L, b, 3, 2, 3, 7, c); }},
+      {"strided_48", [](int64_t L, int64_t b, bool c) { return strided_pattern(L, b, 48, c); }},
+      {"fixed_64_8", [](int64_t L, int64_t b, bool c) { return fixed_pattern(L, b, 64, 8, c); }},
+      {"longformer_w128_g70",
+       [](int64_t L, int64_t b, bool c) { return with_global_columns(sliding_pattern(L, b, 128, 1, c), 70, b, c); }},
+  };
+}
+
+TEST(TileLayout, AllowsExactlyTheLayoutsPairs) {
+  for (const auto& pc : patterns())
+    for (int64_t block : {16, 64, 128})
+      for (int64_t L : {37, 500, 640, 1031})
+        for (bool causal : {true, false}) {
+          const auto layout = build_layout(pc.make(L, block, causal), L, block);
+          const auto tiles = tile_layout(layout);
+          const std::string what = pc.name + " block=" + std::to_string(block) + " L=" + std::to_string(L) +
+                                   (causal ? " causal" : " bidir");
+          ASSERT_EQ(tiles.n_tiles, (L + 63) / 64) << what;
+          ASSERT_TRUE(torch::equal(tile_mask(tiles), layout_mask(layout))) << what;
+          // Full tiles are full, partial ones are not, and no visit is empty.
+          for (int64_t qt = 0; qt < tiles.n_tiles; ++qt)
+            for (int32_t v = tiles.row_ptr[qt]; v < tiles.row_ptr[qt + 1]; ++v) {
+              const int64_t rows = std::min<int64_t>(64, L - qt * 64), cols = std::min<int64_t>(64, L - tiles.cols[v] * 64);
+              auto sub = tile_mask(tiles).slice(0, qt * 64, qt * 64 + rows).slice(1, tiles.cols[v] * 64,
+                                                                                tiles.cols[v] * 64 + cols);
+              const int64_t n = sub.sum().item<int64_t>();
+              ASSERT_GT(n, 0) << what << ": empty visit";
+              ASSERT_EQ(tiles.mask_of[v] < 0, n == rows * cols) << what << ": full flag wrong at " << qt;
+            }
+        }
+}
+
+TEST(TileLayout, PlanTransposeListsTheSameVisits) {
+  const int64_t L = 700;
+  const auto a = tile_layout(build_layout(sliding_pattern(L, 64, 100, 2, true), L, 64));
+  const auto b = tile_layout(build_layout(bigbird_pattern(L, 64, 3, 1, 2, 3, false), L, 64));
+  const auto plan = kernels::make_plan({&a, &b}, {1, 0, 1}, torch::kCPU);
+  auto row_ptr = plan.row_ptr, cols = plan.cols, col_ptr = plan.col_ptr, rows = plan.rows;
+  const int64_t nt = plan.n_tiles;
+  ASSERT_EQ(nt, 11);
+  EXPECT_TRUE(torch::equal(plan.head_layout, torch::tensor({1, 0, 1}, torch::kInt32)));
+  for (int64_t l = 0; l < 2; ++l) {
+    auto dense = torch::zeros({nt, nt}, torch::kInt32), dense_t = torch::zeros({nt, nt}, torch::kInt32);
+    for (int64_t i = 0; i < nt; ++i) {
+      for (int64_t v = row_ptr[l * (nt + 1) + i].item<int>(); v < row_ptr[l * (nt + 1) + i + 1].item<int>(); ++v)
+        dense[i][cols[v].item<int>()] += 1 + (plan.row_mask[v].item<int>() >= 0);
+      for (int64_t v = col_ptr[l * (nt + 1) + i].item<int>(); v < col_ptr[l * (nt + 1) + i + 1].item<int>(); ++v)
+        dense_t[rows[v].item<int>()][i] += 1 + (plan.col_mask[v].item<int>() >= 0);
+    }
+    EXPECT_TRUE(torch::equal(dense, dense_t)) << "layout " << l;
+    EXPECT_GT(dense.sum().item<int>(), 0);
+  }
+}
+
+TEST(SparseKernel, SaysWhyItCannotRun) {
+  auto cpu = torch::zeros({1, 1, 8, 64});
+  EXPECT_NE(sparse_kernel_unsupported(cpu), "");
+  if (!torch::cuda::is_available()) return;
+  auto f32 = torch::zeros({1, 1, 8, 64}, torch::kCUDA);
+  EXPECT_NE(sparse_kernel_unsupported(f32).find("bf16"), std::string::npos);
+  auto d32 = torch::zeros({1, 1, 8, 32}, torch::dtype(torch::kBFloat16).device(torch::kCUDA));
+  EXPECT_NE(sparse_kernel_unsupported(d32).find("head dim"), std::string::npos);
+}
+
+// ---------------------------------------------------------------- kernel vs references (GPU)
+
+enum class Globals { kNone, kFirst, kPerBatch };
+
+struct KernelCase {
+  std::string name;
+  int64_t B, H, L, D;
+  bool causal;
+  torch::ScalarType dtype;
+  Globals globals;
+  int64_t block;
+  std::function<SparsePattern(int64_t L, int64_t block, bool causal, int64_t head)> make;
+};
+
+std::string case_name(const ::testing::TestParamInfo<KernelCase>& info) {
+  const auto& c = info.param;
+  return c.name + "_B" + std::to_string(c.B) + "_H" + std::to_string(c.H) + "_L" + std::to_string(c.L) + "_D" +
+         std::to_string(c.D) + (c.causal ? "_causal" : "_bidir") + (c.dtype == torch::kBFloat16 ? "_bf16" : "_fp16");
+}
+
+// Allocates and frees NaN tensors of the outputs' sizes so the caching
+// allocator hands those blocks back to the kernel's outputs: an element the
+// kernel does not write stays NaN and fails the comparison.
+void poison(int64_t B, int64_t H, int64_t L, int64_t D, torch::ScalarType dtype) {
+  std::vector<Tensor> held;
+  for (int i = 0; i < 4; ++i) held.push_back(torch::full({B, L, H, D}, NAN, torch::dtype(dtype).device(torch::kCUDA)));
+  for (int i = 0; i < 2; ++i) held.push_back(torch::full({B, H, L}, NAN, torch::dtype(torch::kFloat32).device(torch::kCUDA)));
+}
+
+double max_err(const Tensor& a, const Tensor& b) {
+  return (a.to(torch::kFloat32) - b.to(torch::kFloat32)).abs().max().item<double>();
+}
+
+class SparseKernelVsReference : public ::testing::TestWithParam<KernelCase> {};
+
+TEST_P(SparseKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionError) {
+  SKIP_WITHOUT_CUDA();
+  const auto& c = GetParam();
+  const auto dev = torch::Device(torch::kCUDA);
+  torch::manual_seed(c.L * 31 + c.H);
+  auto opt = torch::dtype(c.dtype).device(dev);
+  // Inputs drawn in the low precision, so every run sees the same values.
+  std::vector<Tensor> base;
+  for (int i = 0; i < 6; ++i) base.push_back(torch::randn({c.B, c.H, c.L, c.D}, opt));
+  auto grad_out = torch::randn({c.B, c.H, c.L, c.D}, opt);
+
+  // Per-head layouts; global positions.
+  std::vector<BlockLayout> layouts;
+  std::vector<Tensor> masks;
+  for (int64_t h = 0; h < c.H; ++h) {
+    layouts.push_back(build_layout(c.make(c.L, c.block, c.causal, h), c.L, c.block));
+    masks.push_back(layout_mask(layouts.back()).to(dev));
+  }
+  Tensor gmask;
+  if (c.globals == Globals::kFirst) {
+    gmask = torch::zeros({c.B, c.L}, torch::kBool);
+    gmask.narrow(1, 0, 70).fill_(true);
+  } else if (c.globals == Globals::kPerBatch) {
+    gmask = torch::rand({c.B, c.L}) < 0.03;
+    gmask[0][5] = true;
+    gmask[c.B - 1][c.L - 1] = true;
+  }
+  if (gmask.defined()) gmask = gmask.to(dev);
+
+  auto leaves = [&](torch::ScalarType t) {
+    std::vector<Tensor> out;
+    for (const auto& x : base) out.push_back(x.detach().to(t).requires_grad_());
+    return out;
+  };
+  auto run_dense = [&](const std::vector<Tensor>& in) {
+    return gmask.defined() ? dense_reference(in[0], in[1], in[2], masks, c.causal, gmask, in[3], in[4], in[5])
+                           : dense_reference(in[0], in[1], in[2], masks, c.causal);
+  };
+  auto grads = [&](const Tensor& out, const std::vector<Tensor>& in) {
+    out.backward(grad_out.to(out.scalar_type()));
+    std::vector<Tensor> g{out.detach()};
+    const size_t n = gmask.defined() ? 6 : 3;
+    for (size_t i = 0; i < n; ++i) g.push_back(in[i].grad());
+    return g;
+  };
+  auto ref32_in = leaves(torch::kFloat32);
+  const auto ref32 = grads(run_dense(ref32_in), ref32_in);
+  auto lowp_in = leaves(c.dtype);
+  const auto lowp = grads(run_dense(lowp_in), lowp_in);
+
+  // The model's own reference agrees with the dense fp32 one.
+  {
+    std::vector<LayoutTensors> lt;
+    std::vector<const LayoutTensors*> per_head;
+    for (const auto& l : layouts) lt.push_back(layout_tensors(l, dev));
+    for (const auto& t : lt) per_head.push_back(&t);
+    auto in = leaves(torch::kFloat32);
+    Tensor out;
+    if (gmask.defined()) {
+      GlobalAttention g;
+      std::tie(g.index, g.valid) = global_positions(gmask);
+      g.q = in[3];
+      g.k = in[4];
+      g.v = in[5];
+      out = sparse_attention(in[0], in[1], in[2], per_head, c.causal, &g);
+    } else {
+      out = sparse_attention(in[0], in[1], in[2], per_head, c.causal);
+    }
+    ASSERT_LT(max_err(out, ref32[0]), 1e-4) << "model reference vs dense";
+  }
+
+  // The kernel through the model's fast path.
+  std::vector<kernels::TileLayout> tiles;
+  std::vector<const kernels::TileLayout*> ptrs;
+  std::vector<int64_t> head_layout;
+  const bool columns_in_plan = c.globals == Globals::kFirst;
+  for (int64_t h = 0; h < c.H; ++h) {
+    auto pattern = c.make(c.L, c.block, c.causal, h);
+    if (columns_in_plan) pattern = with_global_columns(pattern, 70, c.block, c.causal);
+    tiles.push_back(tile_layout(build_layout(pattern, c.L, c.block)));
+    head_layout.push_back(h);
+  }
+  for (const auto& t : tiles) ptrs.push_back(&t);
+  const auto plan = kernels::make_plan(ptrs, head_layout, dev);
+  GlobalAttention g;
+  auto kin = leaves(c.dtype);
+  if (gmask.defined()) {
+    std::tie(g.index, g.valid) = global_positions(gmask);
+    g.q = kin[3];
+    g.k = kin[4];
+    g.v = kin[5];
+  }
+  for (int run = 0; run < 2; ++run) {  // twice: a result that moves between runs is a race
+    for (auto& t : kin)
+      if (t.grad().defined()) t.grad().zero_();
+    poison(c.B, c.H, c.L, c.D, c.dtype);
+    auto out = sparse_attention_fast(kin[0], kin[1], kin[2], plan, c.causal, gmask.defined() ? &g : nullptr,
+                                     columns_in_plan);
+    const auto got = grads(out, kin);
+    const char* names[] = {"out", "dq", "dk", "dv", "d global q", "d global k", "d global v"};
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_FALSE(torch::isnan(got[i]).any().item<bool>()) << names[i] << ": NaN (unwritten or poisoned)";
+      const double e_kernel = max_err(got[i], ref32[i]), e_lowp = max_err(lowp[i], ref32[i]);
+      const double scale = ref32[i].abs().max().item<double>();
+      EXPECT_LE(e_kernel, 2 * e_lowp + 1e-3 * std::max(1.0, scale))
+          << names[i] << ": kernel err " << e_kernel << " vs low-precision reference err " << e_lowp
+          << " (max |ref| " << scale << ")";
+    }
+  }
+}
+
+std::vector<KernelCase> kernel_cases() {
+  const auto bf16 = torch::kBFloat16, fp16 = torch::kFloat16;
+  auto sliding = [](int64_t w) {
+    return [w](int64_t L, int64_t b, bool c, int64_t) { return sliding_pattern(L, b, w, 1, c); };
+  };
+  auto dilated = [](int64_t L, int64_t b, bool c, int64_t h) { return sliding_pattern(L, b, 64, 1 + h, c); };
+  auto bigbird = [](int64_t L, int64_t b, bool c, int64_t) { return bigbird_pattern(L, b, 3, 2, 3, 11, c); };
+  auto strided = [](int64_t L, int64_t b, bool c, int64_t) { return strided_pattern(L, b, 48, c); };
+  auto fixed = [](int64_t L, int64_t b, bool c, int64_t) { return fixed_pattern(L, b, 64, 8, c); };
+  return {
+      {"sliding_w100", 2, 3, 999, 64, true, bf16, Globals::kNone, 64, sliding(100)},
+      {"sliding_w128", 1, 2, 777, 128, false, bf16, Globals::kNone, 64, sliding(128)},
+      {"sliding_w8_short", 3, 1, 37, 64, true, bf16, Globals::kNone, 64, sliding(8)},
+      {"sliding_w40_block16", 1, 2, 301, 64, false, fp16, Globals::kNone, 16, sliding(40)},
+      {"dilated_w64_d123", 2, 3, 1031, 64, true, fp16, Globals::kNone, 64, dilated},
+      {"dilated_w64_d123", 1, 3, 640, 128, false, bf16, Globals::kNone, 64, dilated},
+      {"bigbird_3_2_3", 2, 2, 1024, 64, true, bf16, Globals::kNone, 64, bigbird},
+      {"bigbird_3_2_3_block128", 1, 2, 1280, 128, false, bf16, Globals::kNone, 128, bigbird},
+      {"strided_48", 1, 2, 500, 64, true, bf16, Globals::kNone, 64, strided},
+      {"fixed_64_8", 2, 1, 640, 64, false, fp16, Globals::kNone, 64, fixed},
+      {"longformer_first70", 2, 2, 1100, 64, false, bf16, Globals::kFirst, 64, sliding(256)},
+      {"longformer_first70", 1, 2, 700, 128, true, bf16, Globals::kFirst, 64, sliding(128)},
+      {"longformer_per_batch", 2, 2, 900, 64, true, bf16, Globals::kPerBatch, 64, sliding(128)},
+      {"longformer_per_batch", 2, 1, 513, 64, false, fp16, Globals::kPerBatch, 64, sliding(100)},
+      {"long_sliding_w512", 1, 4, 4096, 64, true, bf16, Globals::kNone, 64, sliding(512)},
+  };
+}
+
+// ---------------------------------------------------------------- the mixers on the kernel (GPU)
+
+Mixer make_mixer(const std::string& yaml, bool causal) {
+  Section s(YAML::Load(yaml), "model.mixer", "test", YAML::Node(YAML::NodeType::Map));
+  MixerDims dims;
+  dims.d_model = 256;
+  dims.n_heads = 4;
+  dims.n_layers = 1;
+  dims.max_positions = 4096;
+  dims.causal = causal;
+  return build_mixer(parse_mixer(s), dims);
+}
+
+// impl: auto on CUDA in bf16 takes the kernel and computes what impl: reference
+// computes (to bf16 noise), forward and backward, for every family and both
+// kinds of global tokens; impl: cuda refuses fp32 with a reason.
+TEST(SparseKernel, MixersTakeItUnderBf16AutocastAndMatchTheReference) {
+  SKIP_WITHOUT_CUDA();
+  const auto dev = torch::Device(torch::kCUDA);
+  const std::vector<std::string> yamls = {
+      "{type: sliding, window: 96}",
+      "{type: sliding, window: [[64, 64, 128, 128]], dilation: [[1, 2, 1, 2]], global_first: 5}",
+      "{type: sliding, window: 64, global_token: 3}",
+      "{type: bigbird, block: 64}",
+      "{type: sparse, pattern: fixed, stride: 64}",
+  };
+  for (const auto& yaml : yamls)
+    for (bool causal : {true, false}) {
+      const std::string what = yaml + (causal ? " causal" : " bidir");
+      torch::manual_seed(3);
+      auto fast = make_mixer(yaml, causal), ref = make_mixer(yaml.substr(0, yaml.size() - 1) + ", impl: reference}", causal);
+      fast->to(dev);
+      ref->to(dev);
+      {
+        torch::NoGradGuard no_grad;
+        auto src = fast->parameters(), dst = ref->parameters();
+        for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+      }
+      const int64_t B = 2, L = 640;
+      auto x = torch::randn({B, L, 256}, dev);
+      MixerContext ctx;
+      ctx.tokens = torch::randint(0, 8, {B, L}, torch::dtype(torch::kInt64).device(dev));
+      std::vector<Tensor> outs, grads;
+      for (auto* m : {&fast, &ref}) {
+        auto xi = x.clone().requires_grad_();
+        Tensor y;
+        {
+          AutocastGuard autocast(dev, true);
+          y = (*m)->forward(xi, ctx);
+        }
+        y.to(torch::kFloat32).square().sum().backward();
+        outs.push_back(y.to(torch::kFloat32));
+        grads.push_back(xi.grad());
+      }
+      const double scale = outs[1].abs().max().item<double>(), gscale = grads[1].abs().max().item<double>();
+      EXPECT_LT(max_err(outs[0], outs[1]), 3e-2 * scale) << what;
+      EXPECT_LT(max_err(grads[0], grads[1]), 3e-2 * gscale) << what;
+    }
+  auto strict = make_mixer("{type: sliding, window: 16, impl: cuda}", true);
+  strict->to(dev);
+  MixerContext ctx;
+  try {
+    strict->forward(torch::randn({1, 64, 256}, dev), ctx);
+    FAIL() << "impl: cuda ran in fp32";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Patterns, SparseKernelVsReference, ::testing::ValuesIn(kernel_cases()), case_name);
+
+}  // namespace
+}  // namespace longtrain
