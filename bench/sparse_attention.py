@@ -89,20 +89,27 @@ def run_case(case, B=1, H=16):
     flops_fb = flops_f * 3.5
     ours = lambda: torch.ops.longtrain.sparse_attention(q, k, v, case["pattern"], case.get("window", 0),
                                                         case.get("global_first", 0), case["causal"])
-    bm = create_block_mask(mod, None, None, L, L, device=dev, BLOCK_SIZE=128)
-    fa = flex()
-    theirs = lambda: fa(q, k, v, block_mask=bm)
-    with torch.no_grad():
-        err = (ours().float() - theirs().float()).abs().max().item()
-    rec = dict(case=case["name"], B=B, H=H, L=L, D=D, pairs=pairs, max_abs_diff_vs_flex=err)
-    for name, fn in (("longtrain", ours), ("flex", theirs)):
+    rec = dict(case=case["name"], B=B, H=H, L=L, D=D, pairs=pairs)
+    runs = [("longtrain", ours)]
+    try:  # the block mask is built by a compiled function: the eager one materialises L x L at 64K
+        bm = torch.compile(create_block_mask)(mod, None, None, L, L, device=dev, BLOCK_SIZE=128)
+        fa = flex()
+        theirs = lambda: fa(q, k, v, block_mask=bm)
+        with torch.no_grad():
+            rec["max_abs_diff_vs_flex"] = (ours().float() - theirs().float()).abs().max().item()
+        runs.append(("flex", theirs))
+    except Exception as e:
+        rec["flex_error"] = repr(e)[:300]
+        print("flex failed:", rec["flex_error"], flush=True)
+    for name, fn in runs:
         torch.cuda.reset_peak_memory_stats()
         f = bench(fn)
         fb = bench(fwd_bwd(fn, [q, k, v], grad))
         rec[name] = dict(fwd_ms=f, fwdbwd_ms=fb, fwd_tflops=flops_f / f / 1e9, fwdbwd_tflops=(flops_f + flops_fb) / fb / 1e9,
                          peak_mib=torch.cuda.max_memory_allocated() / 2**20)
-    rec["speedup_vs_flex_fwd"] = rec["flex"]["fwd_ms"] / rec["longtrain"]["fwd_ms"]
-    rec["speedup_vs_flex_fwdbwd"] = rec["flex"]["fwdbwd_ms"] / rec["longtrain"]["fwdbwd_ms"]
+    if "flex" in rec:
+        rec["speedup_vs_flex_fwd"] = rec["flex"]["fwd_ms"] / rec["longtrain"]["fwd_ms"]
+        rec["speedup_vs_flex_fwdbwd"] = rec["flex"]["fwdbwd_ms"] / rec["longtrain"]["fwdbwd_ms"]
     if case["causal"] and L <= 16384:
         sd = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
         rec["sdpa_full_causal"] = dict(fwd_ms=bench(sd), fwdbwd_ms=bench(fwd_bwd(sd, [q, k, v], grad)))
@@ -196,9 +203,10 @@ def main():
         if "error" in r:
             print(f"{r['case']:28} {r['L']:>6} {r['D']:>4} ERROR {r['error'][:80]}")
             continue
-        o, f = r["longtrain"], r["flex"]
+        o, f = r["longtrain"], r.get("flex", dict(fwd_ms=math.nan, fwdbwd_ms=math.nan))
         print(f"{r['case']:28} {r['L']:>6} {r['D']:>4} {o['fwd_ms']:7.3f}/{o['fwdbwd_ms']:7.3f} "
-              f"{f['fwd_ms']:7.3f}/{f['fwdbwd_ms']:7.3f} {r['speedup_vs_flex_fwdbwd']:9.2f} {o['fwdbwd_tflops']:10.1f}")
+              f"{f['fwd_ms']:7.3f}/{f['fwdbwd_ms']:7.3f} {r.get('speedup_vs_flex_fwdbwd', math.nan):9.2f} "
+              f"{o['fwdbwd_tflops']:10.1f}")
     print("hf:", json.dumps(result["hf"]))
 
 

@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 #include <map>
+#include <optional>
 
 #include "model/no_autocast.h"
 
@@ -87,6 +88,24 @@ SparsePattern with_global_columns(SparsePattern base, int64_t first, int64_t blo
   return p;
 }
 
+namespace {
+
+// Global rows in the inputs' precision through SDPA (LibTorch's fused
+// attention): G rows against all L keys, causal rows only up to themselves.
+torch::Tensor global_rows(const torch::Tensor& out, const GlobalAttention& g, bool causal) {
+  const int64_t B = out.size(0), H = out.size(1), L = out.size(2), D = out.size(3), G = g.index.size(1);
+  auto idx = g.index.view({B, 1, G, 1}).expand({B, H, G, D});
+  auto gq = g.q.gather(2, idx);  // [B, H, G, D]
+  std::optional<torch::Tensor> mask;
+  if (causal) mask = torch::arange(L, g.index.options()).view({1, 1, 1, L}) <= g.index.view({B, 1, G, 1});
+  auto rows = torch::scaled_dot_product_attention(gq, g.k, g.v, mask).to(out.scalar_type());
+  // Invalid (padding) entries keep the row already computed.
+  rows = torch::where(g.valid.view({B, 1, G, 1}), rows, out.gather(2, idx));
+  return out.scatter(2, idx, rows);
+}
+
+}  // namespace
+
 std::string sparse_kernel_unsupported(const torch::Tensor& q) {
   if (!kernels::sparse_attention_cuda_built()) return "this build has no CUDA kernels";
   if (!q.is_cuda()) return "inputs are not on a CUDA device";
@@ -104,7 +123,7 @@ torch::Tensor sparse_attention_fast(const torch::Tensor& q, const torch::Tensor&
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   if (!global || columns_in_plan) {
     auto o = std::get<0>(kernels::sparse_attention_cuda(q, k, v, plan, torch::Tensor(), scale));
-    return global ? apply_global_rows(o, *global, causal) : o;
+    return global ? global_rows(o, *global, causal) : o;
   }
   // Per-batch global keys: out of the kernel's tiles, scored as dense columns.
   const int64_t G = global->index.size(1), nt = plan.n_tiles;
@@ -129,7 +148,7 @@ torch::Tensor sparse_attention_fast(const torch::Tensor& q, const torch::Tensor&
   auto w_window = torch::exp(lse_w - safe).unsqueeze(-1);
   auto p_global = torch::exp(s - safe.unsqueeze(-1));
   auto o = ow.to(torch::kFloat32) * w_window + torch::matmul(p_global, gv);
-  return apply_global_rows(o.to(q.scalar_type()), *global, causal);
+  return global_rows(o.to(q.scalar_type()), *global, causal);
 }
 
 }  // namespace longtrain

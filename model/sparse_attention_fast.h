@@ -6,7 +6,8 @@
 // either folded into the layout (static "first k tokens" globals: the kernel
 // alone does the work) or, for per-batch positions, excluded from the kernel's
 // tiles and scored densely beside it, the two softmaxes merged through the
-// kernel's logsumexp; global rows (their own q, k, v projections) are dense.
+// kernel's logsumexp; global rows (their own q, k, v projections) are dense,
+// through SDPA in the inputs' precision.
 #pragma once
 
 #include <torch/torch.h>

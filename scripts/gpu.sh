@@ -6,7 +6,7 @@
 #
 #   scripts/gpu.sh all          # deps build test train
 #   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
-#                               # bench_cpu, compare)
+#                               # e2e_sparse, bench_cpu, compare)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -63,7 +63,7 @@ step_kernels() {
   local rc=$?
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|Failure|error" "$OUT/kernels.log" | head -n 40
   local small='Patterns/SparseKernelVsReference.*sliding_w8_short*'
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZERS-memcheck racecheck}; do
     timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$BUILD_DIR/longtrain_tests" \
       --gtest_filter="$small" > "$OUT/sanitizer_$tool.log" 2>&1
     echo "compute-sanitizer $tool: exit $? ($(grep -cE "^========= (Invalid|Race|Error)" "$OUT/sanitizer_$tool.log") findings)"
@@ -78,6 +78,23 @@ step_bench_sparse() {
     ${BENCH_QUICK:+--quick} > "$OUT/bench_sparse.log" 2>&1
   local rc=$?
   tail -n 16 "$OUT/bench_sparse.log"
+  return $rc
+}
+
+# End to end: the sliding-window recipe at L = 4096, window 512, head dim 64,
+# trained with the kernel and with impl: reference from the same seed.
+step_e2e_sparse() {
+  local common=(--set train.device=cuda --set train.dtype=bf16 --set train.steps="${E2E_STEPS:-300}"
+    --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 --set model.n_heads=4
+    --set model.mixer.window=512 --set model.mixer.block=64 --set train.batch_size=8 --set train.log_every=25
+    --set train.eval_every=0 --set checkpoint.every=0 --set data.synthetic.filler=40)
+  local rc=0
+  for impl in cuda reference; do
+    "$BUILD_DIR/longtrain" train "$ROOT/recipes/sliding.yaml" --set run.dir="$OUT/e2e-$impl" \
+      --set model.mixer.impl=$impl "${common[@]}" > "$OUT/e2e-$impl.log" 2>&1 || { tail -n 5 "$OUT/e2e-$impl.log"; rc=1; }
+    rm -rf "$OUT/e2e-$impl/checkpoints"
+  done
+  python3 "$ROOT/bench/compare_impl.py" "$OUT/e2e-cuda" "$OUT/e2e-reference" --out "$OUT/e2e_sparse_$(date +%F).json" | tail -n 16
   return $rc
 }
 

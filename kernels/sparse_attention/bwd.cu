@@ -54,7 +54,7 @@ __global__ void sparse_attention_bwd_delta_kernel(const SparseAttentionBwdParams
 
 // dQ: one CTA per (query tile, batch * head), 16 query rows per warp.
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) sparse_attention_bwd_dq_kernel(const SparseAttentionBwdParams bp) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bwd_dq_kernel(const SparseAttentionBwdParams bp) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const SparseAttentionParams& p = bp.fwd;
   T* qs = reinterpret_cast<T*>(smem_raw);
@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads) sparse_attention_bwd_dq_kernel(const
   T* ks = dos + Smem<D>::kTileElems;  // [2]
   T* vs = ks + 2 * Smem<D>::kTileElems;  // [2]
 
-  const int qt = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int qt = p.layout.row_order[blockIdx.y], bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const SparseLayoutParams& lay = p.layout;
   const int layout = lay.head_layout[h];
@@ -180,8 +180,10 @@ __global__ void __launch_bounds__(kThreads) sparse_attention_bwd_dq_kernel(const
 // tiles that visit this key tile come from the transposed layout. Queries are
 // taken 32 at a time to keep S^T and dP^T at 16 registers each beside the
 // dK and dV accumulators.
+// At D = 64 the cap of 3 CTAs per SM (168 registers) spills 20 bytes but
+// lifts occupancy from 2 CTAs; at D = 128 the accumulators need all 255.
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) sparse_attention_bwd_dkdv_kernel(const SparseAttentionBwdParams bp) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bwd_dkdv_kernel(const SparseAttentionBwdParams bp) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const SparseAttentionParams& p = bp.fwd;
   T* ks = reinterpret_cast<T*>(smem_raw);
@@ -191,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) sparse_attention_bwd_dkdv_kernel(con
   float* lse_s = reinterpret_cast<float*>(dos + 2 * Smem<D>::kTileElems);  // [2][64], log2 domain
   float* delta_s = lse_s + 2 * kTile;                                      // [2][64]
 
-  const int kt = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int kt = p.layout.col_order[blockIdx.y], bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const SparseLayoutParams& lay = p.layout;
   const int layout = lay.head_layout[h];
@@ -328,13 +330,13 @@ void launch_bwd(const SparseAttentionBwdParams& p, cudaStream_t stream) {
   constexpr int dq_smem = 6 * Smem<D>::kTileElems * sizeof(T);
   auto dq_kernel = sparse_attention_bwd_dq_kernel<T, D>;
   cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem);
-  dq_kernel<<<dim3(p.fwd.layout.n_tiles, bh), kThreads, dq_smem, stream>>>(p);
+  dq_kernel<<<dim3(bh, p.fwd.layout.n_tiles), kThreads, dq_smem, stream>>>(p);
   check_launch("sparse_attention_bwd_dq_kernel");
 
   constexpr int dkdv_smem = 6 * Smem<D>::kTileElems * sizeof(T) + 4 * kTile * sizeof(float);
   auto dkdv_kernel = sparse_attention_bwd_dkdv_kernel<T, D>;
   cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem);
-  dkdv_kernel<<<dim3(p.fwd.layout.n_tiles, bh), kThreads, dkdv_smem, stream>>>(p);
+  dkdv_kernel<<<dim3(bh, p.fwd.layout.n_tiles), kThreads, dkdv_smem, stream>>>(p);
   check_launch("sparse_attention_bwd_dkdv_kernel");
 }
 

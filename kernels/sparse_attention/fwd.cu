@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kThreads) sparse_attention_fwd_kernel(const Sp
   T* ks = qs + Smem<D>::kTileElems;  // [2] buffers
   T* vs = ks + 2 * Smem<D>::kTileElems;
 
-  const int qt = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int qt = p.layout.row_order[blockIdx.y], bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const SparseLayoutParams& lay = p.layout;
   const int layout = lay.head_layout[h];
@@ -182,7 +182,7 @@ void launch_fwd(const SparseAttentionParams& p, cudaStream_t stream) {
   constexpr int smem = 5 * Smem<D>::kTileElems * sizeof(T);
   auto kernel = sparse_attention_fwd_kernel<T, D>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  const dim3 grid(p.layout.n_tiles, p.B * p.H);
+  const dim3 grid(p.B * p.H, p.layout.n_tiles);
   kernel<<<grid, kThreads, smem, stream>>>(p);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {

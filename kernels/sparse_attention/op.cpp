@@ -59,6 +59,19 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
     }
     col_ptr.push_back(static_cast<int32_t>(rows.size()));
   }
+  // Tiles by their most visits over all layouts, heaviest first.
+  auto heaviest_first = [&](const std::vector<int32_t>& ptr) {
+    std::vector<int32_t> work(static_cast<size_t>(nt), 0), order(static_cast<size_t>(nt));
+    for (size_t l = 0; l < layouts.size(); ++l)
+      for (int64_t i = 0; i < nt; ++i) {
+        const size_t at = l * static_cast<size_t>(nt + 1) + static_cast<size_t>(i);
+        work[static_cast<size_t>(i)] = std::max(work[static_cast<size_t>(i)], ptr[at + 1] - ptr[at]);
+      }
+    for (int64_t i = 0; i < nt; ++i) order[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return work[a] > work[b]; });
+    return order;
+  };
+  TORCH_CHECK(nt < 65536, "make_plan: ", nt, " tiles exceed the grid limit (L < 4M)");
   TORCH_CHECK(masks.size() / kTile < static_cast<size_t>(std::numeric_limits<int32_t>::max()),
               "make_plan: too many partial tiles");
   SparseAttentionPlan p;
@@ -76,6 +89,8 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
   std::vector<int32_t> hl(head_layout.begin(), head_layout.end());
   for (int32_t h : hl) TORCH_CHECK(h >= 0 && h < static_cast<int32_t>(layouts.size()), "make_plan: bad head layout ", h);
   p.head_layout = int32_tensor(hl, device);
+  p.row_order = int32_tensor(heaviest_first(row_ptr), device);
+  p.col_order = int32_tensor(heaviest_first(col_ptr), device);
   return p;
 }
 
@@ -121,6 +136,8 @@ SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::T
   l.col_mask = plan.col_mask.data_ptr<int32_t>();
   l.masks = reinterpret_cast<const uint64_t*>(plan.masks.data_ptr<int64_t>());
   l.head_layout = plan.head_layout.data_ptr<int32_t>();
+  l.row_order = plan.row_order.data_ptr<int32_t>();
+  l.col_order = plan.col_order.data_ptr<int32_t>();
   l.exclude = exclude.defined() ? reinterpret_cast<const uint64_t*>(exclude.data_ptr<int64_t>()) : nullptr;
   l.n_tiles = static_cast<int>(plan.n_tiles);
   return l;
@@ -137,6 +154,8 @@ SparseAttentionPlan plan_from(AutogradContext* ctx) {
   p.col_mask = d["col_mask"].toTensor();
   p.masks = d["masks"].toTensor();
   p.head_layout = d["head_layout"].toTensor();
+  p.row_order = d["row_order"].toTensor();
+  p.col_order = d["col_order"].toTensor();
   p.seq_len = d["seq_len"].toInt();
   p.n_tiles = d["n_tiles"].toInt();
   return p;
@@ -189,6 +208,8 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     d["col_mask"] = plan.col_mask;
     d["masks"] = plan.masks;
     d["head_layout"] = plan.head_layout;
+    d["row_order"] = plan.row_order;
+    d["col_order"] = plan.col_order;
     d["seq_len"] = plan.seq_len;
     d["n_tiles"] = plan.n_tiles;
     d["exclude"] = exclude.defined() ? exclude : torch::Tensor();
@@ -268,8 +289,8 @@ std::tuple<torch::Tensor, torch::Tensor> sparse_attention_cuda(const torch::Tens
               " heads, inputs have ", H);
   TORCH_CHECK(plan.row_ptr.device() == q.device(), "sparse_attention_cuda: the plan is on ", plan.row_ptr.device(),
               ", inputs on ", q.device());
-  TORCH_CHECK(L < (1 << 30) && q.size(0) * H < 65536, "sparse_attention_cuda: B * H must be < 65536, got ",
-              q.size(0) * H);
+  TORCH_CHECK(L < (1 << 30) && q.size(0) * H < (1ll << 31), "sparse_attention_cuda: B * H = ", q.size(0) * H,
+              " or L = ", L, " too large");
   if (exclude.defined()) {
     TORCH_CHECK(exclude.scalar_type() == torch::kInt64 && exclude.is_contiguous() && exclude.device() == q.device() &&
                     exclude.sizes() == torch::IntArrayRef({q.size(0), plan.n_tiles}),

@@ -38,6 +38,7 @@ struct SparseAttentionPlan {
   torch::Tensor row_ptr, cols, row_mask, col_ptr, rows, col_mask;  // int32
   torch::Tensor masks;        // int64 (bit words)
   torch::Tensor head_layout;  // int32 [H]
+  torch::Tensor row_order, col_order;  // int32 [n_tiles]: tiles by visits, most first
   int64_t seq_len = 0, n_tiles = 0;
 };
 

@@ -7,6 +7,7 @@
 // tile_cols[tile_row_ptr[l * (n_tiles + 1) + i] ..  tile_row_ptr[... + i + 1]),
 // each full (mask index -1) or partial (64 mask words, word r = query row r,
 // bit c = key column c). The transposed (CSC) lists drive the dK/dV kernel.
+// Grids are (batch * head, tile): all heads of the heaviest tiles start first.
 // A per-batch exclusion word per key tile (optional) removes keys from every
 // tile (Longformer global keys, which the caller scores once, densely).
 #pragma once
@@ -26,6 +27,11 @@ struct SparseLayoutParams {
   const int32_t* col_mask = nullptr;   // mask index per transposed visit
   const uint64_t* masks = nullptr;     // [n_masks, 64]
   const int32_t* head_layout = nullptr;  // [H] -> layout index
+  // Launch order of query tiles (forward, dQ) and key tiles (dK/dV): most
+  // visits first, so a few long rows (global tokens) start in the first wave
+  // instead of trailing the grid.
+  const int32_t* row_order = nullptr;
+  const int32_t* col_order = nullptr;
   const uint64_t* exclude = nullptr;   // [B, n_tiles] key-exclusion words, or null
   int n_tiles = 0;
 };
