@@ -115,8 +115,10 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
                    std::chrono::milliseconds(static_cast<int64_t>(recipe.train.dist_timeout_s * 1000.0)));
   // Only rank 0 prints, evaluates, and writes metrics and checkpoints.
   const bool main_rank = dist.is_main();
-  const std::string recipe_text = recipe_to_string(recipe);
-  check_same_on_all_ranks(dist, checksum_bytes(recipe_text.data(), recipe_text.size()), "the resolved recipe");
+  {
+    const std::string given = recipe_to_string(recipe);
+    check_same_on_all_ranks(dist, checksum_bytes(given.data(), given.size()), "the resolved recipe");
+  }
 
   auto tokenizer = make_tokenizer(recipe.data.tokenizer);
   if (recipe.model.vocab_size == 0) {
@@ -174,10 +176,10 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   check_same_on_all_ranks(dist, parameter_checksum(*model), "the parameters after the broadcast from rank 0");
 
   if (main_rank) {
-    if (options.print_recipe) std::cout << "# resolved recipe\n" << recipe_text;
+    if (options.print_recipe) std::cout << "# resolved recipe\n" << recipe_to_string(recipe);
     {
       std::ofstream out(fs::path(recipe.run.dir) / "recipe.yaml");
-      out << recipe_text;
+      out << recipe_to_string(recipe);
     }
     std::cout << "data: " << corpus.description << "\n"
               << "model: " << model->num_parameters() << " parameters, mixer '" << recipe.model.mixer.type

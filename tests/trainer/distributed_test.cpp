@@ -234,7 +234,7 @@ TEST(Launch, DeadRankFailsTheRunFastNamingIt) {
 TEST(Launch, HungRankMakesTheOthersTimeOut) {
   const auto dir = fresh_run_dir("dist_hang");
   const auto t0 = Clock::now();
-  CliRun r = launch_two(train_args(dir, {"train.batch_size=2", "train.dist_timeout_s=5"}),
+  CliRun r = launch_two(train_args(dir, {"train.batch_size=2", "train.dist_timeout_s=8"}),
                         "LONGTRAIN_TEST_FAULT=1:3:hang ", "--grace-s 1");
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
   EXPECT_NE(r.code, 0) << r.out;
