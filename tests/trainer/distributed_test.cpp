@@ -3,6 +3,7 @@
 // one process with the doubled batch, keeps the ranks' parameters identical,
 // fails fast when a rank dies or hangs, stops all ranks with one checkpoint on
 // a SIGTERM to one of them, and resumes a 2-rank checkpoint on 2 ranks or 1.
+// Gradient accumulation and non-finite skips agree across ranks too.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -218,6 +219,26 @@ TEST(Launch, TwoRanksMatchOneProcessWithTheDoubledBatch) {
   EXPECT_GT(last["allreduce_ms"].get<double>(), 0);
   EXPECT_GT(last["allreduce_buckets_overlapped"].get<int64_t>(), 0);
   EXPECT_EQ(step_records(one).back()["world_size"], 1);
+}
+
+TEST(Launch, GradientAccumulationMatchesToo) {
+  const auto two = fresh_run_dir("dist_accum_two"), one = fresh_run_dir("dist_accum_one");
+  CliRun r2 = launch_two(train_args(two, {"train.batch_size=1", "train.grad_accum=2", "train.steps=4"}));
+  ASSERT_EQ(r2.code, 0) << r2.out;
+  CliRun r1 = run_cli(train_args(one, {"train.batch_size=2", "train.grad_accum=2", "train.steps=4"}), kTimeout);
+  ASSERT_EQ(r1.code, 0) << r1.out;
+  expect_losses_close(one, two, 4);
+}
+
+TEST(Launch, NonFiniteStepsAreSkippedOnEveryRankAlike) {
+  const auto dir = fresh_run_dir("dist_nan_skip");
+  CliRun r = launch_two(train_args(dir, {"train.batch_size=2", "train.lr=1e30", "train.warmup=0",
+                                         "train.grad_clip=0", "train.on_nonfinite=skip"}));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_GT(step_records(dir).back()["skipped_steps"].get<int64_t>(), 0);
+  const auto sums = rank_checksums(r.out);
+  ASSERT_EQ(sums.size(), 2u) << r.out;
+  EXPECT_EQ(sums.at(0), sums.at(1));
 }
 
 TEST(Launch, DeadRankFailsTheRunFastNamingIt) {
