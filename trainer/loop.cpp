@@ -171,6 +171,11 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     init_from_checkpoint(options.init, *model, device);
     if (main_rank) std::cout << "initialised from " << options.init << std::endl;
   }
+  if (!resume_from.empty()) {
+    // Each rank keeps its own optimizer state, so each must have loaded the same checkpoint.
+    check_same_on_all_ranks(dist, parameter_checksum(*model) ^ static_cast<uint64_t>(state.step),
+                            "the checkpoint loaded from " + resume_from + " (is run.dir on a file system all nodes share?)");
+  }
   // Replicas start from rank 0's weights, whatever each rank built or loaded.
   broadcast_module(dist, *model);
   check_same_on_all_ranks(dist, parameter_checksum(*model), "the parameters after the broadcast from rank 0");
