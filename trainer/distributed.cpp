@@ -125,7 +125,7 @@ Distributed::Distributed(const DistEnv& env, const torch::Device& device, std::c
     backend_name_ = "nccl";
 #else
     throw std::runtime_error("train.device=cuda with WORLD_SIZE > 1 needs NCCL, which this build lacks "
-                             "(it was configured without CUDA)");
+                             "(configured without CUDA, a CUDA LibTorch, or nccl.h)");
 #endif
   } else {
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
@@ -155,6 +155,7 @@ void Distributed::all_reduce(torch::Tensor& t, bool max) {
 }
 
 c10::intrusive_ptr<c10d::Work> Distributed::all_reduce_async(torch::Tensor& t) {
+  TORCH_CHECK(active(), "all_reduce_async needs a process group (WORLD_SIZE > 1)");
   std::vector<at::Tensor> v{t};
   return backend_->allreduce(v, c10d::AllreduceOptions{});
 }

@@ -24,6 +24,7 @@ TEST(Cli, HelpListsCommandsAndOptions) {
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("train"), std::string::npos);
   EXPECT_NE(r.out.find("eval"), std::string::npos);
+  EXPECT_NE(r.out.find("launch"), std::string::npos);
   CliRun t = run_cli("train --help");
   EXPECT_EQ(t.code, 0);
   for (const char* opt : {"--set", "--resume", "--stop-after"}) EXPECT_NE(t.out.find(opt), std::string::npos) << opt;
