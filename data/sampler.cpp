@@ -16,9 +16,9 @@ WindowSampler::Start parse_window_start(const std::string& name) {
   throw std::invalid_argument("unknown window start '" + name + "' (valid: random, document, inside)");
 }
 
-WindowSampler::WindowSampler(const TokenStream& stream, int64_t seq_len, uint64_t seed, int64_t rank,
+WindowSampler::WindowSampler(const TokenStream& stream, int64_t seq_len, uint64_t seed, int64_t first_slot,
                              Start start)
-    : stream_(stream), seq_len_(seq_len), seed_(seed), rank_(rank), start_(start) {
+    : stream_(stream), seq_len_(seq_len), seed_(seed), first_slot_(first_slot), start_(start) {
   const auto n = static_cast<int64_t>(stream.tokens.size());
   if (n < seq_len + 1) {
     throw std::runtime_error("training data has " + std::to_string(n) +
@@ -66,8 +66,10 @@ torch::Tensor WindowSampler::batch(int64_t step, int64_t micro, int64_t batch_si
   auto out = torch::empty({batch_size, width}, torch::kInt64);
   auto* dst = out.data_ptr<int64_t>();
   for (int64_t r = 0; r < batch_size; ++r) {
+    // The key of slot s is the one (rank 0, row s) had before slots were
+    // global, so single-process runs draw what they always drew.
     const uint64_t draw = mix_keys(seed_, static_cast<uint64_t>(step), static_cast<uint64_t>(micro),
-                                   (static_cast<uint64_t>(rank_) << 32) | static_cast<uint64_t>(r));
+                                   static_cast<uint64_t>(first_slot_ + r));
     uint64_t start = 0;
     switch (start_) {
       case Start::kRandom: start = draw % starts; break;

@@ -7,5 +7,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$ROOT/.deps"
 cd "$ROOT/.deps"
 apt-get download libyaml-cpp-dev libyaml-cpp0.7 libsentencepiece-dev libsentencepiece0 \
-  libgtest-dev googletest nlohmann-json3-dev libcli11-dev
+  libgtest-dev googletest nlohmann-json3-dev libcli11-dev libgloo-dev
 ls -la

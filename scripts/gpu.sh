@@ -6,7 +6,7 @@
 #
 #   scripts/gpu.sh all          # deps build test train
 #   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
-#                               # e2e_sparse, bench_cpu, compare)
+#                               # e2e_sparse, bench_cpu, compare, dist)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -96,6 +96,32 @@ step_e2e_sparse() {
   done
   python3 "$ROOT/bench/compare_impl.py" "$OUT/e2e-cuda" "$OUT/e2e-reference" --out "$OUT/e2e_sparse_$(date +%F).json" | tail -n 16
   return $rc
+}
+
+# Data parallel over NCCL on all of this machine's GPUs (needs 2+): the tiny
+# recipe in fp32 on N ranks of batch 4 and on one GPU of batch 4N; prints the
+# largest relative loss difference (it should be ~1e-6); metrics (per-rank
+# tokens/s, all-reduce ms) stay in $OUT/dist-*/metrics.jsonl.
+step_dist() {
+  local n
+  n="$(nvidia-smi -L | wc -l)"
+  [ "$n" -ge 2 ] || { echo "dist: needs 2+ GPUs, found $n"; return 0; }
+  local common=(--set train.device=cuda --set train.dtype=fp32 --set train.steps=50 --set train.log_every=1
+                --set checkpoint.every=0)
+  { "$BUILD_DIR/longtrain" launch --nproc "$n" -- train "$ROOT/recipes/tiny.yaml" "${common[@]}" \
+      --set run.dir="$OUT/dist-$n" --set train.batch_size=4 &&
+    "$BUILD_DIR/longtrain" train "$ROOT/recipes/tiny.yaml" "${common[@]}" \
+      --set run.dir="$OUT/dist-1" --set train.batch_size=$((4 * n)); } > "$OUT/dist.log" 2>&1 ||
+    { tail -n 30 "$OUT/dist.log"; return 1; }
+  rm -rf "$OUT/dist-$n/checkpoints" "$OUT/dist-1/checkpoints"
+  python3 - "$OUT/dist-1/metrics.jsonl" "$OUT/dist-$n/metrics.jsonl" <<'PY'
+import json, sys
+runs = [[json.loads(l) for l in open(p) if '"eval"' not in l] for p in sys.argv[1:]]
+worst = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(*runs))
+last = runs[1][-1]
+print(f"dist: {len(runs[1])} steps, max relative loss difference {worst:.2e}; "
+      f"rank tokens/s {[round(t) for t in last['rank_tokens_per_s']]}, all-reduce {last['allreduce_ms']:.2f} ms/step")
+PY
 }
 
 # The CPU scaling table (bench/README.md) on this machine's quiet CPU cores,

@@ -11,7 +11,7 @@ BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
 VENV="${LONGTRAIN_VENV:-$ROOT/.venv}"
 TORCH_VERSION="2.11.0"
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config python3 python3-venv python3-pip
-              libyaml-cpp-dev libsentencepiece-dev libgtest-dev nlohmann-json3-dev libcli11-dev)
+              libyaml-cpp-dev libsentencepiece-dev libgtest-dev nlohmann-json3-dev libcli11-dev libgloo-dev)
 
 say() { echo "[setup] $*"; }
 

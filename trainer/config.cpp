@@ -166,6 +166,7 @@ void parse_train(Section s, TrainConfig& c, const ModelConfig& m, bool staged) {
   s.get("eps", c.eps).get("grad_clip", c.grad_clip).get("device", c.device).get("dtype", c.dtype);
   s.get("on_nonfinite", c.on_nonfinite).get("log_every", c.log_every);
   s.get("eval_every", c.eval_every).get("eval_docs", c.eval_docs).get("threads", c.threads);
+  s.get("dist_timeout_s", c.dist_timeout_s);
   s.check(c.steps > 0, "steps", "must be > 0");
   s.check(c.batch_size > 0, "batch_size", "must be > 0");
   s.check(c.seq_len > 1, "seq_len", "must be > 1");
@@ -190,6 +191,7 @@ void parse_train(Section s, TrainConfig& c, const ModelConfig& m, bool staged) {
   s.check(c.eval_every >= 0, "eval_every", "must be >= 0");
   s.check(c.eval_docs >= 1, "eval_docs", "must be >= 1");
   s.check(c.threads >= 0, "threads", "must be >= 0");
+  s.check(c.dist_timeout_s > 0, "dist_timeout_s", "must be > 0 (seconds)");
   s.finish();
 }
 

@@ -66,6 +66,9 @@ struct TrainConfig {
   int64_t eval_every = 100;  // 0: only before and after training
   int64_t eval_docs = 64;    // validation documents (or windows) per evaluation
   int64_t threads = 0;       // CPU intra-op threads; 0: all cores
+  // Data parallel (trainer/distributed.h): a collective (or the rendezvous)
+  // that takes longer fails the run on every rank instead of hanging it.
+  double dist_timeout_s = 300;
 };
 
 struct CheckpointConfig {

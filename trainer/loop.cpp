@@ -9,9 +9,12 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "data/rng.h"
 #include "data/sampler.h"
 #include "trainer/checkpoint.h"
+#include "trainer/checksum.h"
 #include "trainer/device.h"
+#include "trainer/distributed.h"
 #include "trainer/extend.h"
 #include "trainer/metrics.h"
 #include "trainer/schedule.h"
@@ -97,8 +100,25 @@ void print_phases(const std::vector<Phase>& phases) {
 
 TrainResult train(Recipe recipe, const TrainOptions& options) {
   if (recipe.train.threads > 0) torch::set_num_threads(static_cast<int>(recipe.train.threads));
-  const torch::Device device = choose_device(recipe.train.device);
+  const DistEnv env = dist_env_from_environment();
+  torch::Device device = choose_device(recipe.train.device);
+  if (env.active() && device.is_cuda()) {
+    // One GPU per process: LOCAL_RANK picks it.
+    if (env.local_rank >= static_cast<int>(torch::cuda::device_count())) {
+      throw std::runtime_error("LOCAL_RANK=" + std::to_string(env.local_rank) + " but this node has " +
+                               std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
+    }
+    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+  }
   const bool bf16 = use_bf16(recipe.train.dtype, device);
+  Distributed dist(env, device,
+                   std::chrono::milliseconds(static_cast<int64_t>(recipe.train.dist_timeout_s * 1000.0)));
+  // Only rank 0 prints, evaluates, and writes metrics and checkpoints.
+  const bool main_rank = dist.is_main();
+  {
+    const std::string given = recipe_to_string(recipe);
+    check_same_on_all_ranks(dist, checksum_bytes(given.data(), given.size()), "the resolved recipe");
+  }
 
   auto tokenizer = make_tokenizer(recipe.data.tokenizer);
   if (recipe.model.vocab_size == 0) {
@@ -121,10 +141,14 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     resume_from = find_latest_checkpoint(recipe.run.dir, [](const std::string& w) {
       std::cerr << "warning: " << w << std::endl;
     });
-    if (resume_from.empty()) std::cout << "resume auto: no checkpoint in " << recipe.run.dir << ", starting fresh\n";
+    if (resume_from.empty() && main_rank) {
+      std::cout << "resume auto: no checkpoint in " << recipe.run.dir << ", starting fresh\n";
+    }
   } else if (!options.resume.empty()) {
     resume_from = options.resume;
   }
+  // Every rank loads the checkpoint itself (the run directory is shared).
+  check_same_on_all_ranks(dist, checksum_bytes(resume_from.data(), resume_from.size()), "the checkpoint to resume from");
 
   // The model is built for the phase that saved the checkpoint (its position
   // table and windows); a checkpoint at a boundary moves on to the next
@@ -142,23 +166,45 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   state.sampler_seed = static_cast<uint64_t>(recipe.run.seed);
   if (!resume_from.empty()) {
     state = load_checkpoint(resume_from, *model, optimizer.get(), device);
-    std::cout << "resumed from " << resume_from << " at step " << state.step << std::endl;
+    if (main_rank) std::cout << "resumed from " << resume_from << " at step " << state.step << std::endl;
   } else if (!options.init.empty()) {
     init_from_checkpoint(options.init, *model, device);
-    std::cout << "initialised from " << options.init << std::endl;
+    if (main_rank) std::cout << "initialised from " << options.init << std::endl;
+  }
+  if (!resume_from.empty()) {
+    // Each rank keeps its own optimizer state, so each must have loaded the same checkpoint.
+    check_same_on_all_ranks(dist, parameter_checksum(*model) ^ static_cast<uint64_t>(state.step),
+                            "the checkpoint loaded from " + resume_from + " (is run.dir on a file system all nodes share?)");
+  }
+  // Replicas start from rank 0's weights, whatever each rank built or loaded.
+  broadcast_module(dist, *model);
+  check_same_on_all_ranks(dist, parameter_checksum(*model), "the parameters after the broadcast from rank 0");
+
+  if (main_rank) {
+    if (options.print_recipe) std::cout << "# resolved recipe\n" << recipe_to_string(recipe);
+    {
+      std::ofstream out(fs::path(recipe.run.dir) / "recipe.yaml");
+      out << recipe_to_string(recipe);
+    }
+    std::cout << "data: " << corpus.description << "\n"
+              << "model: " << model->num_parameters() << " parameters, mixer '" << recipe.model.mixer.type
+              << "', device " << device << (bf16 ? " (bf16 autocast)" : " (fp32)") << std::endl;
+    if (dist.active()) {
+      std::cout << "data parallel: " << dist.world_size() << " ranks over " << dist.backend_name()
+                << ", global batch " << dist.world_size() << " x " << recipe.train.batch_size << " x "
+                << recipe.train.grad_accum << " sequences" << std::endl;
+    }
+    print_phases(phases);
   }
 
-  if (options.print_recipe) std::cout << "# resolved recipe\n" << recipe_to_string(recipe);
-  {
-    std::ofstream out(fs::path(recipe.run.dir) / "recipe.yaml");
-    out << recipe_to_string(recipe);
+  std::unique_ptr<MetricsWriter> metrics;
+  if (main_rank) {
+    metrics = std::make_unique<MetricsWriter>((fs::path(recipe.run.dir) / "metrics.jsonl").string(),
+                                              !resume_from.empty());
   }
-  std::cout << "data: " << corpus.description << "\n"
-            << "model: " << model->num_parameters() << " parameters, mixer '" << recipe.model.mixer.type
-            << "', device " << device << (bf16 ? " (bf16 autocast)" : " (fp32)") << std::endl;
-  print_phases(phases);
-
-  MetricsWriter metrics((fs::path(recipe.run.dir) / "metrics.jsonl").string(), !resume_from.empty());
+  auto write_metrics = [&](const json& j) {
+    if (metrics) metrics->write(j);
+  };
   const auto window_start = parse_window_start(recipe.data.window_start);
   std::unique_ptr<WindowSampler> sampler;
   EvalOptions eo;
@@ -166,8 +212,9 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   eo.bf16 = bf16;
   auto use_phase = [&](int64_t p) {
     const TrainConfig& tc = phases[p].recipe->train;
-    sampler = std::make_unique<WindowSampler>(corpus.train, tc.seq_len, static_cast<uint64_t>(recipe.run.seed), 0,
-                                              window_start);
+    // This rank's rows are slots rank*b .. rank*b+b-1 of the global batch.
+    sampler = std::make_unique<WindowSampler>(corpus.train, tc.seq_len, static_cast<uint64_t>(recipe.run.seed),
+                                              dist.rank() * tc.batch_size, window_start);
     eo.seq_len = tc.seq_len;
     eo.max_windows = tc.eval_docs;
     eo.batch_size = tc.batch_size;
@@ -179,24 +226,32 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     j["seq_len"] = eo.seq_len;
     return j;
   };
-  if (state.step == 0) {
+  if (state.step == 0 && main_rank) {
     result.before = evaluate(model, corpus.val, *tokenizer, eo);
     result.has_before = true;
-    metrics.write(eval_entry(0, result.before));
+    write_metrics(eval_entry(0, result.before));
     print_eval("eval before training", 0, result.before);
   }
 
   install_stop_handlers();
   model->train();
   std::vector<torch::Tensor> params = model->parameters();
+  std::unique_ptr<GradientReducer> reducer;
+  if (dist.active()) reducer = std::make_unique<GradientReducer>(dist, params);
+  double allreduce_ms = 0, allreduce_wait_ms = 0;  // summed since the last log line
+  int64_t local_tokens_at_log = 0, local_tokens = 0;
   Progress progress(total_steps, state.step);
+  auto newline = [&] {
+    if (main_rank) progress.newline();
+  };
   const auto t_start = Clock::now();
   const double elapsed_before = state.elapsed_s;
   const int64_t first_step = state.step;
   auto t_log = Clock::now();
   int64_t tokens_at_log = state.tokens;
   reset_peak_memory(device);
-  auto save = [&] {
+  auto save = [&]() -> std::string {
+    if (!main_rank) return "";
     state.phase = phase;
     return save_checkpoint(recipe.run.dir, phases[phase].recipe->resolved, *model, *optimizer, state,
                            recipe.checkpoint.keep_last);
@@ -217,10 +272,12 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       model = next_model;
       optimizer = make_optimizer(model, phases[next].recipe->train);
       params = model->parameters();
+      reducer.reset();
+      if (dist.active()) reducer = std::make_unique<GradientReducer>(dist, params);
       phase = next;
       use_phase(phase);
-      progress.newline();
-      std::cout << "phase " << phase << " from step " << state.step + 1 << ": seq_len " << eo.seq_len << ", lr "
+      newline();
+      if (main_rank) std::cout << "phase " << phase << " from step " << state.step + 1 << ": seq_len " << eo.seq_len << ", lr "
                 << phases[phase].recipe->train.lr << std::endl;
     }
     const TrainConfig& tc = phases[phase].recipe->train;
@@ -228,9 +285,24 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     for (auto& group : optimizer->param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
+    maybe_inject_test_fault(dist.rank(), state.step + 1);
+    // Dropout masks must differ between ranks as their data does. Rank 0 keeps
+    // the single-process stream (in checkpoints); the others draw from
+    // (seed, step, rank), so a resume reproduces them too.
+    if (dist.rank() > 0) {
+      torch::manual_seed(mix_keys(static_cast<uint64_t>(recipe.run.seed), static_cast<uint64_t>(state.step),
+                                  static_cast<uint64_t>(dist.rank())));
+    }
+    const bool log_step = (state.step + 1) % tc.log_every == 0 || state.step + 1 == total_steps;
     optimizer->zero_grad();
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
+    // Each micro-batch loss is a mean over its tokens, and every micro-batch of
+    // every rank has the same token count (all targets count), so dividing by
+    // their number in the global step makes the gradient summed over ranks that
+    // of the mean loss over the global batch's tokens.
+    const double micro_batches = static_cast<double>(tc.grad_accum * dist.world_size());
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      if (reducer) reducer->prepare_for_backward(micro + 1 == tc.grad_accum);
       auto batch = sampler->batch(state.step, micro, tc.batch_size).to(device);
       auto inputs = batch.slice(1, 0, tc.seq_len);      // [B, L]
       auto targets = batch.slice(1, 1, tc.seq_len + 1);  // [B, L]
@@ -241,15 +313,28 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       }
       auto loss = torch::nn::functional::cross_entropy(
           logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape(-1));
-      (loss / static_cast<double>(tc.grad_accum)).backward();
+      (loss / micro_batches).backward();
       loss_sum = loss_sum + loss.detach();
     }
-    const double loss_v = loss_sum.item<double>() / static_cast<double>(tc.grad_accum);
+    double loss_v = loss_sum.item<double>() / static_cast<double>(tc.grad_accum);
+    bool stop_signalled = stop_requested();
+    if (reducer) {
+      reducer->finish(/*synchronize=*/log_step);
+      allreduce_ms += reducer->allreduce_ms();
+      allreduce_wait_ms += reducer->wait_ms();
+      // What every rank must agree on: the global mean loss (NaN when any
+      // rank's is, so the non-finite decision is shared; the clipped gradient
+      // norm is computed from identical summed gradients) and whether a signal
+      // reached any rank, so all stop at the same step.
+      const auto agreed = all_reduce_values(dist, {loss_v, stop_signalled ? 1.0 : 0.0});
+      loss_v = agreed[0] / dist.world_size();
+      stop_signalled = agreed[1] > 0;
+    }
     const double max_norm = tc.grad_clip > 0 ? tc.grad_clip : std::numeric_limits<double>::infinity();
     const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
     if (!std::isfinite(loss_v) || !std::isfinite(grad_norm)) {
       if (tc.on_nonfinite == "stop") {
-        progress.newline();
+        newline();
         throw NonFiniteError("non-finite " + std::string(std::isfinite(loss_v) ? "gradients" : "loss") +
                              " at step " + std::to_string(state.step + 1) + " (loss " + std::to_string(loss_v) +
                              ", grad norm " + std::to_string(grad_norm) +
@@ -261,34 +346,54 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       optimizer->step();
     }
     state.step += 1;
-    state.tokens += tc.batch_size * tc.seq_len * tc.grad_accum;
+    local_tokens += tc.batch_size * tc.seq_len * tc.grad_accum;
+    state.tokens += tc.batch_size * tc.seq_len * tc.grad_accum * dist.world_size();
     state.elapsed_s = elapsed_before + seconds_since(t_start);
 
-    if (state.step % tc.log_every == 0 || state.step == total_steps) {
+    if (log_step) {
       const double dt = seconds_since(t_log);
       const double tps = dt > 0 ? static_cast<double>(state.tokens - tokens_at_log) / dt : 0.0;
+      const int64_t steps_logged = (state.tokens - tokens_at_log) /
+                                   (tc.batch_size * tc.seq_len * tc.grad_accum * dist.world_size());
       t_log = Clock::now();
       tokens_at_log = state.tokens;
-      metrics.write({{"step", state.step}, {"loss", loss_v}, {"lr", lr}, {"grad_norm", grad_norm},
+      json record = {{"step", state.step}, {"loss", loss_v}, {"lr", lr}, {"grad_norm", grad_norm},
                      {"tokens_per_s", tps}, {"tokens", state.tokens}, {"elapsed_s", state.elapsed_s},
                      {"memory_bytes", peak_memory_bytes(device)}, {"skipped_steps", state.skipped_steps},
-                     {"seq_len", tc.seq_len}, {"phase", phase}});
-      progress.update(state.step, loss_v, lr, tps, state.elapsed_s - elapsed_before);
+                     {"seq_len", tc.seq_len}, {"phase", phase}, {"world_size", dist.world_size()}};
+      if (dist.active()) {
+        record["rank_tokens_per_s"] = all_gather_value(
+            dist, dt > 0 ? static_cast<double>(local_tokens - local_tokens_at_log) / dt : 0.0);
+        const double n = static_cast<double>(std::max<int64_t>(steps_logged, 1));
+        record["allreduce_ms"] = allreduce_ms / n;
+        record["allreduce_wait_ms"] = allreduce_wait_ms / n;
+        record["allreduce_buckets"] = reducer->num_buckets();
+        record["allreduce_buckets_overlapped"] = reducer->launched_in_backward();
+        allreduce_ms = allreduce_wait_ms = 0;
+      }
+      local_tokens_at_log = local_tokens;
+      write_metrics(record);
+      if (main_rank) progress.update(state.step, loss_v, lr, tps, state.elapsed_s - elapsed_before);
     }
     const bool last = state.step == total_steps;
-    if (!last && tc.eval_every > 0 && state.step % tc.eval_every == 0) {
-      progress.newline();
+    if (!last && tc.eval_every > 0 && state.step % tc.eval_every == 0 && main_rank) {
+      newline();
       const EvalResult r = evaluate(model, corpus.val, *tokenizer, eo);
-      metrics.write(eval_entry(state.step, r));
+      write_metrics(eval_entry(state.step, r));
       print_eval("eval", state.step, r);
     }
     const bool stop_after = options.stop_after > 0 && state.step - first_step >= options.stop_after;
-    if (!last && (stop_requested() || stop_after)) {
-      progress.newline();
+    if (!dist.active()) stop_signalled = stop_requested();  // alone, a signal counts until the step's end
+    if (!last && (stop_signalled || stop_after)) {
+      newline();
       result.checkpoint = save();
-      std::cout << "stopped " << (stop_after ? "by --stop-after" : "by signal " + std::to_string(stop_signal()))
-                << " after step " << state.step << "; checkpoint " << result.checkpoint
-                << " (continue with --resume auto)" << std::endl;
+      if (main_rank) {
+        std::cout << "stopped "
+                  << (stop_after ? "by --stop-after"
+                                 : dist.active() ? std::string("by a signal") : "by signal " + std::to_string(stop_signal()))
+                  << " after step " << state.step << "; checkpoint " << result.checkpoint
+                  << " (continue with --resume auto)" << std::endl;
+      }
       result.interrupted = true;
       break;
     }
@@ -296,17 +401,27 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       result.checkpoint = save();
     }
   }
-  progress.newline();
+  newline();
   result.step = state.step;
   result.skipped_steps = state.skipped_steps;
   result.phase = phase;
+  if (dist.active()) {
+    const uint64_t sum = parameter_checksum(*model);
+    std::cout << "rank " << dist.rank() << ": parameter checksum " << to_hex(sum) << std::endl;
+    check_same_on_all_ranks(dist, sum, "the trained parameters");
+    if (main_rank) std::cout << "parameters identical on all " << dist.world_size() << " ranks" << std::endl;
+  }
   if (!result.interrupted) {
     result.checkpoint = save();
-    result.after = evaluate(model, corpus.val, *tokenizer, eo);
-    metrics.write(eval_entry(state.step, result.after));
-    print_eval("eval after training", state.step, result.after);
-    std::cout << "checkpoint: " << result.checkpoint << std::endl;
+    if (main_rank) {
+      result.after = evaluate(model, corpus.val, *tokenizer, eo);
+      write_metrics(eval_entry(state.step, result.after));
+      print_eval("eval after training", state.step, result.after);
+      std::cout << "checkpoint: " << result.checkpoint << std::endl;
+    }
   }
+  // No rank reports success before rank 0's checkpoint exists.
+  dist.barrier();
   result.model = model;
   return result;
 }

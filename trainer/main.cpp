@@ -1,11 +1,13 @@
-// The `longtrain` command line: train, eval, extend, prepare.
+// The `longtrain` command line: train, eval, extend, prepare, launch.
 //
 // Exit codes: 0 success (also a run stopped cleanly by SIGINT/SIGTERM after
-// writing its checkpoint), 1 an error (one line on stderr saying why), 2 bad
-// command-line usage.
+// writing its checkpoint), 1 an error (one line on stderr saying why; in a
+// data-parallel run it starts with "rank R: "), 2 bad command-line usage.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -18,6 +20,7 @@
 #include "trainer/device.h"
 #include "trainer/evaluate.h"
 #include "trainer/extend.h"
+#include "trainer/launch.h"
 #include "trainer/loop.h"
 #include "trainer/metrics.h"
 
@@ -122,6 +125,26 @@ int run_prepare(const PrepareOptions& options) {
   return 0;
 }
 
+// "rank R: " inside a data-parallel run (WORLD_SIZE > 1), else "".
+std::string rank_prefix() {
+  const char* world = std::getenv("WORLD_SIZE");
+  const char* rank = std::getenv("RANK");
+  if (world == nullptr || std::atoi(world) <= 1) return "";
+  return std::string("rank ") + (rank ? rank : "?") + ": ";
+}
+
+// Reports an error and exits. A data-parallel rank leaves at once: its process
+// group may hold threads blocked on dead peers, which must not delay the exit.
+[[noreturn]] void fail(const std::string& message) {
+  const std::string prefix = rank_prefix();
+  std::cerr << "longtrain: error: " << prefix << message << std::endl;
+  if (!prefix.empty()) {
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
+  std::exit(1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -182,6 +205,21 @@ int main(int argc, char** argv) {
   prep->add_option("--threads", po.threads, "Tokenizer threads (the output does not depend on it)")
       ->capture_default_str();
 
+  auto* launch_cmd = app.add_subcommand(
+      "launch",
+      "Run a command on N processes (one per GPU) with torchrun's environment: "
+      "longtrain launch --nproc N [--nnodes M --node-rank R --master ADDR:PORT] -- train RECIPE ...");
+  LaunchOptions lo;
+  launch_cmd->add_option("--nproc", lo.nproc, "Processes on this node (one per GPU)")->required();
+  launch_cmd->add_option("--nnodes", lo.nnodes, "Number of nodes")->capture_default_str();
+  launch_cmd->add_option("--node-rank", lo.node_rank, "This node's index in [0, nnodes)")->capture_default_str();
+  launch_cmd->add_option("--master", lo.master,
+                         "ADDR:PORT of rank 0's rendezvous (default on one node: 127.0.0.1 and a free port)");
+  launch_cmd->add_option("--grace-s", lo.grace_s,
+                         "Seconds the other ranks get to exit after one fails, before they are killed")
+      ->capture_default_str();
+  launch_cmd->add_option("command", lo.command, "The longtrain command each rank runs, after --")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -196,12 +234,19 @@ int main(int argc, char** argv) {
       return run_train(recipe_file, sets, resume, stop_after, init);
     }
     if (*ext) return run_extend(ext_ckpt, ext_positions, ext_out);
+    if (*launch_cmd) return launch(lo);
     if (*prep) return run_prepare(po);
     return run_eval(ckpt, data, docs, seq_len, json_out);
+  } catch (const std::invalid_argument& e) {
+    if (*launch_cmd) {
+      std::cerr << "longtrain launch: error: " << e.what() << std::endl;
+      return 2;
+    }
+    fail(e.what());
   } catch (const c10::Error& e) {
-    std::cerr << "longtrain: error: " << e.what_without_backtrace() << std::endl;
+    fail(e.what_without_backtrace());
   } catch (const std::exception& e) {
-    std::cerr << "longtrain: error: " << e.what() << std::endl;
+    fail(e.what());
   }
   return 1;
 }

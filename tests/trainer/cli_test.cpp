@@ -11,6 +11,7 @@
 #include <fstream>
 #include <thread>
 
+#include "tests/trainer/cli_run.h"
 #include "tests/trainer/test_recipes.h"
 #include "trainer/checkpoint.h"
 
@@ -18,33 +19,13 @@ namespace longtrain {
 namespace fs = std::filesystem;
 namespace {
 
-struct CliRun {
-  int code;
-  std::string out;
-};
-
-CliRun run(const std::string& args) {
-  const std::string cmd = std::string(LONGTRAIN_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
-std::string set_args(const std::vector<std::string>& sets) {
-  std::string s;
-  for (const auto& o : sets) s += " --set " + o;
-  return s;
-}
-
 TEST(Cli, HelpListsCommandsAndOptions) {
-  CliRun r = run("--help");
+  CliRun r = run_cli("--help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("train"), std::string::npos);
   EXPECT_NE(r.out.find("eval"), std::string::npos);
-  CliRun t = run("train --help");
+  EXPECT_NE(r.out.find("launch"), std::string::npos);
+  CliRun t = run_cli("train --help");
   EXPECT_EQ(t.code, 0);
   for (const char* opt : {"--set", "--resume", "--stop-after"}) EXPECT_NE(t.out.find(opt), std::string::npos) << opt;
 }
@@ -52,26 +33,26 @@ TEST(Cli, HelpListsCommandsAndOptions) {
 TEST(Cli, BadRecipeIsOneLineAndNonZero) {
   const auto f = fs::temp_directory_path() / "longtrain_cli_bad.yaml";
   std::ofstream(f) << "model:\n  d_modle: 3\n";
-  CliRun r = run("train " + f.string());
+  CliRun r = run_cli("train " + f.string());
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.out.rfind("longtrain: error: " + f.string() + ":2: unknown key 'd_modle'", 0), 0u) << r.out;
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
-  EXPECT_EQ(run("frobnicate").code, 2);
+  EXPECT_EQ(run_cli("frobnicate").code, 2);
 }
 
 TEST(Cli, TrainThenEval) {
   const auto dir = fresh_run_dir("cli_eval");
-  CliRun t = run("train " + std::string(LONGTRAIN_SOURCE_DIR) + "/recipes/tiny.yaml" +
+  CliRun t = run_cli("train " + std::string(LONGTRAIN_SOURCE_DIR) + "/recipes/tiny.yaml" +
               set_args(tiny_overrides(dir)) + " --set train.steps=6");
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_NE(t.out.find("summary: val loss"), std::string::npos);
   const auto json_path = dir + "/eval.json";
-  CliRun e = run("eval " + dir + "/checkpoints/step-00000006 --json " + json_path);
+  CliRun e = run_cli("eval " + dir + "/checkpoints/step-00000006 --json " + json_path);
   ASSERT_EQ(e.code, 0) << e.out;
   EXPECT_NE(e.out.find("bits per byte"), std::string::npos);
   EXPECT_NE(e.out.find("long-range"), std::string::npos);
   EXPECT_TRUE(fs::exists(json_path));
-  CliRun missing = run("eval " + dir + "/checkpoints/step-99999999");
+  CliRun missing = run_cli("eval " + dir + "/checkpoints/step-99999999");
   EXPECT_EQ(missing.code, 1);
   EXPECT_NE(missing.out.find("not a checkpoint directory"), std::string::npos) << missing.out;
 }
@@ -114,7 +95,7 @@ TEST(Cli, SigtermLeavesALoadableCheckpoint) {
   auto ckpts = list_checkpoints(dir);
   ASSERT_EQ(ckpts.size(), 1u);
   verify_checkpoint(ckpts[0]);
-  CliRun e = run("eval " + ckpts[0]);
+  CliRun e = run_cli("eval " + ckpts[0]);
   EXPECT_EQ(e.code, 0) << e.out;
 }
 

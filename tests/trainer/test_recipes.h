@@ -2,6 +2,8 @@
 #pragma once
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -40,6 +42,23 @@ inline std::string recipe_error_of(const std::vector<std::string>& sets, const s
     return e.what();
   }
   return "";
+}
+
+// The step records of a run's metrics.jsonl (evaluations left out).
+inline std::vector<nlohmann::json> step_records(const std::string& run_dir) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (!j.contains("eval")) out.push_back(j);
+  }
+  return out;
+}
+
+inline std::vector<double> logged_losses(const std::string& run_dir) {
+  std::vector<double> out;
+  for (const auto& j : step_records(run_dir)) out.push_back(j["loss"].get<double>());
+  return out;
 }
 
 }  // namespace longtrain

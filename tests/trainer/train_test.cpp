@@ -2,9 +2,6 @@
 // corpus; resume is bit-exact; non-finite steps stop or are skipped.
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <nlohmann/json.hpp>
-
 #include "model/lm.h"
 #include "tests/trainer/test_recipes.h"
 #include "trainer/checkpoint.h"
@@ -12,16 +9,6 @@
 
 namespace longtrain {
 namespace {
-
-std::vector<double> logged_losses(const std::string& run_dir) {
-  std::vector<double> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (!j.contains("eval")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
-}
 
 TEST(Training, OverfitsAFixedBatch) {
   torch::manual_seed(0);
