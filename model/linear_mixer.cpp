@@ -62,8 +62,16 @@ torch::Tensor initial_decay(const LinearOptions& o, int64_t H) {
 std::shared_ptr<const MixerOptions> parse_linear(Section& s) {
   auto o = std::make_shared<LinearOptions>();
   s.get("feature_map", o->feature_map).get("chunk", o->chunk).get("eps", o->eps).get("normalize", o->normalize);
-  s.get("decay", o->decay).get("decay_init", o->decay_init).get("favor_features", o->favor_features);
-  s.get("redraw_interval", o->redraw_interval).get("seed", o->seed);
+  s.get("decay", o->decay);
+  // A key that applies only to some settings is read (and so lands in the
+  // resolved recipe) when it applies or is present: a default written for a
+  // key that does not apply would make the saved recipe fail its own checks
+  // when a checkpoint is loaded again (eval, resume).
+  const bool favor_map = o->feature_map == "favor";
+  if (o->decay != "none" || s.has("decay_init")) s.get("decay_init", o->decay_init);
+  if (favor_map || s.has("favor_features")) s.get("favor_features", o->favor_features);
+  if (favor_map || s.has("redraw_interval")) s.get("redraw_interval", o->redraw_interval);
+  if (favor_map || s.has("seed")) s.get("seed", o->seed);
   FeatureMap map = FeatureMap::kEluPlusOne;
   try {
     map = parse_feature_map(o->feature_map);
