@@ -48,9 +48,9 @@ int run_train(const std::string& recipe_file, const std::vector<std::string>& se
   return 0;
 }
 
-// `eval --tasks`: the long-context suite (trainer/eval_tasks.h) and its report.
-int run_eval_tasks_cli(const std::string& ckpt, const std::vector<std::string>& data, EvalTaskOptions opt,
-                       const std::string& name, const std::string& out_file) {
+// The checkpoint's recipe, evaluating on `data` (text files or directories)
+// instead of its own validation split when given.
+YAML::Node recipe_for_eval(const std::string& ckpt, const std::vector<std::string>& data) {
   YAML::Node stored = checkpoint_recipe(ckpt);
   if (!data.empty()) {
     stored["data"]["source"] = "text";
@@ -58,6 +58,13 @@ int run_eval_tasks_cli(const std::string& ckpt, const std::vector<std::string>& 
     for (const auto& p : data) paths.push_back(p);
     stored["data"]["paths"] = paths;
   }
+  return stored;
+}
+
+// `eval --tasks`: the long-context suite (trainer/eval_tasks.h) and its report.
+int run_eval_tasks_cli(const std::string& ckpt, const std::vector<std::string>& data, EvalTaskOptions opt,
+                       const std::string& name, const std::string& out_file) {
+  YAML::Node stored = recipe_for_eval(ckpt, data);
   Recipe recipe = parse_recipe(stored, ckpt + "/recipe.yaml");
   const torch::Device device = choose_device(recipe.train.device);
   auto tok = make_tokenizer(recipe.data.tokenizer);
@@ -119,13 +126,7 @@ int run_generate(const std::string& ckpt, const std::string& prompt, GenerateOpt
 
 int run_eval(const std::string& ckpt, const std::vector<std::string>& data, int64_t docs, int64_t seq_len,
              const std::string& json_out) {
-  YAML::Node stored = checkpoint_recipe(ckpt);
-  if (!data.empty()) {
-    stored["data"]["source"] = "text";
-    YAML::Node paths(YAML::NodeType::Sequence);
-    for (const auto& p : data) paths.push_back(p);
-    stored["data"]["paths"] = paths;
-  }
+  YAML::Node stored = recipe_for_eval(ckpt, data);
   if (docs > 0) stored["train"]["eval_docs"] = docs;
   if (seq_len > 0) stored["train"]["seq_len"] = seq_len;
   Recipe recipe = parse_recipe(stored, ckpt + "/recipe.yaml");
