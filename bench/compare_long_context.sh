@@ -45,6 +45,15 @@ out_dir, runs, date, cmd, *families = sys.argv[1:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 def pct(v):
     return "skip" if v is None else f"{100 * v:.0f}%"
+def runs_of(layers):
+    """'linear,linear,full' -> 'linear x2, full'."""
+    out = []
+    for m in layers.split(","):
+        if out and out[-1][0] == m:
+            out[-1][1] += 1
+        else:
+            out.append([m, 1])
+    return ", ".join(m if n == 1 else f"{m} x{n}" for m, n in out)
 def mean(row):
     vals = [v for v in row if v is not None]
     return sum(vals) / len(vals) if vals else None
@@ -64,8 +73,7 @@ with open(f"{out_dir}/table.md", "w") as fh:
            [f"passkey@{l}" for l in lengths] + [f"mqar@{l} ({p}p)" for l in lengths for p in pairs]
     fh.write("| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n")
     for f, r, t, lm, secs in rows:
-        cells = [f, r["model"]["layers"].split(",")[0] if len(set(r["model"]["layers"].split(","))) == 1 else r["model"]["layers"],
-                 str(r["model"]["parameters"]), str(secs)]
+        cells = [f, runs_of(r["model"]["layers"]), str(r["model"]["parameters"]), str(secs)]
         cells += ["skip" if "skipped" in lm.get(l, {"skipped": 1}) else f"{lm[l]['bits_per_byte']:.3f}" for l in lengths]
         cells += [pct(mean(row)) for row in t["passkey"]["accuracy"]]
         cells += [pct(row[j]) for row in t["mqar"]["accuracy"] for j in range(len(pairs))]
