@@ -8,7 +8,10 @@
 // gain from the longer context.
 //
 // The stream is the validation documents joined by <eos> (as text8/enwik8 are
-// one stream); a window crosses document boundaries like training windows do.
+// one stream); a window starts anywhere and crosses document boundaries. A
+// model trained only on document-aligned windows (data.window_start:
+// document) with learned positions does much worse here than in evaluate.h,
+// which reads each document from its start (README: Evaluation).
 #pragma once
 
 #include <torch/torch.h>
