@@ -31,4 +31,12 @@ struct SyntheticSpec {
 // Document `index` of the corpus with seed `seed`: the same on every machine.
 SyntheticDoc synthetic_document(const SyntheticSpec& spec, uint64_t seed, int64_t index);
 
+class Rng;
+// The corpus' vocabulary, for tasks written in it (data/recall_tasks.h):
+// one filler sentence ("the old fox runs to the lamp. "), a fact key (three
+// lowercase letters) and a value (three digits).
+std::string synthetic_filler_sentence(Rng& rng);
+std::string synthetic_key(Rng& rng);
+std::string synthetic_value(Rng& rng);
+
 }  // namespace longtrain

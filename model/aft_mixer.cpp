@@ -33,6 +33,11 @@
 namespace longtrain {
 namespace {
 
+// Generation state of AFT-simple: running numerator, denominator and max (aft.h).
+struct AftState : MixerState {
+  AftSimpleState aft;
+};
+
 struct AftOptions : MixerOptions {
   std::string variant = "simple";
   int64_t window = 64;
@@ -125,6 +130,33 @@ class AftMixerImpl : public MixerImpl {
   }
 
   int64_t max_seq_len() const override { return o_.variant == "full" ? dims_.max_positions : -1; }
+
+  std::string step_unsupported() const override {
+    if (!dims_.causal) return "bidirectional AFT has no recurrent form";
+    if (o_.variant != "simple") return "only AFT-simple has a recurrent form (variant " + o_.variant + ")";
+    return "";
+  }
+
+  std::unique_ptr<MixerState> initial_state(int64_t batch, const torch::TensorOptions& options) override {
+    TORCH_CHECK(step_unsupported().empty(), "aft: ", step_unsupported());
+    auto s = std::make_unique<AftState>();
+    s->aft = aft_simple_initial_state(batch, dims_.d_model, options);
+    return s;
+  }
+
+  // O(d) per token: the running sums of aft_simple_step.
+  torch::Tensor step(const torch::Tensor& x, MixerState& base) override {
+    auto& s = dynamic_cast<AftState&>(base);
+    TORCH_CHECK(x.dim() == 3 && x.size(1) == 1, "aft step: x must be [B, 1, D], got ", x.sizes());
+    auto qkv = qkv_->forward(x.squeeze(1)).chunk(3, -1);  // 3 x [B, D]
+    torch::Tensor y;
+    {
+      NoAutocast no_autocast;
+      y = aft_simple_step(qkv[0], qkv[1], qkv[2], s.aft);
+    }
+    s.position += 1;
+    return out_->forward(y.unsqueeze(1));
+  }
 
  private:
   AftOptions o_;

@@ -34,6 +34,11 @@
 namespace longtrain {
 namespace {
 
+// Generation state: the running S, z of linear_attention.h's recurrent form.
+struct LinearState : MixerState {
+  LinearAttentionState la;
+};
+
 struct LinearOptions : MixerOptions {
   std::string feature_map = "elu+1";
   int64_t chunk = 64;
@@ -57,8 +62,16 @@ torch::Tensor initial_decay(const LinearOptions& o, int64_t H) {
 std::shared_ptr<const MixerOptions> parse_linear(Section& s) {
   auto o = std::make_shared<LinearOptions>();
   s.get("feature_map", o->feature_map).get("chunk", o->chunk).get("eps", o->eps).get("normalize", o->normalize);
-  s.get("decay", o->decay).get("decay_init", o->decay_init).get("favor_features", o->favor_features);
-  s.get("redraw_interval", o->redraw_interval).get("seed", o->seed);
+  s.get("decay", o->decay);
+  // A key that applies only to some settings is read (and so lands in the
+  // resolved recipe) when it applies or is present: a default written for a
+  // key that does not apply would make the saved recipe fail its own checks
+  // when a checkpoint is loaded again (eval, resume).
+  const bool favor_map = o->feature_map == "favor";
+  if (o->decay != "none" || s.has("decay_init")) s.get("decay_init", o->decay_init);
+  if (favor_map || s.has("favor_features")) s.get("favor_features", o->favor_features);
+  if (favor_map || s.has("redraw_interval")) s.get("redraw_interval", o->redraw_interval);
+  if (favor_map || s.has("seed")) s.get("seed", o->seed);
   FeatureMap map = FeatureMap::kEluPlusOne;
   try {
     map = parse_feature_map(o->feature_map);
@@ -139,23 +152,50 @@ class LinearMixerImpl : public MixerImpl {
       q = q * s;
       k = k * s;
     }
-    FeatureMapSpec spec;
-    spec.map = map_;
-    spec.favor_proj = favor_proj_;
     if (map_ == FeatureMap::kCosformer) {
       TORCH_CHECK(!dims_.causal || L <= dims_.max_positions, "linear attention (cosformer, causal): sequence length ",
                   L, " exceeds the horizon M = max_positions = ", dims_.max_positions);
-      spec.cosformer_horizon = dims_.causal ? dims_.max_positions : L;
     }
-    LinearAttentionOptions la;
-    la.causal = dims_.causal;
-    la.chunk = opts_.chunk;
-    la.normalize = opts_.normalize;
-    la.eps = opts_.eps;
-    la.decay = decay();
-    auto y = linear_attention_chunked(apply_feature_map(q, spec), apply_feature_map(k, spec), qkv[2], la);
+    const auto spec = feature_spec(L);
+    auto y = linear_attention_chunked(apply_feature_map(q, spec), apply_feature_map(k, spec), qkv[2], attention_options());
     // [B, H, L, Dh] -> [B, L, D]
     return out_->forward(y.transpose(1, 2).reshape({B, L, D}));
+  }
+
+  std::string step_unsupported() const override {
+    return dims_.causal ? "" : "bidirectional linear attention has no recurrent form";
+  }
+
+  std::unique_ptr<MixerState> initial_state(int64_t batch, const torch::TensorOptions& options) override {
+    TORCH_CHECK(step_unsupported().empty(), "linear attention: ", step_unsupported());
+    const int64_t H = dims_.n_heads, Dh = dims_.d_model / H;
+    FeatureMapSpec spec = feature_spec(0);
+    auto s = std::make_unique<LinearState>();
+    s->la = linear_attention_initial_state(batch, H, feature_dim(spec, Dh), Dh, options);
+    return s;
+  }
+
+  // The recurrent form: O(F·Dv) per token whatever the position.
+  torch::Tensor step(const torch::Tensor& x, MixerState& base) override {
+    auto& s = dynamic_cast<LinearState&>(base);
+    TORCH_CHECK(x.dim() == 3 && x.size(1) == 1, "linear attention step: x must be [B, 1, D], got ", x.sizes());
+    const int64_t B = x.size(0), D = x.size(2), H = dims_.n_heads, Dh = D / H;
+    TORCH_CHECK(map_ != FeatureMap::kCosformer || s.position < dims_.max_positions,
+                "linear attention (cosformer, causal): position ", s.position,
+                " is beyond the horizon M = max_positions = ", dims_.max_positions);
+    // [B, 1, 3D] -> [3, B, H, 1, Dh]
+    auto qkv = qkv_->forward(x).view({B, 1, 3, H, Dh}).permute({2, 0, 3, 1, 4});
+    auto q = qkv[0], k = qkv[1];
+    if (map_ == FeatureMap::kFavor) {
+      const double sc = std::pow(static_cast<double>(Dh), -0.25);  // as in forward()
+      q = q * sc;
+      k = k * sc;
+    }
+    const auto spec = feature_spec(0);
+    auto y = linear_attention_step(apply_feature_map(q, spec, s.position), apply_feature_map(k, spec, s.position),
+                                   qkv[2], s.la, attention_options());
+    s.position += 1;
+    return out_->forward(y.transpose(1, 2).reshape({B, 1, D}));
   }
 
   int64_t max_seq_len() const override {
@@ -169,6 +209,26 @@ class LinearMixerImpl : public MixerImpl {
   }
 
  private:
+  // Bidirectional cosformer's horizon is the batch length L; causal uses
+  // max_positions, independent of L (see the top of this file).
+  FeatureMapSpec feature_spec(int64_t L) const {
+    FeatureMapSpec spec;
+    spec.map = map_;
+    spec.favor_proj = favor_proj_;
+    if (map_ == FeatureMap::kCosformer) spec.cosformer_horizon = dims_.causal ? dims_.max_positions : L;
+    return spec;
+  }
+
+  LinearAttentionOptions attention_options() const {
+    LinearAttentionOptions la;
+    la.causal = dims_.causal;
+    la.chunk = opts_.chunk;
+    la.normalize = opts_.normalize;
+    la.eps = opts_.eps;
+    la.decay = decay();
+    return la;
+  }
+
   uint64_t layer_seed() const { return static_cast<uint64_t>(opts_.seed) + static_cast<uint64_t>(dims_.layer); }
 
   // Training forward n (0-based) uses draw floor(n / redraw_interval).

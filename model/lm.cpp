@@ -48,6 +48,11 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const MixerContext& ctx
   return y + (drop ? torch::dropout(m, dropout_, true) : m);
 }
 
+torch::Tensor BlockImpl::step(const torch::Tensor& x, MixerState& state) {
+  auto y = x + mixer_->step(norm1_->forward(x), state);
+  return y + proj_->forward(torch::gelu(fc_->forward(norm2_->forward(y)), "tanh"));
+}
+
 LanguageModelImpl::LanguageModelImpl(const ModelConfig& cfg) : cfg_(cfg) {
   TORCH_CHECK(cfg.vocab_size > 0, "model.vocab_size must be set (got ", cfg.vocab_size, ")");
   tok_emb_ = register_module("tok_emb", torch::nn::Embedding(cfg.vocab_size, cfg.d_model));
@@ -93,6 +98,12 @@ int64_t LanguageModelImpl::num_parameters() const {
 }
 
 torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, const MixerContext& context) {
+  auto x = hidden(tokens, context);
+  // [B, L, D] -> [B, L, V]
+  return head_ ? head_->forward(x) : torch::linear(x, tok_emb_->weight);
+}
+
+torch::Tensor LanguageModelImpl::hidden(const torch::Tensor& tokens, const MixerContext& context) {
   TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, L], got ", tokens.sizes());
   const int64_t L = tokens.size(1);
   TORCH_CHECK(!pos_emb_ || L <= cfg_.max_positions, "sequence length ", L,
@@ -110,8 +121,40 @@ torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, const Mixe
   if (pos_emb_) x = x + pos_emb_->forward(torch::arange(L, tokens.options()));
   if (is_training() && cfg_.dropout > 0) x = torch::dropout(x, cfg_.dropout, true);
   for (const auto& block : *blocks_) x = block->as<BlockImpl>()->forward(x, ctx);
-  x = final_norm_->forward(x);
-  // [B, L, D] -> [B, L, V]
+  return final_norm_->forward(x);
+}
+
+std::string LanguageModelImpl::step_unsupported() const {
+  for (int64_t l = 0; l < static_cast<int64_t>(blocks_->size()); ++l) {
+    const std::string why = (*blocks_)[l]->as<BlockImpl>()->mixer()->step_unsupported();
+    if (!why.empty()) return "layer " + std::to_string(l) + " (" + cfg_.mixer_for(l).type + "): " + why;
+  }
+  return "";
+}
+
+LmState LanguageModelImpl::initial_state(int64_t batch) const {
+  const std::string why = step_unsupported();
+  TORCH_CHECK(why.empty(), "the model has no incremental form: ", why);
+  LmState state;
+  const auto options = tok_emb_->weight.options();
+  for (const auto& block : *blocks_) {
+    state.layers.push_back(block->as<BlockImpl>()->mixer()->initial_state(batch, options));
+  }
+  return state;
+}
+
+torch::Tensor LanguageModelImpl::step(const torch::Tensor& tokens, LmState& state) {
+  TORCH_CHECK(tokens.dim() == 1, "step: tokens must be [B], got ", tokens.sizes());
+  TORCH_CHECK(state.layers.size() == blocks_->size(), "step: the state has ", state.layers.size(),
+              " layers, the model ", blocks_->size(), " (start from initial_state)");
+  const int64_t pos = state.position;
+  TORCH_CHECK(!pos_emb_ || pos < cfg_.max_positions, "position ", pos,
+              " is beyond the position table (model.max_positions = ", cfg_.max_positions, ")");
+  auto x = tok_emb_->forward(tokens.unsqueeze(1));  // [B, 1, D]
+  if (pos_emb_) x = x + pos_emb_->weight[pos];
+  for (size_t l = 0; l < blocks_->size(); ++l) x = (*blocks_)[l]->as<BlockImpl>()->step(x, *state.layers[l]);
+  x = final_norm_->forward(x).squeeze(1);  // [B, D]
+  state.position += 1;
   return head_ ? head_->forward(x) : torch::linear(x, tok_emb_->weight);
 }
 

@@ -30,6 +30,8 @@ class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const ModelConfig& cfg, int64_t layer);
   torch::Tensor forward(const torch::Tensor& x, const MixerContext& ctx);
+  // x_t: [B, 1, D] -> [B, 1, D] through the mixer's incremental form.
+  torch::Tensor step(const torch::Tensor& x_t, MixerState& state);
   const Mixer& mixer() const { return mixer_; }
 
  private:
@@ -40,10 +42,26 @@ class BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Block);
 
+// Generation state of the whole model: one mixer state per layer.
+struct LmState {
+  std::vector<std::unique_ptr<MixerState>> layers;
+  int64_t position = 0;  // the next token's position
+};
+
 class LanguageModelImpl : public torch::nn::Module {
  public:
   explicit LanguageModelImpl(const ModelConfig& cfg);
   torch::Tensor forward(const torch::Tensor& tokens, const MixerContext& ctx = {});
+  // The final-normed hidden states [B, L, D] that the output head reads; task
+  // heads (model/task_heads.h) read them too.
+  torch::Tensor hidden(const torch::Tensor& tokens, const MixerContext& ctx = {});
+  // Incremental decoding (model/generate.h): "" when every layer has an
+  // incremental form, else which layer lacks one and why.
+  std::string step_unsupported() const;
+  LmState initial_state(int64_t batch) const;
+  // tokens: [B] int64 at position state.position -> logits [B, V], equal to
+  // that position's row of forward() over the whole sequence so far.
+  torch::Tensor step(const torch::Tensor& tokens, LmState& state);
   const ModelConfig& config() const { return cfg_; }
   int64_t num_parameters() const;
   torch::nn::ModuleList blocks() const { return blocks_; }

@@ -41,12 +41,34 @@ struct MixerContext {
   torch::Tensor global_mask;  // [B, L] bool, tokens with global attention; may be undefined
 };
 
+// What a mixer carries from one generated token to the next: a KV cache, a
+// ring buffer, a recurrent state. Each mixer defines its own subclass.
+struct MixerState {
+  virtual ~MixerState() = default;
+  int64_t position = 0;  // tokens consumed so far (the next token's position)
+};
+
 class MixerImpl : public torch::nn::Module {
  public:
   // x: [B, L, D] -> [B, L, D]
   virtual torch::Tensor forward(const torch::Tensor& x, const MixerContext& ctx) = 0;
   // Longest sequence this mixer accepts (e.g. a position-bias table); -1: any.
   virtual int64_t max_seq_len() const { return -1; }
+
+  // Incremental (generation) interface, causal mixers only. A mixer that
+  // supports it returns "" from step_unsupported(); otherwise the reason, and
+  // model/generate.h recomputes the full forward instead.
+  virtual std::string step_unsupported() const { return "no incremental form"; }
+  // An empty state for a batch of `batch` sequences.
+  virtual std::unique_ptr<MixerState> initial_state(int64_t batch, const torch::TensorOptions& options) {
+    TORCH_CHECK(false, "this mixer has no incremental form: ", step_unsupported());
+  }
+  // x_t: [B, 1, D], the token at position state.position -> [B, 1, D], equal
+  // to row state.position of forward() on the whole sequence so far; appends
+  // the token to `state` and advances state.position.
+  virtual torch::Tensor step(const torch::Tensor& x_t, MixerState& state) {
+    TORCH_CHECK(false, "this mixer has no incremental form: ", step_unsupported());
+  }
 };
 using Mixer = std::shared_ptr<MixerImpl>;
 

@@ -12,6 +12,8 @@
 //   global_token: tokens with this id are global (default -1: none)
 //   impl:     auto (default: the CUDA kernel on CUDA in bf16/fp16) | cuda | reference
 // Cost O(L * window) time and memory (sparse_attention.h), never L x L.
+// Generation keeps a ring buffer of the last `window` keys/values when no head
+// is dilated and there are no global tokens (sparse_mixer.h).
 #include "model/sparse_mixer.h"
 #include "trainer/recipe_section.h"
 
@@ -67,14 +69,21 @@ std::shared_ptr<const MixerOptions> parse(Section& s) {
 Mixer build(const MixerOptions& base, const MixerDims& dims) {
   const auto& o = static_cast<const SlidingOptions&>(base);
   std::vector<HeadPattern> heads;
+  std::vector<int64_t> step_windows;
+  bool dilated = false;
   for (int64_t h = 0; h < dims.n_heads; ++h) {
     const int64_t w = per_layer_head(o.window, dims.layer, h), d = per_layer_head(o.dilation, dims.layer, h);
     const int64_t block = o.block;
     const bool causal = dims.causal;
+    step_windows.push_back(w);
+    dilated = dilated || d > 1;
     heads.push_back({"sliding w" + std::to_string(w) + " d" + std::to_string(d),
                      [=](int64_t L) { return sliding_pattern(L, block, w, d, causal); }});
   }
-  return std::make_shared<SparseAttentionMixerImpl>(dims, o.block, std::move(heads), o.global, o.impl);
+  auto mixer = std::make_shared<SparseAttentionMixerImpl>(dims, o.block, std::move(heads), o.global, o.impl);
+  // A dilated head's window has holes; only plain windows get a ring buffer.
+  if (!dilated) mixer->set_step_windows(std::move(step_windows));
+  return mixer;
 }
 
 MixerRegistration reg("sliding", {parse, build});

@@ -3,6 +3,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "model/sparse_attention_fast.h"
@@ -138,6 +139,64 @@ torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const Mi
   }
   // [B, H, L, Dh] -> [B, L, D]
   return out_->forward(y.transpose(1, 2).reshape({B, L, D}));
+}
+
+namespace {
+
+struct RingBuffer : MixerState {
+  torch::Tensor k, v;    // [B, H, W, Dh]; slot p % W holds position p
+  torch::Tensor slot_pos;  // [W] int64 position held by each slot, -1: empty
+};
+
+}  // namespace
+
+void SparseAttentionMixerImpl::set_step_windows(std::vector<int64_t> per_head_window) {
+  TORCH_CHECK(static_cast<int64_t>(per_head_window.size()) == dims_.n_heads, per_head_window.size(),
+              " step windows for ", dims_.n_heads, " heads");
+  step_windows_ = std::move(per_head_window);
+}
+
+std::string SparseAttentionMixerImpl::step_unsupported() const {
+  if (!dims_.causal) return "bidirectional attention has no incremental form";
+  if (global_.enabled()) return "global tokens need every earlier position (no ring buffer)";
+  if (step_windows_.empty()) return "only plain sliding windows (no dilation) have a ring-buffer form";
+  return "";
+}
+
+std::unique_ptr<MixerState> SparseAttentionMixerImpl::initial_state(int64_t batch,
+                                                                    const torch::TensorOptions& options) {
+  TORCH_CHECK(step_unsupported().empty(), "sparse attention: ", step_unsupported());
+  const int64_t H = dims_.n_heads, Dh = dims_.d_model / H;
+  const int64_t W = *std::max_element(step_windows_.begin(), step_windows_.end());
+  auto s = std::make_unique<RingBuffer>();
+  s->k = torch::zeros({batch, H, W, Dh}, options);
+  s->v = torch::zeros({batch, H, W, Dh}, options);
+  s->slot_pos = torch::full({W}, -1, torch::dtype(torch::kInt64).device(options.device()));
+  return s;
+}
+
+torch::Tensor SparseAttentionMixerImpl::step(const torch::Tensor& x, MixerState& base) {
+  auto& s = dynamic_cast<RingBuffer&>(base);
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == 1, "sliding attention step: x must be [B, 1, D], got ", x.sizes());
+  const int64_t B = x.size(0), D = x.size(2), H = dims_.n_heads, W = s.k.size(2), t = s.position;
+  // [B, 1, 3D] -> [3, B, H, 1, Dh]
+  auto qkv = qkv_->forward(x).view({B, 1, 3, H, D / H}).permute({2, 0, 3, 1, 4});
+  auto q = qkv[0], k = qkv[1];
+  if (dims_.rope.enabled) {
+    q = apply_rope(q, dims_.rope, t);
+    k = apply_rope(k, dims_.rope, t);
+  }
+  const int64_t slot = t % W;
+  s.k.narrow(2, slot, 1).copy_(k);
+  s.v.narrow(2, slot, 1).copy_(qkv[2]);
+  s.slot_pos[slot] = t;
+  s.position += 1;
+  // Head h sees positions t - window_h < p <= t, the causal sliding pattern.
+  auto windows = torch::tensor(step_windows_, s.slot_pos.options()).view({H, 1});         // [H, 1]
+  auto age = t - s.slot_pos.view({1, W});                                                 // [1, W]
+  auto mask = ((s.slot_pos.view({1, W}) >= 0) & (age < windows)).view({1, H, 1, W});      // [1, H, 1, W]
+  auto y = at::scaled_dot_product_attention(q, s.k, s.v, mask);                           // [B, H, 1, Dh]
+  return out_->forward(y.transpose(1, 2).reshape({B, 1, D}));
 }
 
 PerLayerHead parse_per_layer_head(const std::string& key, const YAML::Node& value) {

@@ -59,7 +59,17 @@ class SparseAttentionMixerImpl : public MixerImpl {
   // Whether forward() takes the kernel for these q, k, v (throws for impl: cuda when it cannot).
   bool use_kernel(const torch::Tensor& q) const;
 
+  // Generation, for plain causal sliding windows only (no dilation, no global
+  // tokens): the `sliding` builder hands in each head's window, and the state
+  // is a ring buffer of the last max(window) keys and values. Other patterns
+  // (bigbird's random blocks, strided heads, global tokens) report why not.
+  void set_step_windows(std::vector<int64_t> per_head_window);
+  std::string step_unsupported() const override;
+  std::unique_ptr<MixerState> initial_state(int64_t batch, const torch::TensorOptions& options) override;
+  torch::Tensor step(const torch::Tensor& x_t, MixerState& state) override;
+
  private:
+  std::vector<int64_t> step_windows_;  // per head; empty: no incremental form
   torch::Tensor global_mask(const torch::Tensor& x, const MixerContext& ctx) const;
 
   MixerDims dims_;

@@ -27,12 +27,16 @@ struct SparseOptions : MixerOptions {
 std::shared_ptr<const MixerOptions> parse(Section& s) {
   auto o = std::make_shared<SparseOptions>();
   o->impl = parse_sparse_impl(s);
-  s.get("pattern", o->pattern).get("stride", o->stride).get("summary", o->summary).get("block", o->block);
+  s.get("pattern", o->pattern).get("stride", o->stride).get("block", o->block);
   s.check(o->pattern == "strided" || o->pattern == "fixed", "pattern",
           "'" + o->pattern + "' is not one of: strided, fixed");
   s.check(o->stride >= 1, "stride", "must be >= 1");
+  // summary is read only for `fixed`, with its default in place first, so the
+  // resolved recipe holds the value in force and a strided recipe, saved in a
+  // checkpoint and parsed again, does not trip over a summary it never set.
   if (o->pattern == "fixed") {
-    if (!s.has("summary")) o->summary = std::min(o->summary, o->stride);
+    o->summary = std::min<int64_t>(8, o->stride);
+    s.get("summary", o->summary);
     s.check(o->summary >= 1 && o->summary <= o->stride, "summary", "must be in [1, stride]");
   } else {
     s.check(!s.has("summary"), "summary", "only applies to pattern: fixed");

@@ -38,6 +38,11 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.s
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" numpy
 fi
+# scripts/plot.py (charts of eval reports) and bench/plot_scaling.py draw with matplotlib.
+if ! "$VENV/bin/python" -c "import matplotlib" 2>/dev/null; then
+  say "installing matplotlib into $VENV"
+  "$VENV/bin/pip" install -q matplotlib
+fi
 TORCH_PREFIX="$("$VENV/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)"
 
 # Torch's CMake takes the CUDA architecture from this variable, not from

@@ -1,4 +1,4 @@
-// The `longtrain` command line: train, eval, extend, prepare, launch.
+// The `longtrain` command line: train, eval, generate, extend, prepare, launch.
 //
 // Exit codes: 0 success (also a run stopped cleanly by SIGINT/SIGTERM after
 // writing its checkpoint), 1 an error (one line on stderr saying why; in a
@@ -10,14 +10,17 @@
 #include <cstdlib>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "data/dataset.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
+#include "model/generate.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/device.h"
+#include "trainer/eval_tasks.h"
 #include "trainer/evaluate.h"
 #include "trainer/extend.h"
 #include "trainer/launch.h"
@@ -48,8 +51,9 @@ int run_train(const std::string& recipe_file, const std::vector<std::string>& se
   return 0;
 }
 
-int run_eval(const std::string& ckpt, const std::vector<std::string>& data, int64_t docs, int64_t seq_len,
-             const std::string& json_out) {
+// The checkpoint's recipe, evaluating on `data` (text files or directories)
+// instead of its own validation split when given.
+YAML::Node recipe_for_eval(const std::string& ckpt, const std::vector<std::string>& data) {
   YAML::Node stored = checkpoint_recipe(ckpt);
   if (!data.empty()) {
     stored["data"]["source"] = "text";
@@ -57,6 +61,75 @@ int run_eval(const std::string& ckpt, const std::vector<std::string>& data, int6
     for (const auto& p : data) paths.push_back(p);
     stored["data"]["paths"] = paths;
   }
+  return stored;
+}
+
+// `eval --tasks`: the long-context suite (trainer/eval_tasks.h) and its report.
+int run_eval_tasks_cli(const std::string& ckpt, const std::vector<std::string>& data, EvalTaskOptions opt,
+                       const std::string& name, const std::string& out_file) {
+  YAML::Node stored = recipe_for_eval(ckpt, data);
+  Recipe recipe = parse_recipe(stored, ckpt + "/recipe.yaml");
+  const torch::Device device = choose_device(recipe.train.device);
+  auto tok = make_tokenizer(recipe.data.tokenizer);
+  const Corpus corpus = build_corpus(recipe.data, *tok);
+  LanguageModel model(recipe.model);
+  model->to(device);
+  const TrainState state = load_checkpoint(ckpt, *model, nullptr, device);
+  if (opt.lengths.empty()) opt.lengths = {recipe.train.seq_len};
+  opt.batch_size = recipe.train.batch_size;
+  opt.device = device;
+  opt.bf16 = use_bf16(recipe.train.dtype, device);
+  std::string mixers;
+  for (int64_t l = 0; l < recipe.model.n_layers; ++l) mixers += (l ? "," : "") + recipe.model.mixer_for(l).type;
+  std::cout << "evaluation of " << ckpt << " (step " << state.step << ", " << name << ")\n";
+  nlohmann::json tasks = run_eval_tasks(model, corpus.val, *tok, opt, std::cout);
+  nlohmann::json j = {{"name", name},
+                      {"checkpoint", ckpt},
+                      {"step", state.step},
+                      {"data", corpus.description},
+                      {"model", {{"parameters", model->num_parameters()},
+                                 {"layers", mixers},
+                                 {"d_model", recipe.model.d_model},
+                                 {"n_layers", recipe.model.n_layers},
+                                 {"positions", recipe.model.positions},
+                                 {"max_positions", recipe.model.max_positions}}},
+                      {"device", device.str()},
+                      {"tasks", tasks}};
+  if (!out_file.empty()) {
+    std::ofstream out(out_file);
+    out << j.dump(2) << "\n";
+    if (!out) throw std::runtime_error(out_file + ": cannot write");
+    std::cout << "report: " << out_file << " (charts: python scripts/plot.py " << out_file << ")" << std::endl;
+  }
+  return 0;
+}
+
+int run_generate(const std::string& ckpt, const std::string& prompt, GenerateOptions opt) {
+  Recipe recipe = parse_recipe(checkpoint_recipe(ckpt), ckpt + "/recipe.yaml");
+  const torch::Device device = choose_device(recipe.train.device);
+  auto tok = make_tokenizer(recipe.data.tokenizer);
+  LanguageModel model(recipe.model);
+  model->to(device);
+  load_checkpoint(ckpt, *model, nullptr, device);
+  const auto ids = tok->encode(prompt);
+  std::vector<int64_t> tokens(ids.begin(), ids.end());
+  if (tokens.empty()) tokens.push_back(tok->eos());  // an empty prompt starts a new document
+  opt.stop_token = tok->eos();
+  const GenerateResult r = generate(model, tokens, opt);
+  if (opt.use_cache && !r.used_cache) {
+    std::cerr << "longtrain: note: recomputing the full forward for every token (" << r.fallback << ")" << std::endl;
+  }
+  std::vector<int32_t> out;
+  for (int64_t t : r.tokens) {
+    if (t != tok->eos()) out.push_back(static_cast<int32_t>(t));
+  }
+  std::cout << prompt << tok->decode(out) << std::endl;
+  return 0;
+}
+
+int run_eval(const std::string& ckpt, const std::vector<std::string>& data, int64_t docs, int64_t seq_len,
+             const std::string& json_out) {
+  YAML::Node stored = recipe_for_eval(ckpt, data);
   if (docs > 0) stored["train"]["eval_docs"] = docs;
   if (seq_len > 0) stored["train"]["seq_len"] = seq_len;
   Recipe recipe = parse_recipe(stored, ckpt + "/recipe.yaml");
@@ -180,6 +253,35 @@ int main(int argc, char** argv) {
   eval->add_option("--docs", docs, "Number of evaluation windows (default: the recipe's train.eval_docs)");
   eval->add_option("--seq-len", seq_len, "Window length (default: the recipe's train.seq_len)");
   eval->add_option("--json", json_out, "Also write the report as JSON to this file");
+  EvalTaskOptions task_opt;
+  std::string tasks_arg, eval_name, eval_out;
+  eval->add_option("--tasks", tasks_arg,
+                   "Run the long-context suite instead: comma-separated lm,passkey,mqar (README: Evaluation)");
+  eval->add_option("--lengths", task_opt.lengths, "Window / item lengths for --tasks (default: train.seq_len)")
+      ->delimiter(',');
+  eval->add_option("--stride", task_opt.stride, "lm: window stride (default: length / 2)");
+  eval->add_option("--max-windows", task_opt.max_windows, "lm: windows per length")->capture_default_str();
+  eval->add_option("--buckets", task_opt.buckets, "lm: loss-by-position buckets")->capture_default_str();
+  eval->add_option("--depths", task_opt.depths, "passkey: depths in [0, 1]")->delimiter(',')->capture_default_str();
+  eval->add_option("--pairs", task_opt.pairs, "mqar: numbers of key-value pairs")->delimiter(',')->capture_default_str();
+  eval->add_option("--samples", task_opt.samples, "passkey/mqar: items per grid cell")->capture_default_str();
+  eval->add_option("--seed", task_opt.seed, "passkey/mqar: item seed")->capture_default_str();
+  eval->add_option("--name", eval_name, "Model name in the report (default: the checkpoint path)");
+  eval->add_option("--out", eval_out, "Write the --tasks report as JSON to this file");
+
+  auto* gen = app.add_subcommand("generate", "Continue a prompt with a trained model");
+  std::string gen_ckpt, gen_prompt;
+  GenerateOptions gen_opt;
+  bool no_cache = false;
+  gen->add_option("checkpoint", gen_ckpt, "Checkpoint directory")->required();
+  gen->add_option("--prompt", gen_prompt, "Text to continue (empty: start a new document)");
+  gen->add_option("--max-new-tokens", gen_opt.max_new_tokens, "Tokens to generate")->capture_default_str();
+  gen->add_option("--temperature", gen_opt.sampling.temperature, "0: greedy")->capture_default_str();
+  gen->add_option("--top-k", gen_opt.sampling.top_k, "Sample from the k most likely tokens (0: all)")
+      ->capture_default_str();
+  gen->add_option("--top-p", gen_opt.sampling.top_p, "Nucleus sampling mass (1: all)")->capture_default_str();
+  gen->add_option("--seed", gen_opt.sampling.seed, "Sampling seed")->capture_default_str();
+  gen->add_flag("--no-cache", no_cache, "Recompute the full forward for every token (the reference path)");
 
   auto* prep = app.add_subcommand("prepare", "Tokenize text files, directories or JSONL into token shards");
   PrepareOptions po;
@@ -236,6 +338,21 @@ int main(int argc, char** argv) {
     if (*ext) return run_extend(ext_ckpt, ext_positions, ext_out);
     if (*launch_cmd) return launch(lo);
     if (*prep) return run_prepare(po);
+    if (*gen) {
+      gen_opt.use_cache = !no_cache;
+      return run_generate(gen_ckpt, gen_prompt, gen_opt);
+    }
+    if (!tasks_arg.empty()) {
+      std::stringstream list(tasks_arg);
+      for (std::string t; std::getline(list, t, ',');) {
+        if (!t.empty()) task_opt.tasks.push_back(t);
+      }
+      return run_eval_tasks_cli(ckpt, data, task_opt, eval_name.empty() ? ckpt : eval_name, eval_out);
+    }
+    if (!eval_out.empty()) {
+      std::cerr << "longtrain: error: --out is the --tasks report; use --json for the plain evaluation" << std::endl;
+      return 2;
+    }
     return run_eval(ckpt, data, docs, seq_len, json_out);
   } catch (const std::invalid_argument& e) {
     if (*launch_cmd) {
