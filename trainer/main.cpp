@@ -64,17 +64,31 @@ YAML::Node recipe_for_eval(const std::string& ckpt, const std::vector<std::strin
   return stored;
 }
 
-// `eval --tasks`: the long-context suite (trainer/eval_tasks.h) and its report.
-int run_eval_tasks_cli(const std::string& ckpt, const std::vector<std::string>& data, EvalTaskOptions opt,
-                       const std::string& name, const std::string& out_file) {
-  YAML::Node stored = recipe_for_eval(ckpt, data);
+// A checkpoint made ready to use: its (possibly edited) recipe, the model with
+// the checkpoint's weights on the recipe's device, and the tokenizer.
+struct LoadedModel {
+  Recipe recipe;
+  torch::Device device;
+  std::unique_ptr<Tokenizer> tok;
+  LanguageModel model;
+  TrainState state;
+};
+
+LoadedModel load_model(const std::string& ckpt, const YAML::Node& stored) {
   Recipe recipe = parse_recipe(stored, ckpt + "/recipe.yaml");
   const torch::Device device = choose_device(recipe.train.device);
   auto tok = make_tokenizer(recipe.data.tokenizer);
-  const Corpus corpus = build_corpus(recipe.data, *tok);
   LanguageModel model(recipe.model);
   model->to(device);
-  const TrainState state = load_checkpoint(ckpt, *model, nullptr, device);
+  TrainState state = load_checkpoint(ckpt, *model, nullptr, device);
+  return {std::move(recipe), device, std::move(tok), model, state};
+}
+
+// `eval --tasks`: the long-context suite (trainer/eval_tasks.h) and its report.
+int run_eval_tasks_cli(const std::string& ckpt, const std::vector<std::string>& data, EvalTaskOptions opt,
+                       const std::string& name, const std::string& out_file) {
+  auto [recipe, device, tok, model, state] = load_model(ckpt, recipe_for_eval(ckpt, data));
+  const Corpus corpus = build_corpus(recipe.data, *tok);
   if (opt.lengths.empty()) opt.lengths = {recipe.train.seq_len};
   opt.batch_size = recipe.train.batch_size;
   opt.device = device;
@@ -105,17 +119,13 @@ int run_eval_tasks_cli(const std::string& ckpt, const std::vector<std::string>& 
 }
 
 int run_generate(const std::string& ckpt, const std::string& prompt, GenerateOptions opt) {
-  Recipe recipe = parse_recipe(checkpoint_recipe(ckpt), ckpt + "/recipe.yaml");
-  const torch::Device device = choose_device(recipe.train.device);
-  auto tok = make_tokenizer(recipe.data.tokenizer);
-  LanguageModel model(recipe.model);
-  model->to(device);
-  load_checkpoint(ckpt, *model, nullptr, device);
+  LoadedModel m = load_model(ckpt, checkpoint_recipe(ckpt));
+  auto& tok = m.tok;
   const auto ids = tok->encode(prompt);
   std::vector<int64_t> tokens(ids.begin(), ids.end());
   if (tokens.empty()) tokens.push_back(tok->eos());  // an empty prompt starts a new document
   opt.stop_token = tok->eos();
-  const GenerateResult r = generate(model, tokens, opt);
+  const GenerateResult r = generate(m.model, tokens, opt);
   if (opt.use_cache && !r.used_cache) {
     std::cerr << "longtrain: note: recomputing the full forward for every token (" << r.fallback << ")" << std::endl;
   }
@@ -132,13 +142,8 @@ int run_eval(const std::string& ckpt, const std::vector<std::string>& data, int6
   YAML::Node stored = recipe_for_eval(ckpt, data);
   if (docs > 0) stored["train"]["eval_docs"] = docs;
   if (seq_len > 0) stored["train"]["seq_len"] = seq_len;
-  Recipe recipe = parse_recipe(stored, ckpt + "/recipe.yaml");
-  const torch::Device device = choose_device(recipe.train.device);
-  auto tok = make_tokenizer(recipe.data.tokenizer);
+  auto [recipe, device, tok, model, state] = load_model(ckpt, stored);
   const Corpus corpus = build_corpus(recipe.data, *tok);
-  LanguageModel model(recipe.model);
-  model->to(device);
-  const TrainState state = load_checkpoint(ckpt, *model, nullptr, device);
   EvalOptions eo;
   eo.seq_len = recipe.train.seq_len;
   eo.max_windows = recipe.train.eval_docs;

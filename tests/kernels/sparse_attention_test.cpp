@@ -72,12 +72,13 @@ TEST(TileLayout, AllowsExactlyTheLayoutsPairs) {
           const std::string what = pc.name + " block=" + std::to_string(block) + " L=" + std::to_string(L) +
                                    (causal ? " causal" : " bidir");
           ASSERT_EQ(tiles.n_tiles, (L + 63) / 64) << what;
-          ASSERT_TRUE(torch::equal(tile_mask(tiles), layout_mask(layout))) << what;
+          const auto dense = tile_mask(tiles);
+          ASSERT_TRUE(torch::equal(dense, layout_mask(layout))) << what;
           // Full tiles are full, partial ones are not, and no visit is empty.
           for (int64_t qt = 0; qt < tiles.n_tiles; ++qt)
             for (int32_t v = tiles.row_ptr[qt]; v < tiles.row_ptr[qt + 1]; ++v) {
               const int64_t rows = std::min<int64_t>(64, L - qt * 64), cols = std::min<int64_t>(64, L - tiles.cols[v] * 64);
-              auto sub = tile_mask(tiles).slice(0, qt * 64, qt * 64 + rows).slice(1, tiles.cols[v] * 64,
+              auto sub = dense.slice(0, qt * 64, qt * 64 + rows).slice(1, tiles.cols[v] * 64,
                                                                                 tiles.cols[v] * 64 + cols);
               const int64_t n = sub.sum().item<int64_t>();
               ASSERT_GT(n, 0) << what << ": empty visit";

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <string>
@@ -29,6 +30,22 @@ inline std::string set_args(const std::vector<std::string>& sets) {
   std::string s;
   for (const auto& o : sets) s += " --set " + o;
   return s;
+}
+
+// Starts `argv` (argv[0] the binary) as a child with its output discarded, for
+// tests that signal it while it runs; returns the child's pid.
+inline pid_t spawn_quiet(std::vector<std::string> argv_s) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (auto& a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    freopen("/dev/null", "w", stdout);
+    freopen("/dev/null", "w", stderr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
 }
 
 }  // namespace longtrain

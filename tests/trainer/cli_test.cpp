@@ -67,17 +67,8 @@ TEST(Cli, SigtermLeavesALoadableCheckpoint) {
     argv_s.push_back("--set");
     argv_s.push_back(s);
   }
-  const pid_t pid = fork();
+  const pid_t pid = spawn_quiet(argv_s);
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    freopen("/dev/null", "w", stdout);
-    freopen("/dev/null", "w", stderr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
   // Wait until training has logged a few steps, then ask it to stop.
   const auto metrics = fs::path(dir) / "metrics.jsonl";
   for (int i = 0; i < 600; ++i) {

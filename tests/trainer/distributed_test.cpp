@@ -271,17 +271,8 @@ TEST(Launch, SigtermToOneRankCheckpointsOnceAndStopsAll) {
     std::istringstream words(train_args(dir, {"train.batch_size=2", "train.steps=100000"}));
     for (std::string w; words >> w;) argv_s.push_back(w);
   }
-  const pid_t pid = fork();
+  const pid_t pid = spawn_quiet(argv_s);
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    freopen("/dev/null", "w", stdout);
-    freopen("/dev/null", "w", stderr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
   // Wait for a few logged steps, then signal rank 1 alone (the launcher's
   // second child).
   for (int i = 0; i < 600 && step_records(dir).size() < 3; ++i) {
