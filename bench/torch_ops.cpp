@@ -10,6 +10,8 @@
 //     gq, gk, gv when given — Longformer's separate projections — else q, k, v).
 //   torch.ops.longtrain.bigbird_blocks(L, causal) -> [nb, nb] bool, the block
 //     layout above, so the peer runs the same pattern.
+//   torch.ops.longtrain.linear_attention(φq, φk, v, decay=None, normalize=True, eps=1e-6)
+//     causal chunked linear attention (kernels/linear_attention/op.h), [B, H, L, D] bf16.
 #include <torch/library.h>
 #include <torch/torch.h>
 #include <map>
@@ -17,6 +19,7 @@
 #include <optional>
 #include <tuple>
 
+#include "kernels/linear_attention/op.h"
 #include "model/sparse_attention_fast.h"
 
 namespace longtrain {
@@ -74,6 +77,11 @@ torch::Tensor bigbird_blocks_op(int64_t L, bool causal) {
   return m;
 }
 
+torch::Tensor linear_attention_op(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const std::optional<torch::Tensor>& decay, bool normalize, double eps) {
+  return kernels::linear_attention_cuda(q, k, v, decay ? *decay : torch::Tensor(), normalize, eps);
+}
+
 }  // namespace
 }  // namespace longtrain
 
@@ -82,9 +90,11 @@ TORCH_LIBRARY(longtrain, m) {
       "sparse_attention(Tensor q, Tensor k, Tensor v, str pattern, int window, int global_first, bool causal, "
       "Tensor? gq=None, Tensor? gk=None, Tensor? gv=None) -> Tensor");
   m.def("bigbird_blocks(int L, bool causal) -> Tensor", longtrain::bigbird_blocks_op);
+  m.def("linear_attention(Tensor q, Tensor k, Tensor v, Tensor? decay=None, bool normalize=True, float eps=1e-6) -> Tensor");
 }
 
 // Composite: autograd runs through the op's own torch::autograd::Function.
 TORCH_LIBRARY_IMPL(longtrain, CompositeImplicitAutograd, m) {
   m.impl("sparse_attention", longtrain::sparse_attention_op);
+  m.impl("linear_attention", longtrain::linear_attention_op);
 }

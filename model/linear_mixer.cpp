@@ -17,6 +17,13 @@
 //   redraw_interval: 0   redraw the FAVOR+ projection every this many training
 //                        forward calls (0: never)
 //   seed: 0              FAVOR+ seed; layer l draws from seed + l
+//   impl: auto           auto | cuda | reference: the fused CUDA kernel
+//                        (kernels/linear_attention/op.h) on CUDA in bf16 for
+//                        causal attention with feature dim = head dim = 64 or
+//                        128 and a fixed decay (or none, or a learned one in
+//                        generation); auto falls back to the reference
+//                        otherwise, cuda says why it cannot. `chunk` applies
+//                        to the reference.
 //
 // Limits: RoPE (dims.rope) is ignored, see linear_attention.h; no attention
 // dropout (there is no attention matrix to drop from). Causal cosformer uses
@@ -27,8 +34,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/linear_attention/op.h"
 #include "model/linear_attention.h"
 #include "model/mixer.h"
+#include "model/sparse_mixer.h"
 #include "trainer/recipe_section.h"
 
 namespace longtrain {
@@ -49,6 +58,7 @@ struct LinearOptions : MixerOptions {
   int64_t favor_features = 0;  // 0: head dim
   int64_t redraw_interval = 0;
   int64_t seed = 0;
+  SparseImpl impl = SparseImpl::kAuto;
 };
 
 // Per-head initial γ: [H] fp32.
@@ -63,6 +73,7 @@ std::shared_ptr<const MixerOptions> parse_linear(Section& s) {
   auto o = std::make_shared<LinearOptions>();
   s.get("feature_map", o->feature_map).get("chunk", o->chunk).get("eps", o->eps).get("normalize", o->normalize);
   s.get("decay", o->decay);
+  o->impl = parse_sparse_impl(s);
   // A key that applies only to some settings is read (and so lands in the
   // resolved recipe) when it applies or is present: a default written for a
   // key that does not apply would make the saved recipe fail its own checks
@@ -157,7 +168,15 @@ class LinearMixerImpl : public MixerImpl {
                   L, " exceeds the horizon M = max_positions = ", dims_.max_positions);
     }
     const auto spec = feature_spec(L);
-    auto y = linear_attention_chunked(apply_feature_map(q, spec), apply_feature_map(k, spec), qkv[2], attention_options());
+    auto phi_q = apply_feature_map(q, spec), phi_k = apply_feature_map(k, spec);
+    torch::Tensor y;
+    if (use_kernel(phi_q, qkv[2])) {
+      const auto gamma = decay();
+      y = kernels::linear_attention_cuda(phi_q.to(torch::kBFloat16), phi_k.to(torch::kBFloat16), qkv[2],
+                                         gamma.defined() ? gamma.detach() : gamma, opts_.normalize, opts_.eps);
+    } else {
+      y = linear_attention_chunked(phi_q, phi_k, qkv[2], attention_options());
+    }
     // [B, H, L, Dh] -> [B, L, D]
     return out_->forward(y.transpose(1, 2).reshape({B, L, D}));
   }
@@ -192,8 +211,15 @@ class LinearMixerImpl : public MixerImpl {
       k = k * sc;
     }
     const auto spec = feature_spec(0);
-    auto y = linear_attention_step(apply_feature_map(q, spec, s.position), apply_feature_map(k, spec, s.position),
-                                   qkv[2], s.la, attention_options());
+    auto phi_q = apply_feature_map(q, spec, s.position), phi_k = apply_feature_map(k, spec, s.position);
+    torch::Tensor y;
+    if (use_kernel(phi_q, qkv[2]) && s.la.S.scalar_type() == torch::kFloat32 && s.la.S.is_contiguous() &&
+        s.la.z.is_contiguous()) {
+      y = kernels::linear_attention_step_cuda(phi_q.to(torch::kBFloat16), phi_k.to(torch::kBFloat16), qkv[2], s.la.S,
+                                              s.la.z, decay(), opts_.normalize, opts_.eps);
+    } else {
+      y = linear_attention_step(phi_q, phi_k, qkv[2], s.la, attention_options());
+    }
     s.position += 1;
     return out_->forward(y.transpose(1, 2).reshape({B, 1, D}));
   }
@@ -209,6 +235,19 @@ class LinearMixerImpl : public MixerImpl {
   }
 
  private:
+  // Whether the fused kernel runs for these inputs (throws for impl: cuda
+  // when it cannot). v's dtype is the compute dtype (bf16 under autocast).
+  bool use_kernel(const torch::Tensor& phi_q, const torch::Tensor& v) const {
+    if (opts_.impl == SparseImpl::kReference) return false;
+    std::string why = dims_.causal ? "" : "the kernel is causal only";
+    if (why.empty() && decay_logit_.defined() && torch::GradMode::is_enabled()) {
+      why = "the kernel does not differentiate a learned decay";
+    }
+    if (why.empty()) why = kernels::linear_attention_kernel_unsupported(v, phi_q.size(-1));
+    TORCH_CHECK(why.empty() || opts_.impl == SparseImpl::kAuto, "linear attention, impl: cuda cannot run: ", why);
+    return why.empty();
+  }
+
   // Bidirectional cosformer's horizon is the batch length L; causal uses
   // max_positions, independent of L (see the top of this file).
   FeatureMapSpec feature_spec(int64_t L) const {

@@ -6,7 +6,7 @@
 #
 #   scripts/gpu.sh all          # deps build test train
 #   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
-#                               # e2e_sparse, bench_cpu, compare, dist)
+#                               # e2e_sparse, bench_linear, e2e_linear, bench_cpu, compare, dist)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -62,7 +62,7 @@ step_kernels() {
   "$BUILD_DIR/longtrain_tests" --gtest_filter="$filter" > "$OUT/kernels.log" 2>&1
   local rc=$?
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|Failure|error" "$OUT/kernels.log" | head -n 40
-  local small='Patterns/SparseKernelVsReference.*sliding_w8_short*'
+  local small="${SANITIZE_TESTS:-Patterns/SparseKernelVsReference.*sliding_w8_short*}"
   for tool in ${SANITIZERS-memcheck racecheck}; do
     timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$BUILD_DIR/longtrain_tests" \
       --gtest_filter="$small" > "$OUT/sanitizer_$tool.log" 2>&1
@@ -81,21 +81,49 @@ step_bench_sparse() {
   return $rc
 }
 
-# End to end: the sliding-window recipe at L = 4096, window 512, head dim 64,
-# trained with the kernel and with impl: reference from the same seed.
-step_e2e_sparse() {
+# Linear attention beside flash-linear-attention and plain PyTorch
+# (bench/linear_attention.py). fla's source goes along in .carry/fla (carry it:
+# mkdir -p .carry/fla && git -C <fla clone> archive HEAD fla | tar -x -C .carry/fla).
+step_bench_linear() {
+  local json="$OUT/linear_attention_$(date +%F).json"
+  PYTHONPATH="$ROOT/.carry/fla${PYTHONPATH:+:$PYTHONPATH}" python3 "$ROOT/bench/linear_attention.py" \
+    --lib "$BUILD_DIR/liblongtrain_torch_ops.so" --out "$json" ${BENCH_QUICK:+--quick} > "$OUT/bench_linear.log" 2>&1
+  local rc=$?
+  tail -n 24 "$OUT/bench_linear.log"
+  return $rc
+}
+
+# End to end: a recipe trained with the kernel (impl: cuda) and with
+# impl: reference from the same seed; bench/compare_impl.py compares losses
+# and tokens/s. e2e_pair NAME RECIPE ARGS...
+e2e_pair() {
+  local name="$1" recipe="$2"
+  shift 2
   local common=(--set train.device=cuda --set train.dtype=bf16 --set train.steps="${E2E_STEPS:-300}"
-    --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 --set model.n_heads=4
-    --set model.mixer.window=512 --set model.mixer.block=64 --set train.batch_size=8 --set train.log_every=25
-    --set train.eval_every=0 --set checkpoint.every=0 --set data.synthetic.filler=40)
+    --set train.log_every=25 --set train.eval_every=0 --set checkpoint.every=0 "$@")
   local rc=0
   for impl in cuda reference; do
-    "$BUILD_DIR/longtrain" train "$ROOT/recipes/sliding.yaml" --set run.dir="$OUT/e2e-$impl" \
-      --set model.mixer.impl=$impl "${common[@]}" > "$OUT/e2e-$impl.log" 2>&1 || { tail -n 5 "$OUT/e2e-$impl.log"; rc=1; }
-    rm -rf "$OUT/e2e-$impl/checkpoints"
+    "$BUILD_DIR/longtrain" train "$ROOT/recipes/$recipe" --set run.dir="$OUT/e2e-$name-$impl" \
+      --set model.mixer.impl=$impl "${common[@]}" > "$OUT/e2e-$name-$impl.log" 2>&1 ||
+      { tail -n 5 "$OUT/e2e-$name-$impl.log"; rc=1; }
+    rm -rf "$OUT/e2e-$name-$impl/checkpoints"
   done
-  python3 "$ROOT/bench/compare_impl.py" "$OUT/e2e-cuda" "$OUT/e2e-reference" --out "$OUT/e2e_sparse_$(date +%F).json" | tail -n 16
+  python3 "$ROOT/bench/compare_impl.py" "$OUT/e2e-$name-cuda" "$OUT/e2e-$name-reference" \
+    --out "$OUT/e2e_${name}_$(date +%F).json" | tail -n 16
   return $rc
+}
+
+# The sliding-window recipe at L = 4096, window 512, head dim 64.
+step_e2e_sparse() {
+  e2e_pair sparse sliding.yaml --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 \
+    --set model.n_heads=4 --set model.mixer.window=512 --set model.mixer.block=64 --set train.batch_size=8 \
+    --set data.synthetic.filler=40
+}
+
+# The linear recipe at L = 4096, head dim 64, fixed RetNet decay.
+step_e2e_linear() {
+  e2e_pair linear linear.yaml --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 \
+    --set model.n_heads=4 --set model.mixer.decay=fixed --set train.batch_size=8 --set data.synthetic.filler=40
 }
 
 # Data parallel over NCCL on all of this machine's GPUs (needs 2+): the tiny

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/glue.h"
 #include "kernels/sparse_attention/params.h"
 
 #ifdef LONGTRAIN_WITH_CUDA
@@ -112,19 +113,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// Rows must be 16-byte aligned for the kernels' vector copies.
-torch::Tensor rows_aligned(const torch::Tensor& t) {
-  const bool ok = t.stride(3) == 1 && t.stride(2) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(0) % 8 == 0 &&
-                  reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  return ok ? t : t.contiguous();
-}
-
-void set_strides(int64_t (&s)[3], const torch::Tensor& t) {
-  s[0] = t.stride(0);
-  s[1] = t.stride(1);
-  s[2] = t.stride(2);
-}
 
 SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::Tensor& exclude) {
   SparseLayoutParams l;

@@ -1,0 +1,646 @@
+// Chunked causal linear attention on tensor cores: the pass kernels of
+// params.h (block_state, scan, chunk), the backward preparation and the
+// recurrent step. mma.sync m16n8k16 (bf16 in, fp32 accumulate), 4 warps per
+// CTA, 16 rows of each 64-row sub-chunk per warp; tiles stream in through
+// cp.async, double-buffered. Fragment layouts: kernels/sparse_attention/tile.cuh.
+#include <cuda_bf16.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels/linear_attention/params.h"
+#include "kernels/sparse_attention/tile.cuh"
+
+namespace longtrain::kernels::linear_attention {
+namespace {
+
+using tile::cp_async_commit;
+using tile::cp_async_wait;
+using tile::ldmatrix_x4_trans;
+using tile::load_a;
+using tile::load_b_kn;
+using tile::load_b_nk;
+using tile::mma;
+using tile::quad_sum;
+using tile::Smem;
+using T = __nv_bfloat16;
+using P = tile::Pack<T>;
+
+constexpr int kThreads = 128;
+
+__device__ __forceinline__ int64_t row_of(int u, int L, bool reverse) { return reverse ? L - 1 - u : u; }
+
+// A fragment (16 x 16) of Xᵀ at (m0, k0) where the tile stores X: row = k,
+// column = m (Kᵀ in Kᵀ V).
+template <int D>
+__device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* tile, int m0, int k0, int lane) {
+  ldmatrix_x4_trans(a, tile + (k0 + (lane & 7) + (lane >> 4) * 8) * Smem<D>::kStride + m0 + ((lane >> 3) & 1) * 8);
+}
+
+__device__ __forceinline__ uint32_t scale2(uint32_t x, float a, float b) {
+  const float2 f = P::to(x);
+  return P::from(f.x * a, f.y * b);
+}
+
+// Multiplies the k-columns (rows j of the stored tile) of an A fragment at k0
+// by γ^(63 − j): the decay from row j to the end of its sub-chunk.
+__device__ __forceinline__ void decay_k(uint32_t (&a)[4], int k0, int lane, float lg) {
+  const int j = k0 + 2 * (lane & 3);
+  const float w0 = exp2f(lg * (kRows - 1 - j)), w1 = exp2f(lg * (kRows - 2 - j));
+  const float w8 = exp2f(lg * (kRows - 9 - j)), w9 = exp2f(lg * (kRows - 10 - j));
+  a[0] = scale2(a[0], w0, w1);
+  a[1] = scale2(a[1], w0, w1);
+  a[2] = scale2(a[2], w8, w9);
+  a[3] = scale2(a[3], w8, w9);
+}
+
+// Rows u0 .. u0 + 63 (pass order) of one (batch, head) slice into a padded
+// tile; rows at or beyond L are zero-filled.
+template <int D>
+__device__ __forceinline__ void load_rows_async(T* tile, const T* base, int64_t row_stride, int u0, int L,
+                                                bool reverse, int tid) {
+  constexpr int kPerRow = D * sizeof(T) / 16;
+  constexpr int kChunks = kRows * kPerRow;
+  static_assert(kChunks % kThreads == 0, "tile copy must split evenly over the threads");
+#pragma unroll
+  for (int i = 0; i < kChunks / kThreads; ++i) {
+    const int c = tid + i * kThreads;
+    const int r = c / kPerRow, col = (c % kPerRow) * 8;
+    const int u = u0 + r;
+    const bool in = u < L;
+    const T* g = base + (in ? row_of(u, L, reverse) * row_stride + col : 0);
+    const uint32_t dst = tile::smem_addr(tile + r * Smem<D>::kStride + col);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(g), "r"(in ? 16 : 0));
+  }
+}
+
+__device__ __forceinline__ const T* slice(const Operand& x, int b, int h) {
+  return static_cast<const T*>(x.ptr) + b * x.strides[0] + h * x.strides[1];
+}
+
+// Per-row scalars of rows u0 .. u0 + 63 into shared memory (0 past L).
+__device__ __forceinline__ void load_scalars(float* dst, const float* src, int64_t bh, int u0, int L, bool reverse,
+                                             int tid) {
+  if (src && tid < kRows) {
+    const int u = u0 + tid;
+    dst[tid] = u < L ? src[bh * L + row_of(u, L, reverse)] : 0.f;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 1. block_state: ΔS of block `blk` (fp32, [D, D]) and its vectors, into slot
+//    blk + 1 of the workspaces (the scan turns slots into prefixes).
+template <int D>
+__global__ void __launch_bounds__(kThreads) block_state_kernel(PassParams p) {
+  constexpr int kTileElems = Smem<D>::kTileElems;
+  constexpr int kStride = Smem<D>::kStride;
+  constexpr int kMt = D / 64;  // m-tiles (16 rows of S) per warp
+  constexpr int kNt = D / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* Ks = reinterpret_cast<T*>(smem);
+  T* Vs = Ks + 2 * kTileElems;
+  float* es = reinterpret_cast<float*>(Vs + 2 * kTileElems);  // [2][64]
+
+  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const float lg = p.log2_decay ? p.log2_decay[h] : 0.f;
+  const float g_sub = exp2f(lg * kRows);
+  const T* kb = slice(p.k, b, h);
+  const T* vb = slice(p.v, b, h);
+  const int u_begin = blk * p.block_chunks * kRows;
+
+  float acc[kMt][kNt][4];
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
+  float zk = 0.f, zv = 0.f, ze = 0.f;  // column tid
+
+  auto prefetch = [&](int i, int buf) {
+    const int u0 = u_begin + i * kRows;
+    load_rows_async<D>(Ks + buf * kTileElems, kb, p.k.strides[2], u0, p.L, p.reverse, tid);
+    load_rows_async<D>(Vs + buf * kTileElems, vb, p.v.strides[2], u0, p.L, p.reverse, tid);
+    cp_async_commit();
+    load_scalars(es + buf * kRows, p.e, bh, u0, p.L, p.reverse, tid);
+  };
+  prefetch(0, 0);
+  for (int i = 0; i < p.block_chunks; ++i) {
+    const int buf = i & 1;
+    if (i + 1 < p.block_chunks) {
+      prefetch(i + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* K = Ks + buf * kTileElems;
+    const T* V = Vs + buf * kTileElems;
+    if (i > 0 && p.log2_decay) {
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mt][nt][e] *= g_sub;
+      zk *= g_sub;
+      zv *= g_sub;
+      ze *= g_sub;
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) {
+      const int m0 = (warp + 4 * mt) * 16;
+#pragma unroll
+      for (int k0 = 0; k0 < kRows; k0 += 16) {
+        uint32_t a[4];
+        load_a_trans<D>(a, K, m0, k0, lane);
+        if (p.log2_decay) decay_k(a, k0, lane, lg);
+#pragma unroll
+        for (int n0 = 0; n0 < D; n0 += 16) {
+          uint32_t bb[4];
+          load_b_kn<D, T>(bb, V, k0, n0, lane);
+          mma<T>(acc[mt][n0 / 8], a, bb[0], bb[1]);
+          mma<T>(acc[mt][n0 / 8 + 1], a, bb[2], bb[3]);
+        }
+      }
+    }
+    if (tid < D) {
+      for (int j = 0; j < kRows; ++j) {
+        const float w = p.log2_decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
+        const float kv = __bfloat162float(K[j * kStride + tid]);
+        const float vv = __bfloat162float(V[j * kStride + tid]);
+        zk += w * kv;
+        zv += w * vv;
+        if (p.e) ze += w * es[buf * kRows + j] * vv;
+      }
+    }
+    __syncthreads();  // the next prefetch refills this buffer
+  }
+
+  const int64_t slot = static_cast<int64_t>(bh) * p.n_blocks + blk + 1;
+  float* S = p.states + slot * D * D;
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+    const int r = (warp + 4 * mt) * 16 + g;
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt) {
+      const int c = nt * 8 + 2 * t;
+      *reinterpret_cast<float2*>(S + r * D + c) = make_float2(acc[mt][nt][0], acc[mt][nt][1]);
+      *reinterpret_cast<float2*>(S + (r + 8) * D + c) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
+    }
+  }
+  if (tid < D) {
+    if (p.zk) p.zk[slot * D + tid] = zk;
+    if (p.zv) p.zv[slot * D + tid] = zv;
+    if (p.ze) p.ze[slot * D + tid] = ze;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 2. scan: slot b ← γ^(rows per block) · slot (b − 1) + slot b, slot 0 ← 0.
+//    The slot loads do not depend on the chain, so they go out 8 at a time.
+__global__ void scan_kernel(float* buf, int64_t slot_elems, int n_blocks, const float* log2_decay, int H,
+                            float rows_per_block) {
+  const int bh = blockIdx.y;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= slot_elems) return;
+  const float g = log2_decay ? exp2f(log2_decay[bh % H] * rows_per_block) : 1.f;
+  float* x = buf + static_cast<int64_t>(bh) * n_blocks * slot_elems + idx;
+  x[0] = 0.f;
+  float s = 0.f;
+  for (int b0 = 1; b0 < n_blocks; b0 += 8) {
+    float in[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) in[j] = b0 + j < n_blocks ? x[(b0 + j) * slot_elems] : 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (b0 + j < n_blocks) {
+        s = g * s + in[j];
+        x[(b0 + j) * slot_elems] = s;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 3. chunk: the outputs of one block, sub-chunk by sub-chunk.
+template <int D>
+struct ChunkSmem {
+  static constexpr int kTileElems = Smem<D>::kTileElems;
+  static constexpr int kStateElems = D * Smem<D>::kStride;
+  static constexpr size_t kBytes = (6 * kTileElems + 2 * kStateElems) * sizeof(T) + (3 * D + 4 * kRows) * sizeof(float);
+};
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
+  using Layout = ChunkSmem<D>;
+  constexpr int kStride = Smem<D>::kStride;
+  constexpr int kNt = D / 8;
+  constexpr int kMt = D / 64;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* Qs = reinterpret_cast<T*>(smem);
+  T* Ks = Qs + 2 * Layout::kTileElems;
+  T* Vs = Ks + 2 * Layout::kTileElems;
+  T* Shi = Vs + 2 * Layout::kTileElems;  // [D][D + 8]: S ≈ hi + lo
+  T* Slo = Shi + Layout::kStateElems;
+  float* zk_s = reinterpret_cast<float*>(Slo + Layout::kStateElems);
+  float* zv_s = zk_s + D;
+  float* ze_s = zv_s + D;
+  float* cs = ze_s + D;    // [2][64]
+  float* es = cs + 2 * kRows;  // [2][64]
+
+  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const float lg = p.log2_decay ? p.log2_decay[h] : 0.f;
+  const float g_sub = exp2f(lg * kRows);
+  const T* qb = slice(p.q, b, h);
+  const T* kb = slice(p.k, b, h);
+  const T* vb = slice(p.v, b, h);
+  T* ob = static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1];
+  const int u_begin = blk * p.block_chunks * kRows;
+  const int n_sub = min(p.block_chunks, (p.L - u_begin + kRows - 1) / kRows);
+  const int64_t slot = static_cast<int64_t>(bh) * p.n_blocks + blk;
+
+  // The carried state at the block's start (slot 0 holds zeros).
+  {
+    const float* S = p.states + slot * D * D;
+    for (int idx = tid; idx < D * D; idx += kThreads) {
+      const float s = S[idx];
+      const T hi = __float2bfloat16_rn(s);
+      const int at = (idx / D) * kStride + idx % D;
+      Shi[at] = hi;
+      Slo[at] = __float2bfloat16_rn(s - __bfloat162float(hi));
+    }
+    if (tid < D) {
+      zk_s[tid] = p.zk ? p.zk[slot * D + tid] : 0.f;
+      zv_s[tid] = p.zv ? p.zv[slot * D + tid] : 0.f;
+      ze_s[tid] = p.ze ? p.ze[slot * D + tid] : 0.f;
+    }
+  }
+
+  auto prefetch = [&](int i, int buf) {
+    const int u0 = u_begin + i * kRows;
+    load_rows_async<D>(Qs + buf * Layout::kTileElems, qb, p.q.strides[2], u0, p.L, p.reverse, tid);
+    load_rows_async<D>(Ks + buf * Layout::kTileElems, kb, p.k.strides[2], u0, p.L, p.reverse, tid);
+    load_rows_async<D>(Vs + buf * Layout::kTileElems, vb, p.v.strides[2], u0, p.L, p.reverse, tid);
+    cp_async_commit();
+    load_scalars(cs + buf * kRows, p.c, bh, u0, p.L, p.reverse, tid);
+    load_scalars(es + buf * kRows, p.e, bh, u0, p.L, p.reverse, tid);
+  };
+  prefetch(0, 0);
+
+  for (int i = 0; i < n_sub; ++i) {
+    const int buf = i & 1;
+    if (i + 1 < n_sub) {
+      prefetch(i + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    T* Q = Qs + buf * Layout::kTileElems;
+    const T* K = Ks + buf * Layout::kTileElems;
+    const T* V = Vs + buf * Layout::kTileElems;
+    const float* c_row = cs + buf * kRows;
+    const float* e_col = es + buf * kRows;
+    const int u0 = u_begin + i * kRows;
+    const int r0 = warp * 16 + g, r1 = r0 + 8;  // this thread's rows in the sub-chunk
+
+    // Intra-chunk logits A = Q Kᵀ (+ c_t + e_s), decayed and masked.
+    float sacc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sacc[nt][e] = 0.f;
+#pragma unroll
+    for (int k0 = 0; k0 < D; k0 += 16) {
+      uint32_t a[4];
+      load_a<D, T>(a, Q, warp * 16, k0, lane);
+#pragma unroll
+      for (int n0 = 0; n0 < kRows; n0 += 16) {
+        uint32_t bb[4];
+        load_b_nk<D, T>(bb, K, n0, k0, lane);
+        mma<T>(sacc[n0 / 8], a, bb[0], bb[1]);
+        mma<T>(sacc[n0 / 8 + 1], a, bb[2], bb[3]);
+      }
+    }
+    const float c0 = p.c ? c_row[r0] : 0.f, c1 = p.c ? c_row[r1] : 0.f;
+    float den0 = 0.f, den1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e < 2 ? r0 : r1;
+        const int s = nt * 8 + 2 * t + (e & 1);
+        float x = sacc[nt][e] + (e < 2 ? c0 : c1) + (p.e ? e_col[s] : 0.f);
+        if (p.log2_decay) x *= exp2f(lg * (r - s));
+        x = (s <= r && u0 + s < p.L) ? x : 0.f;
+        // The denominator sums the weights as the numerator's A V sees them
+        // (rounded to bf16), so a row's weights sum to exactly its
+        // denominator and o is an exact weighted mean of v (which the
+        // backward's g·v + h = g·(v − o) relies on).
+        x = __bfloat162float(__float2bfloat16_rn(x));
+        sacc[nt][e] = x;
+        if (e < 2) den0 += x; else den1 += x;
+      }
+    }
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      pa[kk][0] = P::from(sacc[2 * kk][0], sacc[2 * kk][1]);
+      pa[kk][1] = P::from(sacc[2 * kk][2], sacc[2 * kk][3]);
+      pa[kk][2] = P::from(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
+      pa[kk][3] = P::from(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
+    }
+
+    // Inter-chunk: γ^(r+1) (q_r S + c_r zv), and γ^(r+1) q_r·zk for the denominator.
+    float oacc[kNt][4];
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
+    float qz0 = 0.f, qz1 = 0.f;
+    if (u0 > 0) {
+#pragma unroll
+      for (int k0 = 0; k0 < D; k0 += 16) {
+        uint32_t a[4];
+        load_a<D, T>(a, Q, warp * 16, k0, lane);
+        if (p.normalize) {
+          const int f = k0 + 2 * t;
+          const float2 q0 = P::to(a[0]), q1 = P::to(a[1]), q2 = P::to(a[2]), q3 = P::to(a[3]);
+          qz0 += q0.x * zk_s[f] + q0.y * zk_s[f + 1] + q2.x * zk_s[f + 8] + q2.y * zk_s[f + 9];
+          qz1 += q1.x * zk_s[f] + q1.y * zk_s[f + 1] + q3.x * zk_s[f + 8] + q3.y * zk_s[f + 9];
+        }
+#pragma unroll
+        for (int n0 = 0; n0 < D; n0 += 16) {
+          uint32_t bb[4];
+          load_b_kn<D, T>(bb, Shi, k0, n0, lane);
+          mma<T>(oacc[n0 / 8], a, bb[0], bb[1]);
+          mma<T>(oacc[n0 / 8 + 1], a, bb[2], bb[3]);
+          load_b_kn<D, T>(bb, Slo, k0, n0, lane);
+          mma<T>(oacc[n0 / 8], a, bb[0], bb[1]);
+          mma<T>(oacc[n0 / 8 + 1], a, bb[2], bb[3]);
+        }
+      }
+      const float w0 = exp2f(lg * (r0 + 1)), w1 = exp2f(lg * (r1 + 1));
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) {
+        const int d = nt * 8 + 2 * t;
+        // c_t Σ_s γ^(·) v_s and Σ_s γ^(·) e_s v_s: the scalar terms of the logits.
+        const float zv0 = p.c ? zv_s[d] : 0.f, zv1 = p.c ? zv_s[d + 1] : 0.f;
+        const float ze0 = p.e ? ze_s[d] : 0.f, ze1 = p.e ? ze_s[d + 1] : 0.f;
+        oacc[nt][0] = w0 * (oacc[nt][0] + c0 * zv0 + ze0);
+        oacc[nt][1] = w0 * (oacc[nt][1] + c0 * zv1 + ze1);
+        oacc[nt][2] = w1 * (oacc[nt][2] + c1 * zv0 + ze0);
+        oacc[nt][3] = w1 * (oacc[nt][3] + c1 * zv1 + ze1);
+      }
+      qz0 = w0 * quad_sum(qz0);
+      qz1 = w1 * quad_sum(qz1);
+    }
+    // Intra-chunk: A V.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+      for (int n0 = 0; n0 < D; n0 += 16) {
+        uint32_t bb[4];
+        load_b_kn<D, T>(bb, V, kk * 16, n0, lane);
+        mma<T>(oacc[n0 / 8], pa[kk], bb[0], bb[1]);
+        mma<T>(oacc[n0 / 8 + 1], pa[kk], bb[2], bb[3]);
+      }
+    }
+    if (p.normalize) {
+      const float rd0 = 1.f / (quad_sum(den0) + qz0 + p.eps);
+      const float rd1 = 1.f / (quad_sum(den1) + qz1 + p.eps);
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) {
+        oacc[nt][0] *= rd0;
+        oacc[nt][1] *= rd0;
+        oacc[nt][2] *= rd1;
+        oacc[nt][3] *= rd1;
+      }
+      if (t == 0 && p.rden) {
+        const int64_t base = static_cast<int64_t>(bh) * p.L;
+        if (u0 + r0 < p.L) p.rden[base + row_of(u0 + r0, p.L, p.reverse)] = rd0;
+        if (u0 + r1 < p.L) p.rden[base + row_of(u0 + r1, p.L, p.reverse)] = rd1;
+      }
+    }
+
+    // Output: through this warp's own 16 rows of the Q tile, then 16-byte stores.
+    __syncwarp();
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt) {
+      const int d = nt * 8 + 2 * t;
+      *reinterpret_cast<uint32_t*>(Q + r0 * kStride + d) = P::from(oacc[nt][0], oacc[nt][1]);
+      *reinterpret_cast<uint32_t*>(Q + r1 * kStride + d) = P::from(oacc[nt][2], oacc[nt][3]);
+    }
+    __syncwarp();
+    constexpr int kPerRow = D / 8;
+#pragma unroll
+    for (int c = lane; c < 16 * kPerRow; c += 32) {
+      const int r = warp * 16 + c / kPerRow, col = (c % kPerRow) * 8;
+      if (u0 + r < p.L) {
+        *reinterpret_cast<uint4*>(ob + row_of(u0 + r, p.L, p.reverse) * p.out_strides[2] + col) =
+            *reinterpret_cast<const uint4*>(Q + r * kStride + col);
+      }
+    }
+
+    // Advance the carried state over this sub-chunk: S ← γ^64 S + Σ_j γ^(63−j) k_j v_jᵀ.
+    if (i + 1 < n_sub) {
+      __syncthreads();  // every warp is done reading S and the vectors
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt) {
+        const int m0 = (warp + 4 * mt) * 16;
+        float acc[kNt][4];
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt) {
+          const int d = nt * 8 + 2 * t;
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int at = (m0 + g + 8 * half) * kStride + d;
+            const float2 hi = P::to(*reinterpret_cast<const uint32_t*>(Shi + at));
+            const float2 lo = P::to(*reinterpret_cast<const uint32_t*>(Slo + at));
+            acc[nt][2 * half] = g_sub * (hi.x + lo.x);
+            acc[nt][2 * half + 1] = g_sub * (hi.y + lo.y);
+          }
+        }
+#pragma unroll
+        for (int k0 = 0; k0 < kRows; k0 += 16) {
+          uint32_t a[4];
+          load_a_trans<D>(a, K, m0, k0, lane);
+          if (p.log2_decay) decay_k(a, k0, lane, lg);
+#pragma unroll
+          for (int n0 = 0; n0 < D; n0 += 16) {
+            uint32_t bb[4];
+            load_b_kn<D, T>(bb, V, k0, n0, lane);
+            mma<T>(acc[n0 / 8], a, bb[0], bb[1]);
+            mma<T>(acc[n0 / 8 + 1], a, bb[2], bb[3]);
+          }
+        }
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt) {
+          const int d = nt * 8 + 2 * t;
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int at = (m0 + g + 8 * half) * kStride + d;
+            const float x0 = acc[nt][2 * half], x1 = acc[nt][2 * half + 1];
+            const uint32_t hi = P::from(x0, x1);
+            const float2 hf = P::to(hi);
+            *reinterpret_cast<uint32_t*>(Shi + at) = hi;
+            *reinterpret_cast<uint32_t*>(Slo + at) = P::from(x0 - hf.x, x1 - hf.y);
+          }
+        }
+      }
+      if (tid < D) {
+        float zk = 0.f, zv = 0.f, ze = 0.f;
+        for (int j = 0; j < kRows; ++j) {
+          const float w = p.log2_decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
+          const float vv = __bfloat162float(V[j * kStride + tid]);
+          zk += w * __bfloat162float(K[j * kStride + tid]);
+          zv += w * vv;
+          ze += w * e_col[j] * vv;
+        }
+        zk_s[tid] = g_sub * zk_s[tid] + zk;
+        zv_s[tid] = g_sub * zv_s[tid] + zv;
+        if (p.e) ze_s[tid] = g_sub * ze_s[tid] + ze;
+      }
+    }
+    __syncthreads();  // the next prefetch refills this sub-chunk's buffers
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Backward preparation, one warp per row.
+template <int D>
+__global__ void prep_kernel(PrepParams p) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (row >= static_cast<int64_t>(p.B) * p.H * p.L) return;
+  const int l = static_cast<int>(row % p.L);
+  const int bh = static_cast<int>(row / p.L), b = bh / p.H, h = bh % p.H;
+  constexpr int kPer = D / 32;  // 2 or 4 elements per lane
+  const T* dO = static_cast<const T*>(p.dout.ptr) + b * p.dout.strides[0] + h * p.dout.strides[1] +
+                l * p.dout.strides[2] + lane * kPer;
+  const T* O = static_cast<const T*>(p.out.ptr) + b * p.out.strides[0] + h * p.out.strides[1] +
+               l * p.out.strides[2] + lane * kPer;
+  // h = −g·o with g as rounded for the passes, so that g·v_s + h is exactly
+  // g·(v_s − o) and vanishes where o = v_s (one key, or equal values).
+  const float r = p.rden ? p.rden[row] : 1.f;
+  T* G = static_cast<T*>(p.g) + row * D + lane * kPer;
+  float dot = 0.f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const T gj = __float2bfloat16_rn(__bfloat162float(dO[j]) * r);
+    G[j] = gj;
+    dot += __bfloat162float(gj) * __bfloat162float(O[j]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffff, dot, off);
+  if (lane == 0 && p.h) p.h[row] = -dot;
+}
+
+// ---------------------------------------------------------------------------
+// The recurrent step: one CTA per (batch, head), thread d owns column d of S.
+template <int D>
+__global__ void step_kernel(StepParams p) {
+  __shared__ float q[D], k[D], red[D];
+  const int bh = blockIdx.x, d = threadIdx.x;
+  const float gam = p.decay ? p.decay[bh % p.H] : 1.f;
+  q[d] = __bfloat162float(static_cast<const T*>(p.q)[bh * D + d]);
+  k[d] = __bfloat162float(static_cast<const T*>(p.k)[bh * D + d]);
+  const float v = __bfloat162float(static_cast<const T*>(p.v)[bh * D + d]);
+  __syncthreads();
+  float* S = p.S + static_cast<int64_t>(bh) * D * D;
+  float num = 0.f;
+  for (int f = 0; f < D; ++f) {
+    const float s = gam * S[f * D + d] + k[f] * v;
+    S[f * D + d] = s;
+    num += q[f] * s;
+  }
+  const float z = gam * p.z[bh * D + d] + k[d];
+  p.z[bh * D + d] = z;
+  red[d] = q[d] * z;
+  __syncthreads();
+  for (int s = D / 2; s > 0; s >>= 1) {
+    if (d < s) red[d] += red[d + s];
+    __syncthreads();
+  }
+  const float o = p.normalize ? num / (red[0] + p.eps) : num;
+  static_cast<T*>(p.o)[bh * D + d] = __float2bfloat16_rn(o);
+}
+
+void check(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+void check_dim(int D, const char* what) {
+  if (D != 64 && D != 128) throw std::invalid_argument(std::string(what) + ": head dim must be 64 or 128");
+}
+
+template <int D>
+void run_pass(const PassParams& p, cudaStream_t stream) {
+  const int bh = p.B * p.H;
+  if (p.n_blocks > 1) {
+    const size_t smem1 = 4 * Smem<D>::kTileElems * sizeof(T) + 2 * kRows * sizeof(float);
+    auto state_kernel = block_state_kernel<D>;
+    cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
+    state_kernel<<<dim3(p.n_blocks - 1, bh), kThreads, smem1, stream>>>(p);
+    check("linear_attention block_state_kernel");
+    const float rows = static_cast<float>(p.block_chunks * kRows);
+    auto scan = [&](float* buf, int64_t elems) {
+      if (!buf) return;
+      scan_kernel<<<dim3(static_cast<unsigned>((elems + 255) / 256), bh), 256, 0, stream>>>(buf, elems, p.n_blocks,
+                                                                                           p.log2_decay, p.H, rows);
+      check("linear_attention scan_kernel");
+    };
+    scan(p.states, static_cast<int64_t>(D) * D);
+    scan(p.zk, D);
+    scan(p.zv, D);
+    scan(p.ze, D);
+  } else {
+    // One block: slot 0 must read as zeros.
+    cudaMemsetAsync(p.states, 0, sizeof(float) * D * D * bh, stream);
+    if (p.zk) cudaMemsetAsync(p.zk, 0, sizeof(float) * D * bh, stream);
+    if (p.zv) cudaMemsetAsync(p.zv, 0, sizeof(float) * D * bh, stream);
+    if (p.ze) cudaMemsetAsync(p.ze, 0, sizeof(float) * D * bh, stream);
+  }
+  const size_t smem = ChunkSmem<D>::kBytes;
+  auto kernel = chunk_kernel<D>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  kernel<<<dim3(p.n_blocks, bh), kThreads, smem, stream>>>(p);
+  check("linear_attention chunk_kernel");
+}
+
+}  // namespace
+
+void linear_attention_pass(const PassParams& p, DType, void* stream) {
+  check_dim(p.D, "linear_attention_pass");
+  if (p.B * p.H == 0 || p.L == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.D == 64) run_pass<64>(p, s);
+  else run_pass<128>(p, s);
+}
+
+void linear_attention_prep(const PrepParams& p, DType, void* stream) {
+  check_dim(p.D, "linear_attention_prep");
+  const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.L;
+  if (rows == 0) return;
+  const unsigned grid = static_cast<unsigned>((rows + 7) / 8);
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.D == 64) prep_kernel<64><<<grid, 256, 0, s>>>(p);
+  else prep_kernel<128><<<grid, 256, 0, s>>>(p);
+  check("linear_attention prep_kernel");
+}
+
+void linear_attention_step(const StepParams& p, DType, void* stream) {
+  check_dim(p.D, "linear_attention_step");
+  if (p.B * p.H == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.D == 64) step_kernel<64><<<p.B * p.H, 64, 0, s>>>(p);
+  else step_kernel<128><<<p.B * p.H, 128, 0, s>>>(p);
+  check("linear_attention step_kernel");
+}
+
+}  // namespace longtrain::kernels::linear_attention

@@ -1,0 +1,99 @@
+// Plain parameters of the chunked causal linear attention kernels (no torch
+// types: shared by op.cpp and the .cu files).
+//
+// Every kernel here evaluates one generic "pass" over a sequence of L rows:
+//
+//   out_t = Σ_{s ≤ t} γ^(t−s) (q_t·k_s + c_t + e_s) v_s           (normalize off)
+//   out_t = Σ_{s ≤ t} γ^(t−s) (q_t·k_s) v_s / (Σ_{s ≤ t} γ^(t−s) q_t·k_s + eps)
+//
+// q, k: [B, H, L, D], v, out: [B, H, L, D] (one head dim D for all four),
+// c, e: optional per-row / per-column scalars [B·H, L] fp32. With `reverse`
+// the pass runs over the rows in reverse order (t ≥ s, the anti-causal form
+// the backward needs): row index l is visited as position L − 1 − l.
+//
+// The forward is one pass (c = e = 0, normalize on or off). The backward is
+// three passes of the same code, with g = dO / (den + eps) and
+// h = −(dO·O) / (den + eps) (h = 0 without normalisation):
+//   dφq_t = Σ_{s ≤ t} γ^(t−s) (g_t·v_s + h_t) φk_s        q=g, k=v,  v=φk, c=h
+//   dφk_s = Σ_{t ≥ s} γ^(t−s) (v_s·g_t + h_t) φq_t        q=v, k=g,  v=φq, e=h, reverse
+//   dv_s  = Σ_{t ≥ s} γ^(t−s) (φk_s·φq_t) g_t             q=φk, k=φq, v=g,    reverse
+//
+// A pass is three kernels (Lightning Attention-2 / fla "chunk" form):
+//   1. block_state: for each block of kBlockChunks·64 rows, its contribution
+//      to the running state S = Σ γ^(·) k_s v_sᵀ [D, D] (fp32) and to the
+//      vectors zk = Σ γ^(·) k_s, zv = Σ γ^(·) v_s, ze = Σ γ^(·) e_s v_s;
+//   2. scan: the exclusive prefix over blocks, S_b = γ^(rows per block) S_{b−1} + ΔS_{b−1};
+//   3. chunk: per block, 64-row sub-chunks in order: the masked, decayed
+//      intra-chunk products on tensor cores plus q·S from the carried state,
+//      which is then advanced in shared memory (as a bf16 hi + lo pair, 16
+//      mantissa bits) to the next sub-chunk.
+#pragma once
+
+#include <cstdint>
+
+namespace longtrain::kernels::linear_attention {
+
+constexpr int kRows = 64;  // rows per sub-chunk (one tile of the mma products)
+
+struct Operand {
+  const void* ptr = nullptr;
+  int64_t strides[3] = {0, 0, 0};  // batch, head, row; the head dim is contiguous
+};
+
+struct PassParams {
+  Operand q, k, v;
+  void* out = nullptr;
+  int64_t out_strides[3] = {0, 0, 0};
+  const float* c = nullptr;  // [B·H, L] per-row scalar, or null
+  const float* e = nullptr;  // [B·H, L] per-column scalar, or null
+  float* rden = nullptr;     // [B·H, L] out: 1 / (den + eps) when normalize
+  const float* log2_decay = nullptr;  // [H] log2 γ_h, or null (γ = 1)
+  // Workspaces, [B·H, n_blocks, ·] fp32: S [D·D], zk [D] (normalize),
+  // zv [D] (c), ze [D] (e).
+  float* states = nullptr;
+  float* zk = nullptr;
+  float* zv = nullptr;
+  float* ze = nullptr;
+  int B = 0, H = 0, L = 0, D = 0;
+  int block_chunks = 4;  // sub-chunks of 64 rows per block
+  int n_blocks = 0;      // ceil(L / (64 · block_chunks))
+  bool reverse = false;
+  bool normalize = false;
+  float eps = 1e-6f;
+};
+
+// Backward preparation: g = dO · r, h = −(dO·O) · r with r = rden (or g = dO,
+// no h, when rden is null). g: [B·H, L, D] contiguous, h: [B·H, L].
+struct PrepParams {
+  Operand dout, out;
+  const float* rden = nullptr;
+  void* g = nullptr;
+  float* h = nullptr;
+  int B = 0, H = 0, L = 0, D = 0;
+};
+
+// One token of the recurrent form (generation), in place on the fp32 state:
+//   S = γ S + k vᵀ, z = γ z + k, o = q·S / (q·z + eps)  (or q·S).
+// q, k, v, o: [B·H, D] contiguous; S: [B·H, D, D]; z: [B·H, D].
+struct StepParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  float* S = nullptr;
+  float* z = nullptr;
+  const float* decay = nullptr;  // [H] γ_h, or null
+  int B = 0, H = 0, D = 0;
+  bool normalize = true;
+  float eps = 1e-6f;
+};
+
+enum class DType { kBFloat16 };
+
+// Launchers (chunk.cu): check the last CUDA error and throw with the kernel
+// name on failure. `stream` is a cudaStream_t. D must be 64 or 128.
+void linear_attention_pass(const PassParams& p, DType dtype, void* stream);
+void linear_attention_prep(const PrepParams& p, DType dtype, void* stream);
+void linear_attention_step(const StepParams& p, DType dtype, void* stream);
+
+}  // namespace longtrain::kernels::linear_attention
