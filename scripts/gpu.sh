@@ -90,6 +90,18 @@ step_bench_linear() {
     --lib "$BUILD_DIR/liblongtrain_torch_ops.so" --out "$json" ${BENCH_QUICK:+--quick} > "$OUT/bench_linear.log" 2>&1
   local rc=$?
   tail -n 24 "$OUT/bench_linear.log"
+  # Optional sweeps: the scan's block size (sub-chunks of 64 rows per block)
+  # and the v1 backward (separate dφk and dv passes).
+  for v in ${LINEAR_SWEEP:-}; do
+    case "$v" in
+      passes) export LONGTRAIN_LINEAR_BWD=passes ;;
+      *) export LONGTRAIN_LINEAR_BLOCK_CHUNKS=$v ;;
+    esac
+    PYTHONPATH="$ROOT/.carry/fla${PYTHONPATH:+:$PYTHONPATH}" python3 "$ROOT/bench/linear_attention.py" \
+      --lib "$BUILD_DIR/liblongtrain_torch_ops.so" --quick --out "$OUT/linear_attention_${v}_$(date +%F).json" 2>&1 |
+      grep longtrain_nonorm | sed "s/^/$v: /"
+    unset LONGTRAIN_LINEAR_BWD LONGTRAIN_LINEAR_BLOCK_CHUNKS
+  done
   return $rc
 }
 

@@ -225,20 +225,261 @@ __global__ void scan_kernel(float* buf, int64_t slot_elems, int n_blocks, const 
 }
 
 // ---------------------------------------------------------------------------
-// 3. chunk: the outputs of one block, sub-chunk by sub-chunk.
+// 3. chunk: the outputs of one block, sub-chunk by sub-chunk. The steps are
+//    device functions shared with the fused dφk/dv kernel below; every warp
+//    works on its own 16 rows (r0 = 16·warp + g and r1 = r0 + 8 for a thread).
+
+// sacc = X_w Yᵀ: [16, 64] logits of this warp's rows of X against all 64 rows of Y.
+template <int D>
+__device__ __forceinline__ void logits(float (&sacc)[8][4], const T* X, const T* Y, int warp, int lane) {
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) sacc[nt][e] = 0.f;
+#pragma unroll
+  for (int k0 = 0; k0 < D; k0 += 16) {
+    uint32_t a[4];
+    load_a<D, T>(a, X, warp * 16, k0, lane);
+#pragma unroll
+    for (int n0 = 0; n0 < kRows; n0 += 16) {
+      uint32_t bb[4];
+      load_b_nk<D, T>(bb, Y, n0, k0, lane);
+      mma<T>(sacc[n0 / 8], a, bb[0], bb[1]);
+      mma<T>(sacc[n0 / 8 + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// Adds the row / column scalars, decays by γ^(r−s), masks s > r and rows
+// past L, rounds to bf16 (the values A V will see), and packs A fragments.
+// Returns the row sums of the rounded weights in den0 / den1 (quad-partial):
+// a row's weights then sum to exactly its denominator, so o is an exact
+// weighted mean of v, which the backward's g·v + h = g·(v − o) relies on.
+__device__ __forceinline__ void weights(float (&sacc)[8][4], uint32_t (&pa)[4][4], float c0, float c1,
+                                        const float* e_col, float lg, bool decay, int u0, int L, int r0, int r1,
+                                        int t, float& den0, float& den1) {
+  den0 = den1 = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e < 2 ? r0 : r1;
+      const int s = nt * 8 + 2 * t + (e & 1);
+      float x = sacc[nt][e] + (e < 2 ? c0 : c1) + (e_col ? e_col[s] : 0.f);
+      if (decay) x *= exp2f(lg * (r - s));
+      x = (s <= r && u0 + s < L) ? x : 0.f;
+      x = __bfloat162float(__float2bfloat16_rn(x));
+      sacc[nt][e] = x;
+      if (e < 2) den0 += x; else den1 += x;
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    pa[kk][0] = P::from(sacc[2 * kk][0], sacc[2 * kk][1]);
+    pa[kk][1] = P::from(sacc[2 * kk][2], sacc[2 * kk][3]);
+    pa[kk][2] = P::from(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
+    pa[kk][3] = P::from(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
+  }
+}
+
+// oacc += X_w S (kTransposed: X_w Sᵀ) with S = hi + lo held [D][D + 8];
+// optionally the partial dots of X's rows with zk (quad-partial).
+template <int D, bool kTransposed>
+__device__ __forceinline__ void times_state(float (&oacc)[D / 8][4], const T* X, const T* Shi, const T* Slo,
+                                            const float* zk, int warp, int lane, float& xz0, float& xz1) {
+  const int t = lane & 3;
+#pragma unroll
+  for (int k0 = 0; k0 < D; k0 += 16) {
+    uint32_t a[4];
+    load_a<D, T>(a, X, warp * 16, k0, lane);
+    if (zk) {
+      const int f = k0 + 2 * t;
+      const float2 q0 = P::to(a[0]), q1 = P::to(a[1]), q2 = P::to(a[2]), q3 = P::to(a[3]);
+      xz0 += q0.x * zk[f] + q0.y * zk[f + 1] + q2.x * zk[f + 8] + q2.y * zk[f + 9];
+      xz1 += q1.x * zk[f] + q1.y * zk[f + 1] + q3.x * zk[f + 8] + q3.y * zk[f + 9];
+    }
+#pragma unroll
+    for (int n0 = 0; n0 < D; n0 += 16) {
+#pragma unroll
+      for (int part = 0; part < 2; ++part) {
+        const T* S = part ? Slo : Shi;
+        uint32_t bb[4];
+        if (kTransposed) load_b_nk<D, T>(bb, S, n0, k0, lane);
+        else load_b_kn<D, T>(bb, S, k0, n0, lane);
+        mma<T>(oacc[n0 / 8], a, bb[0], bb[1]);
+        mma<T>(oacc[n0 / 8 + 1], a, bb[2], bb[3]);
+      }
+    }
+  }
+}
+
+// oacc += A V for this warp's 16 rows (A as packed fragments over 64 keys).
+template <int D>
+__device__ __forceinline__ void times_values(float (&oacc)[D / 8][4], const uint32_t (&pa)[4][4], const T* V,
+                                             int lane) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+    for (int n0 = 0; n0 < D; n0 += 16) {
+      uint32_t bb[4];
+      load_b_kn<D, T>(bb, V, kk * 16, n0, lane);
+      mma<T>(oacc[n0 / 8], pa[kk], bb[0], bb[1]);
+      mma<T>(oacc[n0 / 8 + 1], pa[kk], bb[2], bb[3]);
+    }
+  }
+}
+
+// Writes this warp's 16 output rows: rounded into its own rows of `stage` (a
+// tile no other warp reads any more), then 16-byte stores.
+template <int D>
+__device__ __forceinline__ void store_rows(const float (&oacc)[D / 8][4], T* stage, T* ob, int64_t row_stride,
+                                           int u0, int L, bool reverse, int warp, int lane) {
+  constexpr int kStride = Smem<D>::kStride;
+  const int g = lane >> 2, t = lane & 3, r0 = warp * 16 + g, r1 = r0 + 8;
+  __syncwarp();
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    const int d = nt * 8 + 2 * t;
+    *reinterpret_cast<uint32_t*>(stage + r0 * kStride + d) = P::from(oacc[nt][0], oacc[nt][1]);
+    *reinterpret_cast<uint32_t*>(stage + r1 * kStride + d) = P::from(oacc[nt][2], oacc[nt][3]);
+  }
+  __syncwarp();
+  constexpr int kPerRow = D / 8;
+#pragma unroll
+  for (int c = lane; c < 16 * kPerRow; c += 32) {
+    const int r = warp * 16 + c / kPerRow, col = (c % kPerRow) * 8;
+    if (u0 + r < L) {
+      *reinterpret_cast<uint4*>(ob + row_of(u0 + r, L, reverse) * row_stride + col) =
+          *reinterpret_cast<const uint4*>(stage + r * kStride + col);
+    }
+  }
+}
+
+// S ← γ^64 S + Σ_j γ^(63−j) k_j v_jᵀ over one sub-chunk (K, V tiles), S held
+// as hi + lo in shared memory; warp w owns rows 16 w (and 16 (w + 4)).
+// Callers synchronise before (every warp done reading S) and after.
+template <int D>
+__device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const T* V, float g_sub, float lg,
+                                              bool decay, int warp, int lane) {
+  constexpr int kStride = Smem<D>::kStride;
+  constexpr int kNt = D / 8;
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < D / 64; ++mt) {
+    const int m0 = (warp + 4 * mt) * 16;
+    float acc[kNt][4];
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt) {
+      const int d = nt * 8 + 2 * t;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int at = (m0 + g + 8 * half) * kStride + d;
+        const float2 hi = P::to(*reinterpret_cast<const uint32_t*>(Shi + at));
+        const float2 lo = P::to(*reinterpret_cast<const uint32_t*>(Slo + at));
+        acc[nt][2 * half] = g_sub * (hi.x + lo.x);
+        acc[nt][2 * half + 1] = g_sub * (hi.y + lo.y);
+      }
+    }
+#pragma unroll
+    for (int k0 = 0; k0 < kRows; k0 += 16) {
+      uint32_t a[4];
+      load_a_trans<D>(a, K, m0, k0, lane);
+      if (decay) decay_k(a, k0, lane, lg);
+#pragma unroll
+      for (int n0 = 0; n0 < D; n0 += 16) {
+        uint32_t bb[4];
+        load_b_kn<D, T>(bb, V, k0, n0, lane);
+        mma<T>(acc[n0 / 8], a, bb[0], bb[1]);
+        mma<T>(acc[n0 / 8 + 1], a, bb[2], bb[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt) {
+      const int d = nt * 8 + 2 * t;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int at = (m0 + g + 8 * half) * kStride + d;
+        const float x0 = acc[nt][2 * half], x1 = acc[nt][2 * half + 1];
+        const uint32_t hi = P::from(x0, x1);
+        const float2 hf = P::to(hi);
+        *reinterpret_cast<uint32_t*>(Shi + at) = hi;
+        *reinterpret_cast<uint32_t*>(Slo + at) = P::from(x0 - hf.x, x1 - hf.y);
+      }
+    }
+  }
+}
+
+// Column sums Σ_j γ^(63−j) x_j[col] (and with e_j) of one sub-chunk: thread
+// tid < D advances the carried vectors of column tid.
+template <int D>
+__device__ __forceinline__ void advance_vectors(float* zk, float* zv, float* ze, const T* K, const T* V,
+                                                const float* e_col, float g_sub, float lg, bool decay, int tid) {
+  constexpr int kStride = Smem<D>::kStride;
+  if (tid >= D) return;
+  float sk = 0.f, sv = 0.f, se = 0.f;
+  for (int j = 0; j < kRows; ++j) {
+    const float w = decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
+    const float vv = __bfloat162float(V[j * kStride + tid]);
+    sk += w * __bfloat162float(K[j * kStride + tid]);
+    sv += w * vv;
+    if (e_col) se += w * e_col[j] * vv;
+  }
+  if (zk) zk[tid] = g_sub * zk[tid] + sk;
+  if (zv) zv[tid] = g_sub * zv[tid] + sv;
+  if (ze) ze[tid] = g_sub * ze[tid] + se;
+}
+
+// The carried state of block `slot` into shared memory as hi + lo (slot 0
+// holds zeros), and its vectors.
+template <int D>
+__device__ __forceinline__ void load_state(T* Shi, T* Slo, float* zk_s, float* zv_s, float* ze_s, const PassParams& p,
+                                           int64_t slot, int tid) {
+  constexpr int kStride = Smem<D>::kStride;
+  const float* S = p.states + slot * D * D;
+  for (int idx = tid; idx < D * D; idx += kThreads) {
+    const float s = p.states_transposed ? S[(idx % D) * D + idx / D] : S[idx];
+    const T hi = __float2bfloat16_rn(s);
+    const int at = (idx / D) * kStride + idx % D;
+    Shi[at] = hi;
+    Slo[at] = __float2bfloat16_rn(s - __bfloat162float(hi));
+  }
+  if (tid < D) {
+    zk_s[tid] = p.zk ? p.zk[slot * D + tid] : 0.f;
+    zv_s[tid] = p.zv ? p.zv[slot * D + tid] : 0.f;
+    ze_s[tid] = p.ze ? p.ze[slot * D + tid] : 0.f;
+  }
+}
+
+// Scales rows r0 / r1 of an accumulator by w0 / w1 and adds a0·z0 + b per column.
+template <int D>
+__device__ __forceinline__ void finish_inter(float (&oacc)[D / 8][4], float w0, float w1, float c0, float c1,
+                                             const float* zv, const float* ze, int t) {
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    const int d = nt * 8 + 2 * t;
+    const float zv0 = zv ? zv[d] : 0.f, zv1 = zv ? zv[d + 1] : 0.f;
+    const float ze0 = ze ? ze[d] : 0.f, ze1 = ze ? ze[d + 1] : 0.f;
+    oacc[nt][0] = w0 * (oacc[nt][0] + c0 * zv0 + ze0);
+    oacc[nt][1] = w0 * (oacc[nt][1] + c0 * zv1 + ze1);
+    oacc[nt][2] = w1 * (oacc[nt][2] + c1 * zv0 + ze0);
+    oacc[nt][3] = w1 * (oacc[nt][3] + c1 * zv1 + ze1);
+  }
+}
+
 template <int D>
 struct ChunkSmem {
   static constexpr int kTileElems = Smem<D>::kTileElems;
   static constexpr int kStateElems = D * Smem<D>::kStride;
-  static constexpr size_t kBytes = (6 * kTileElems + 2 * kStateElems) * sizeof(T) + (3 * D + 4 * kRows) * sizeof(float);
+  // n_tiles double-buffered tiles, S as hi + lo, three vectors, two scalar rows x 2.
+  static constexpr size_t bytes(int n_tiles) {
+    return (2 * n_tiles * kTileElems + 2 * kStateElems) * sizeof(T) + (3 * D + 4 * kRows) * sizeof(float);
+  }
 };
 
 template <int D>
 __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
   using Layout = ChunkSmem<D>;
-  constexpr int kStride = Smem<D>::kStride;
   constexpr int kNt = D / 8;
-  constexpr int kMt = D / 64;
   extern __shared__ __align__(16) unsigned char smem[];
   T* Qs = reinterpret_cast<T*>(smem);
   T* Ks = Qs + 2 * Layout::kTileElems;
@@ -248,12 +489,13 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
   float* zk_s = reinterpret_cast<float*>(Slo + Layout::kStateElems);
   float* zv_s = zk_s + D;
   float* ze_s = zv_s + D;
-  float* cs = ze_s + D;    // [2][64]
+  float* cs = ze_s + D;        // [2][64]
   float* es = cs + 2 * kRows;  // [2][64]
 
   const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-  const float lg = p.log2_decay ? p.log2_decay[h] : 0.f;
+  const bool decay = p.log2_decay != nullptr;
+  const float lg = decay ? p.log2_decay[h] : 0.f;
   const float g_sub = exp2f(lg * kRows);
   const T* qb = slice(p.q, b, h);
   const T* kb = slice(p.k, b, h);
@@ -261,24 +503,7 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
   T* ob = static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1];
   const int u_begin = blk * p.block_chunks * kRows;
   const int n_sub = min(p.block_chunks, (p.L - u_begin + kRows - 1) / kRows);
-  const int64_t slot = static_cast<int64_t>(bh) * p.n_blocks + blk;
-
-  // The carried state at the block's start (slot 0 holds zeros).
-  {
-    const float* S = p.states + slot * D * D;
-    for (int idx = tid; idx < D * D; idx += kThreads) {
-      const float s = S[idx];
-      const T hi = __float2bfloat16_rn(s);
-      const int at = (idx / D) * kStride + idx % D;
-      Shi[at] = hi;
-      Slo[at] = __float2bfloat16_rn(s - __bfloat162float(hi));
-    }
-    if (tid < D) {
-      zk_s[tid] = p.zk ? p.zk[slot * D + tid] : 0.f;
-      zv_s[tid] = p.zv ? p.zv[slot * D + tid] : 0.f;
-      ze_s[tid] = p.ze ? p.ze[slot * D + tid] : 0.f;
-    }
-  }
+  load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * p.n_blocks + blk, tid);
 
   auto prefetch = [&](int i, int buf) {
     const int u0 = u_begin + i * kRows;
@@ -304,58 +529,19 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
     const T* K = Ks + buf * Layout::kTileElems;
     const T* V = Vs + buf * Layout::kTileElems;
     const float* c_row = cs + buf * kRows;
-    const float* e_col = es + buf * kRows;
+    const float* e_col = p.e ? es + buf * kRows : nullptr;
     const int u0 = u_begin + i * kRows;
-    const int r0 = warp * 16 + g, r1 = r0 + 8;  // this thread's rows in the sub-chunk
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
 
-    // Intra-chunk logits A = Q Kᵀ (+ c_t + e_s), decayed and masked.
+    // Intra-chunk weights A = Q Kᵀ (+ c_t + e_s), decayed and masked.
     float sacc[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) sacc[nt][e] = 0.f;
-#pragma unroll
-    for (int k0 = 0; k0 < D; k0 += 16) {
-      uint32_t a[4];
-      load_a<D, T>(a, Q, warp * 16, k0, lane);
-#pragma unroll
-      for (int n0 = 0; n0 < kRows; n0 += 16) {
-        uint32_t bb[4];
-        load_b_nk<D, T>(bb, K, n0, k0, lane);
-        mma<T>(sacc[n0 / 8], a, bb[0], bb[1]);
-        mma<T>(sacc[n0 / 8 + 1], a, bb[2], bb[3]);
-      }
-    }
-    const float c0 = p.c ? c_row[r0] : 0.f, c1 = p.c ? c_row[r1] : 0.f;
-    float den0 = 0.f, den1 = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e < 2 ? r0 : r1;
-        const int s = nt * 8 + 2 * t + (e & 1);
-        float x = sacc[nt][e] + (e < 2 ? c0 : c1) + (p.e ? e_col[s] : 0.f);
-        if (p.log2_decay) x *= exp2f(lg * (r - s));
-        x = (s <= r && u0 + s < p.L) ? x : 0.f;
-        // The denominator sums the weights as the numerator's A V sees them
-        // (rounded to bf16), so a row's weights sum to exactly its
-        // denominator and o is an exact weighted mean of v (which the
-        // backward's g·v + h = g·(v − o) relies on).
-        x = __bfloat162float(__float2bfloat16_rn(x));
-        sacc[nt][e] = x;
-        if (e < 2) den0 += x; else den1 += x;
-      }
-    }
     uint32_t pa[4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      pa[kk][0] = P::from(sacc[2 * kk][0], sacc[2 * kk][1]);
-      pa[kk][1] = P::from(sacc[2 * kk][2], sacc[2 * kk][3]);
-      pa[kk][2] = P::from(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
-      pa[kk][3] = P::from(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
-    }
+    float den0, den1;
+    const float c0 = p.c ? c_row[r0] : 0.f, c1 = p.c ? c_row[r1] : 0.f;
+    logits<D>(sacc, Q, K, warp, lane);
+    weights(sacc, pa, c0, c1, e_col, lg, decay, u0, p.L, r0, r1, t, den0, den1);
 
-    // Inter-chunk: γ^(r+1) (q_r S + c_r zv), and γ^(r+1) q_r·zk for the denominator.
+    // Inter-chunk: γ^(r+1) (q_r S + c_r zv + ze), and γ^(r+1) q_r·zk for the denominator.
     float oacc[kNt][4];
 #pragma unroll
     for (int nt = 0; nt < kNt; ++nt)
@@ -363,53 +549,13 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
       for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
     float qz0 = 0.f, qz1 = 0.f;
     if (u0 > 0) {
-#pragma unroll
-      for (int k0 = 0; k0 < D; k0 += 16) {
-        uint32_t a[4];
-        load_a<D, T>(a, Q, warp * 16, k0, lane);
-        if (p.normalize) {
-          const int f = k0 + 2 * t;
-          const float2 q0 = P::to(a[0]), q1 = P::to(a[1]), q2 = P::to(a[2]), q3 = P::to(a[3]);
-          qz0 += q0.x * zk_s[f] + q0.y * zk_s[f + 1] + q2.x * zk_s[f + 8] + q2.y * zk_s[f + 9];
-          qz1 += q1.x * zk_s[f] + q1.y * zk_s[f + 1] + q3.x * zk_s[f + 8] + q3.y * zk_s[f + 9];
-        }
-#pragma unroll
-        for (int n0 = 0; n0 < D; n0 += 16) {
-          uint32_t bb[4];
-          load_b_kn<D, T>(bb, Shi, k0, n0, lane);
-          mma<T>(oacc[n0 / 8], a, bb[0], bb[1]);
-          mma<T>(oacc[n0 / 8 + 1], a, bb[2], bb[3]);
-          load_b_kn<D, T>(bb, Slo, k0, n0, lane);
-          mma<T>(oacc[n0 / 8], a, bb[0], bb[1]);
-          mma<T>(oacc[n0 / 8 + 1], a, bb[2], bb[3]);
-        }
-      }
+      times_state<D, false>(oacc, Q, Shi, Slo, p.normalize ? zk_s : nullptr, warp, lane, qz0, qz1);
       const float w0 = exp2f(lg * (r0 + 1)), w1 = exp2f(lg * (r1 + 1));
-#pragma unroll
-      for (int nt = 0; nt < kNt; ++nt) {
-        const int d = nt * 8 + 2 * t;
-        // c_t Σ_s γ^(·) v_s and Σ_s γ^(·) e_s v_s: the scalar terms of the logits.
-        const float zv0 = p.c ? zv_s[d] : 0.f, zv1 = p.c ? zv_s[d + 1] : 0.f;
-        const float ze0 = p.e ? ze_s[d] : 0.f, ze1 = p.e ? ze_s[d + 1] : 0.f;
-        oacc[nt][0] = w0 * (oacc[nt][0] + c0 * zv0 + ze0);
-        oacc[nt][1] = w0 * (oacc[nt][1] + c0 * zv1 + ze1);
-        oacc[nt][2] = w1 * (oacc[nt][2] + c1 * zv0 + ze0);
-        oacc[nt][3] = w1 * (oacc[nt][3] + c1 * zv1 + ze1);
-      }
+      finish_inter<D>(oacc, w0, w1, c0, c1, p.c ? zv_s : nullptr, p.e ? ze_s : nullptr, t);
       qz0 = w0 * quad_sum(qz0);
       qz1 = w1 * quad_sum(qz1);
     }
-    // Intra-chunk: A V.
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-      for (int n0 = 0; n0 < D; n0 += 16) {
-        uint32_t bb[4];
-        load_b_kn<D, T>(bb, V, kk * 16, n0, lane);
-        mma<T>(oacc[n0 / 8], pa[kk], bb[0], bb[1]);
-        mma<T>(oacc[n0 / 8 + 1], pa[kk], bb[2], bb[3]);
-      }
-    }
+    times_values<D>(oacc, pa, V, lane);
     if (p.normalize) {
       const float rd0 = 1.f / (quad_sum(den0) + qz0 + p.eps);
       const float rd1 = 1.f / (quad_sum(den1) + qz1 + p.eps);
@@ -426,87 +572,123 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
         if (u0 + r1 < p.L) p.rden[base + row_of(u0 + r1, p.L, p.reverse)] = rd1;
       }
     }
+    store_rows<D>(oacc, Q, ob, p.out_strides[2], u0, p.L, p.reverse, warp, lane);
 
-    // Output: through this warp's own 16 rows of the Q tile, then 16-byte stores.
-    __syncwarp();
-#pragma unroll
-    for (int nt = 0; nt < kNt; ++nt) {
-      const int d = nt * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(Q + r0 * kStride + d) = P::from(oacc[nt][0], oacc[nt][1]);
-      *reinterpret_cast<uint32_t*>(Q + r1 * kStride + d) = P::from(oacc[nt][2], oacc[nt][3]);
-    }
-    __syncwarp();
-    constexpr int kPerRow = D / 8;
-#pragma unroll
-    for (int c = lane; c < 16 * kPerRow; c += 32) {
-      const int r = warp * 16 + c / kPerRow, col = (c % kPerRow) * 8;
-      if (u0 + r < p.L) {
-        *reinterpret_cast<uint4*>(ob + row_of(u0 + r, p.L, p.reverse) * p.out_strides[2] + col) =
-            *reinterpret_cast<const uint4*>(Q + r * kStride + col);
-      }
-    }
-
-    // Advance the carried state over this sub-chunk: S ← γ^64 S + Σ_j γ^(63−j) k_j v_jᵀ.
     if (i + 1 < n_sub) {
       __syncthreads();  // every warp is done reading S and the vectors
-#pragma unroll
-      for (int mt = 0; mt < kMt; ++mt) {
-        const int m0 = (warp + 4 * mt) * 16;
-        float acc[kNt][4];
-#pragma unroll
-        for (int nt = 0; nt < kNt; ++nt) {
-          const int d = nt * 8 + 2 * t;
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int at = (m0 + g + 8 * half) * kStride + d;
-            const float2 hi = P::to(*reinterpret_cast<const uint32_t*>(Shi + at));
-            const float2 lo = P::to(*reinterpret_cast<const uint32_t*>(Slo + at));
-            acc[nt][2 * half] = g_sub * (hi.x + lo.x);
-            acc[nt][2 * half + 1] = g_sub * (hi.y + lo.y);
-          }
-        }
-#pragma unroll
-        for (int k0 = 0; k0 < kRows; k0 += 16) {
-          uint32_t a[4];
-          load_a_trans<D>(a, K, m0, k0, lane);
-          if (p.log2_decay) decay_k(a, k0, lane, lg);
-#pragma unroll
-          for (int n0 = 0; n0 < D; n0 += 16) {
-            uint32_t bb[4];
-            load_b_kn<D, T>(bb, V, k0, n0, lane);
-            mma<T>(acc[n0 / 8], a, bb[0], bb[1]);
-            mma<T>(acc[n0 / 8 + 1], a, bb[2], bb[3]);
-          }
-        }
-#pragma unroll
-        for (int nt = 0; nt < kNt; ++nt) {
-          const int d = nt * 8 + 2 * t;
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int at = (m0 + g + 8 * half) * kStride + d;
-            const float x0 = acc[nt][2 * half], x1 = acc[nt][2 * half + 1];
-            const uint32_t hi = P::from(x0, x1);
-            const float2 hf = P::to(hi);
-            *reinterpret_cast<uint32_t*>(Shi + at) = hi;
-            *reinterpret_cast<uint32_t*>(Slo + at) = P::from(x0 - hf.x, x1 - hf.y);
-          }
-        }
-      }
-      if (tid < D) {
-        float zk = 0.f, zv = 0.f, ze = 0.f;
-        for (int j = 0; j < kRows; ++j) {
-          const float w = p.log2_decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
-          const float vv = __bfloat162float(V[j * kStride + tid]);
-          zk += w * __bfloat162float(K[j * kStride + tid]);
-          zv += w * vv;
-          ze += w * e_col[j] * vv;
-        }
-        zk_s[tid] = g_sub * zk_s[tid] + zk;
-        zv_s[tid] = g_sub * zv_s[tid] + zv;
-        if (p.e) ze_s[tid] = g_sub * ze_s[tid] + ze;
-      }
+      advance_state<D>(Shi, Slo, K, V, g_sub, lg, decay, warp, lane);
+      advance_vectors<D>(zk_s, zv_s, p.e ? ze_s : nullptr, K, V, e_col, g_sub, lg, decay, tid);
     }
     __syncthreads();  // the next prefetch refills this sub-chunk's buffers
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 4. The fused reverse pass of the backward: dφk and dv of one block.
+//    In pass order (rows reversed), with the carried R = Σ γ^(·) g_t φq_tᵀ
+//    and re = Σ γ^(·) h_t φq_t over the later rows:
+//      dφk_s = Σ_t w (v_s·g_t + h_t) φq_t + γ^(r+1) (v_s R + re)     (q=V, k=G, v=Q, e=h)
+//      dv_s  = Σ_t w (φk_s·φq_t) g_t      + γ^(r+1) φk_s Rᵀ           (q=K, k=Q, v=G)
+//    The two passes share R (one is the other's transpose), so V, G, Q, K
+//    are read once. p describes the dφk pass; p.q2 / p.out2 are φk and dv.
+template <int D>
+__global__ void __launch_bounds__(kThreads) dkdv_kernel(PassParams p) {
+  using Layout = ChunkSmem<D>;
+  constexpr int kNt = D / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* Vs = reinterpret_cast<T*>(smem);  // rows of the dφk output (its q)
+  T* Gs = Vs + 2 * Layout::kTileElems;
+  T* Qs = Gs + 2 * Layout::kTileElems;
+  T* Ks = Qs + 2 * Layout::kTileElems;  // rows of the dv output
+  T* Shi = Ks + 2 * Layout::kTileElems;
+  T* Slo = Shi + Layout::kStateElems;
+  float* zk_s = reinterpret_cast<float*>(Slo + Layout::kStateElems);  // unused (no normaliser)
+  float* zv_s = zk_s + D;                                             // unused (no row scalar)
+  float* ze_s = zv_s + D;
+  float* es = ze_s + D + 2 * kRows;  // [2][64]
+
+  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const bool decay = p.log2_decay != nullptr;
+  const float lg = decay ? p.log2_decay[h] : 0.f;
+  const float g_sub = exp2f(lg * kRows);
+  const T* vb = slice(p.q, b, h);
+  const T* gb = slice(p.k, b, h);
+  const T* qb = slice(p.v, b, h);
+  const T* kb = slice(p.q2, b, h);
+  T* dkb = static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1];
+  T* dvb = static_cast<T*>(p.out2) + b * p.out2_strides[0] + h * p.out2_strides[1];
+  const int u_begin = blk * p.block_chunks * kRows;
+  const int n_sub = min(p.block_chunks, (p.L - u_begin + kRows - 1) / kRows);
+  load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * p.n_blocks + blk, tid);
+
+  auto prefetch = [&](int i, int buf) {
+    const int u0 = u_begin + i * kRows;
+    load_rows_async<D>(Vs + buf * Layout::kTileElems, vb, p.q.strides[2], u0, p.L, p.reverse, tid);
+    load_rows_async<D>(Gs + buf * Layout::kTileElems, gb, p.k.strides[2], u0, p.L, p.reverse, tid);
+    load_rows_async<D>(Qs + buf * Layout::kTileElems, qb, p.v.strides[2], u0, p.L, p.reverse, tid);
+    load_rows_async<D>(Ks + buf * Layout::kTileElems, kb, p.q2.strides[2], u0, p.L, p.reverse, tid);
+    cp_async_commit();
+    load_scalars(es + buf * kRows, p.e, bh, u0, p.L, p.reverse, tid);
+  };
+  prefetch(0, 0);
+
+  for (int i = 0; i < n_sub; ++i) {
+    const int buf = i & 1;
+    if (i + 1 < n_sub) {
+      prefetch(i + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    T* V = Vs + buf * Layout::kTileElems;
+    const T* G = Gs + buf * Layout::kTileElems;
+    const T* Q = Qs + buf * Layout::kTileElems;
+    T* K = Ks + buf * Layout::kTileElems;
+    const float* e_col = p.e ? es + buf * kRows : nullptr;
+    const int u0 = u_begin + i * kRows;
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+    const float w0 = exp2f(lg * (r0 + 1)), w1 = exp2f(lg * (r1 + 1));
+    float sacc[8][4];
+    uint32_t pa[4][4];
+    float den0, den1, unused0 = 0.f, unused1 = 0.f;
+    float oacc[kNt][4];
+
+    // dφk rows: (V Gᵀ + e) Q, and γ^(r+1) (V R + re).
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
+    logits<D>(sacc, V, G, warp, lane);
+    weights(sacc, pa, 0.f, 0.f, e_col, lg, decay, u0, p.L, r0, r1, t, den0, den1);
+    if (u0 > 0) {
+      times_state<D, false>(oacc, V, Shi, Slo, nullptr, warp, lane, unused0, unused1);
+      finish_inter<D>(oacc, w0, w1, 0.f, 0.f, nullptr, p.e ? ze_s : nullptr, t);
+    }
+    times_values<D>(oacc, pa, Q, lane);
+    store_rows<D>(oacc, V, dkb, p.out_strides[2], u0, p.L, p.reverse, warp, lane);
+
+    // dv rows: (K Qᵀ) G, and γ^(r+1) K Rᵀ.
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
+    logits<D>(sacc, K, Q, warp, lane);
+    weights(sacc, pa, 0.f, 0.f, nullptr, lg, decay, u0, p.L, r0, r1, t, den0, den1);
+    if (u0 > 0) {
+      times_state<D, true>(oacc, K, Shi, Slo, nullptr, warp, lane, unused0, unused1);
+      finish_inter<D>(oacc, w0, w1, 0.f, 0.f, nullptr, nullptr, t);
+    }
+    times_values<D>(oacc, pa, G, lane);
+    store_rows<D>(oacc, K, dvb, p.out2_strides[2], u0, p.L, p.reverse, warp, lane);
+
+    if (i + 1 < n_sub) {
+      __syncthreads();
+      advance_state<D>(Shi, Slo, G, Q, g_sub, lg, decay, warp, lane);
+      advance_vectors<D>(nullptr, nullptr, p.e ? ze_s : nullptr, G, Q, e_col, g_sub, lg, decay, tid);
+    }
+    __syncthreads();
   }
 }
 
@@ -582,7 +764,9 @@ void check_dim(int D, const char* what) {
 template <int D>
 void run_pass(const PassParams& p, cudaStream_t stream) {
   const int bh = p.B * p.H;
-  if (p.n_blocks > 1) {
+  if (p.states_ready) {
+    // the caller's prefixes
+  } else if (p.n_blocks > 1) {
     const size_t smem1 = 4 * Smem<D>::kTileElems * sizeof(T) + 2 * kRows * sizeof(float);
     auto state_kernel = block_state_kernel<D>;
     cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
@@ -606,11 +790,12 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
     if (p.zv) cudaMemsetAsync(p.zv, 0, sizeof(float) * D * bh, stream);
     if (p.ze) cudaMemsetAsync(p.ze, 0, sizeof(float) * D * bh, stream);
   }
-  const size_t smem = ChunkSmem<D>::kBytes;
-  auto kernel = chunk_kernel<D>;
+  const bool fused = p.q2.ptr != nullptr;
+  const size_t smem = ChunkSmem<D>::bytes(fused ? 4 : 3);
+  auto kernel = fused ? dkdv_kernel<D> : chunk_kernel<D>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   kernel<<<dim3(p.n_blocks, bh), kThreads, smem, stream>>>(p);
-  check("linear_attention chunk_kernel");
+  check(fused ? "linear_attention dkdv_kernel" : "linear_attention chunk_kernel");
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 // kernels (params.h), launches on the current CUDA stream.
 #include "kernels/linear_attention/op.h"
 
+#include <cstdlib>
+
 #include "kernels/glue.h"
 #include "kernels/linear_attention/params.h"
 
@@ -56,7 +58,35 @@ using linear_attention::PassParams;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr int kBlockChunks = 4;  // 256 rows per block of the state scan
+// Sub-chunks of 64 rows per block of the state scan. Measured on the H100
+// (NOTES.md, v2): 2 (128 rows) is fastest at 4K, where more blocks fill the
+// GPU; 8 (512 rows) at 16K and 64K, where the scan's chain and the state
+// traffic dominate. LONGTRAIN_LINEAR_BLOCK_CHUNKS fixes it (a tuning knob for
+// bench/linear_attention.py; read once).
+int block_chunks(int64_t L) {
+  static const int fixed = [] {
+    const char* env = std::getenv("LONGTRAIN_LINEAR_BLOCK_CHUNKS");
+    const int v = env ? std::atoi(env) : 0;
+    return v >= 1 && v <= 64 ? v : 0;
+  }();
+  if (fixed) return fixed;
+  return L >= 8192 ? 8 : 2;
+}
+
+// The backward's dφk and dv in one fused reverse pass (v2), unless
+// LONGTRAIN_LINEAR_BWD=passes asks for two separate ones (v1; for the benchmark).
+bool fused_backward() {
+  static const bool fused = [] {
+    const char* env = std::getenv("LONGTRAIN_LINEAR_BWD");
+    return !(env && std::string(env) == "passes");
+  }();
+  return fused;
+}
+
+// The forward's block prefixes, kept for the dφq pass.
+struct BlockStates {
+  torch::Tensor states, zk;
+};
 
 Operand operand(const torch::Tensor& t) {
   Operand o;
@@ -71,7 +101,8 @@ void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 // [B·H, L] fp32 or undefined.
 void run_pass(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, torch::Tensor& out,
               const torch::Tensor& c, const torch::Tensor& e, const torch::Tensor& log2_decay, bool reverse,
-              bool normalize, double eps, const torch::Tensor& rden) {
+              bool normalize, double eps, const torch::Tensor& rden, BlockStates* keep = nullptr,
+              const BlockStates* reuse = nullptr, const torch::Tensor& q2 = {}, torch::Tensor* out2 = nullptr) {
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
   PassParams p;
   p.q = operand(q);
@@ -79,6 +110,11 @@ void run_pass(const torch::Tensor& q, const torch::Tensor& k, const torch::Tenso
   p.v = operand(v);
   p.out = out.data_ptr();
   set_strides(p.out_strides, out);
+  if (out2) {
+    p.q2 = operand(q2);
+    p.out2 = out2->data_ptr();
+    set_strides(p.out2_strides, *out2);
+  }
   p.c = c.defined() ? c.data_ptr<float>() : nullptr;
   p.e = e.defined() ? e.data_ptr<float>() : nullptr;
   p.rden = rden.defined() ? rden.data_ptr<float>() : nullptr;
@@ -87,20 +123,32 @@ void run_pass(const torch::Tensor& q, const torch::Tensor& k, const torch::Tenso
   p.H = static_cast<int>(H);
   p.L = static_cast<int>(L);
   p.D = static_cast<int>(D);
-  p.block_chunks = kBlockChunks;
-  p.n_blocks = static_cast<int>((L + kBlockChunks * linear_attention::kRows - 1) / (kBlockChunks * linear_attention::kRows));
+  p.block_chunks = block_chunks(L);
+  const int64_t rows = static_cast<int64_t>(p.block_chunks) * linear_attention::kRows;
+  p.n_blocks = static_cast<int>((L + rows - 1) / rows);
   p.reverse = reverse;
   p.normalize = normalize;
   p.eps = static_cast<float>(eps);
   const auto f32 = q.options().dtype(torch::kFloat32);
-  auto states = torch::empty({B * H, p.n_blocks, D, D}, f32);
   auto vec = [&](bool need) { return need ? torch::empty({B * H, p.n_blocks, D}, f32) : torch::Tensor(); };
-  auto zk = vec(normalize), zv = vec(c.defined()), ze = vec(e.defined());
+  torch::Tensor states, zk = vec(normalize), zv, ze = vec(e.defined());
+  if (reuse) {
+    // Σ γ v φkᵀ is the forward's Σ γ φk vᵀ transposed; Σ γ v (v = φk here) is its Σ γ φk.
+    TORCH_CHECK(reuse->states.size(1) == p.n_blocks, "linear attention: the forward's block states do not fit");
+    states = reuse->states;
+    zv = reuse->zk;
+    p.states_ready = true;
+    p.states_transposed = true;
+  } else {
+    states = torch::empty({B * H, p.n_blocks, D, D}, f32);
+    zv = vec(c.defined());
+  }
   p.states = states.data_ptr<float>();
   p.zk = zk.defined() ? zk.data_ptr<float>() : nullptr;
   p.zv = zv.defined() ? zv.data_ptr<float>() : nullptr;
   p.ze = ze.defined() ? ze.data_ptr<float>() : nullptr;
   linear_attention::linear_attention_pass(p, DType::kBFloat16, stream());
+  if (keep) *keep = BlockStates{states, zk};
 }
 
 // [B, H, L, D] bf16 stored [B, L, H, D].
@@ -123,8 +171,11 @@ class LinearAttentionFunction : public torch::autograd::Function<LinearAttention
     auto o = bhld_output(v);
     auto rden = normalize ? torch::empty({q.size(0) * q.size(1), q.size(2)}, q.options().dtype(torch::kFloat32))
                           : torch::Tensor();
-    run_pass(q, k, v, o, {}, {}, log2_of(decay), /*reverse=*/false, normalize, eps, rden);
-    ctx->save_for_backward({q, k, v, o, decay});
+    BlockStates states;
+    run_pass(q, k, v, o, {}, {}, log2_of(decay), /*reverse=*/false, normalize, eps, rden, &states);
+    // The block prefixes are kept when there is one to reuse (the dφq pass
+    // needs Σ γ φk only with the normaliser).
+    ctx->save_for_backward({q, k, v, o, decay, states.states, normalize ? states.zk : torch::Tensor()});
     ctx->saved_data["rden"] = rden;
     ctx->saved_data["normalize"] = normalize;
     return {o};
@@ -133,6 +184,7 @@ class LinearAttentionFunction : public torch::autograd::Function<LinearAttention
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     auto q = saved[0], k = saved[1], v = saved[2], o = saved[3], decay = saved[4];
+    const BlockStates fwd_states{saved[5], saved[6]};
     const bool normalize = ctx->saved_data["normalize"].toBool();
     const torch::Tensor rden = ctx->saved_data["rden"].toTensor();
     const c10::cuda::CUDAGuard guard(q.device());
@@ -157,9 +209,15 @@ class LinearAttentionFunction : public torch::autograd::Function<LinearAttention
 
     const auto lg = log2_of(decay);
     auto dq = bhld_output(q), dk = bhld_output(k), dv = bhld_output(v);
-    run_pass(g, v, k, dq, h, {}, lg, /*reverse=*/false, false, 0, {});  // dφq_t = Σ_{s≤t} (g_t·v_s + h_t) φk_s
-    run_pass(v, g, q, dk, {}, h, lg, /*reverse=*/true, false, 0, {});   // dφk_s = Σ_{t≥s} (v_s·g_t + h_t) φq_t
-    run_pass(k, q, g, dv, {}, {}, lg, /*reverse=*/true, false, 0, {});  // dv_s = Σ_{t≥s} (φk_s·φq_t) g_t
+    // dφq_t = Σ_{s≤t} (g_t·v_s + h_t) φk_s, on the forward's block prefixes
+    run_pass(g, v, k, dq, h, {}, lg, /*reverse=*/false, false, 0, {}, nullptr, &fwd_states);
+    if (fused_backward()) {
+      // dφk and dv in one reverse pass over V, G, φq, φk (chunk.cu, dkdv_kernel)
+      run_pass(v, g, q, dk, {}, h, lg, /*reverse=*/true, false, 0, {}, nullptr, nullptr, k, &dv);
+    } else {
+      run_pass(v, g, q, dk, {}, h, lg, /*reverse=*/true, false, 0, {});   // dφk_s = Σ_{t≥s} (v_s·g_t + h_t) φq_t
+      run_pass(k, q, g, dv, {}, {}, lg, /*reverse=*/true, false, 0, {});  // dv_s = Σ_{t≥s} (φk_s·φq_t) g_t
+    }
     return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };

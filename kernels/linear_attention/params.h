@@ -44,6 +44,11 @@ struct PassParams {
   Operand q, k, v;
   void* out = nullptr;
   int64_t out_strides[3] = {0, 0, 0};
+  // The fused dφk/dv pass (q2 set): a second set of rows (φk) whose outputs
+  // (dv) use the transposed state and the pass's k, v swapped (chunk.cu).
+  Operand q2;
+  void* out2 = nullptr;
+  int64_t out2_strides[3] = {0, 0, 0};
   const float* c = nullptr;  // [B·H, L] per-row scalar, or null
   const float* e = nullptr;  // [B·H, L] per-column scalar, or null
   float* rden = nullptr;     // [B·H, L] out: 1 / (den + eps) when normalize
@@ -54,6 +59,11 @@ struct PassParams {
   float* zk = nullptr;
   float* zv = nullptr;
   float* ze = nullptr;
+  // The block prefixes are given (states, zk, zv, ze already scanned): skip
+  // block_state and scan. With states_transposed, slot b holds Sᵀ (the dφq
+  // pass reuses the forward's Σ γ φk vᵀ, whose transpose is its Σ γ v φkᵀ).
+  bool states_ready = false;
+  bool states_transposed = false;
   int B = 0, H = 0, L = 0, D = 0;
   int block_chunks = 4;  // sub-chunks of 64 rows per block
   int n_blocks = 0;      // ceil(L / (64 · block_chunks))
