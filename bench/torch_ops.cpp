@@ -10,6 +10,8 @@
 //     gq, gk, gv when given — Longformer's separate projections — else q, k, v).
 //   torch.ops.longtrain.bigbird_blocks(L, causal) -> [nb, nb] bool, the block
 //     layout above, so the peer runs the same pattern.
+//   torch.ops.longtrain.aft_simple(q, k, v) -> causal AFT-simple (kernels/aft),
+//     q, k, v: [B, L, d] bf16/fp16 CUDA (bench/aft.py).
 #include <torch/library.h>
 #include <torch/torch.h>
 #include <map>
@@ -17,6 +19,7 @@
 #include <optional>
 #include <tuple>
 
+#include "kernels/aft/op.h"
 #include "model/sparse_attention_fast.h"
 
 namespace longtrain {
@@ -74,6 +77,10 @@ torch::Tensor bigbird_blocks_op(int64_t L, bool causal) {
   return m;
 }
 
+torch::Tensor aft_simple_op(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  return kernels::aft_simple_cuda(q, k, v);
+}
+
 }  // namespace
 }  // namespace longtrain
 
@@ -82,9 +89,11 @@ TORCH_LIBRARY(longtrain, m) {
       "sparse_attention(Tensor q, Tensor k, Tensor v, str pattern, int window, int global_first, bool causal, "
       "Tensor? gq=None, Tensor? gk=None, Tensor? gv=None) -> Tensor");
   m.def("bigbird_blocks(int L, bool causal) -> Tensor", longtrain::bigbird_blocks_op);
+  m.def("aft_simple(Tensor q, Tensor k, Tensor v) -> Tensor");
 }
 
 // Composite: autograd runs through the op's own torch::autograd::Function.
 TORCH_LIBRARY_IMPL(longtrain, CompositeImplicitAutograd, m) {
   m.impl("sparse_attention", longtrain::sparse_attention_op);
+  m.impl("aft_simple", longtrain::aft_simple_op);
 }

@@ -9,6 +9,7 @@
 //   heads:   kernels for conv, 0 = model.n_heads (default 0)
 //   rank:    full only; 0 = an unfactorised [P, P] bias, r > 0 = U Vᵀ with
 //            U, V: [P, r]                     (default 0)
+//   impl:    auto | cuda | reference          (default auto; model/sparse_mixer.h)
 // An option that does not apply to the chosen variant is an error, not ignored.
 //
 // Parameters and their initialisation: local's bias u [taps] and conv's gain
@@ -17,7 +18,11 @@
 // factors are N(0, init_std). P = model.max_positions for full: a longer
 // sequence is an error (max_seq_len()).
 //
-// Limits: the reference path only (no CUDA kernel yet). RoPE is rejected: AFT has
+// Kernels: causal AFT-simple runs kernels/aft (a fused chunked scan) when the
+// inputs are on CUDA in bf16/fp16 with an even width; `auto` takes it then and
+// the reference otherwise, `cuda` insists (an error says why it cannot). local,
+// conv, full and bidirectional AFT have no kernel yet and run the reference.
+// RoPE is rejected: AFT has
 // no query-key product for it to rotate. Global tokens (MixerContext) are
 // ignored: every variant already reaches every allowed position through its
 // un-biased global term.
@@ -25,9 +30,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/aft/op.h"
 #include "model/aft.h"
 #include "model/no_autocast.h"
 #include "model/mixer.h"
+#include "model/sparse_mixer.h"
 #include "trainer/recipe_section.h"
 
 namespace longtrain {
@@ -43,6 +50,7 @@ struct AftOptions : MixerOptions {
   int64_t window = 64;
   int64_t heads = 0;
   int64_t rank = 0;
+  SparseImpl impl = SparseImpl::kAuto;
 };
 
 std::shared_ptr<const MixerOptions> parse_aft(Section& s) {
@@ -69,6 +77,7 @@ std::shared_ptr<const MixerOptions> parse_aft(Section& s) {
     s.check(o->rank >= 0, "rank", "must be >= 0 (0: an unfactorised bias), got " + std::to_string(o->rank));
     s.check(v == "full", "rank", "applies only to variant full, not '" + v + "'");
   }
+  o->impl = parse_sparse_impl(s);
   return o;
 }
 
@@ -115,7 +124,9 @@ class AftMixerImpl : public MixerImpl {
     torch::Tensor y;
     {
       NoAutocast no_autocast;  // the weighted sums accumulate in fp32 (model/no_autocast.h)
-      if (o_.variant == "simple") {
+      if (use_kernel(q)) {
+        y = kernels::aft_simple_cuda(q, k, v);
+      } else if (o_.variant == "simple") {
         y = aft_simple(q, k, v, causal);
       } else if (o_.variant == "local") {
         y = aft_local(q, k, v, local_bias_, o_.window, causal);
@@ -127,6 +138,21 @@ class AftMixerImpl : public MixerImpl {
       }
     }
     return out_->forward(y);
+  }
+
+  // Whether forward() takes the kernel for q (throws for impl: cuda when it cannot).
+  bool use_kernel(const torch::Tensor& q) const {
+    if (o_.impl == SparseImpl::kReference) return false;
+    std::string why;
+    if (o_.variant != "simple") {
+      why = "variant " + o_.variant + " has no CUDA kernel yet (only simple)";
+    } else if (!dims_.causal) {
+      why = "bidirectional AFT has no CUDA kernel yet (only causal)";
+    } else {
+      why = kernels::aft_simple_kernel_unsupported(q);
+    }
+    TORCH_CHECK(why.empty() || o_.impl == SparseImpl::kAuto, "aft: impl: cuda cannot run: ", why);
+    return why.empty();
   }
 
   int64_t max_seq_len() const override { return o_.variant == "full" ? dims_.max_positions : -1; }

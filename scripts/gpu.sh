@@ -6,7 +6,7 @@
 #
 #   scripts/gpu.sh all          # deps build test train
 #   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
-#                               # e2e_sparse, bench_cpu, compare, dist)
+#                               # bench_aft, e2e_sparse, bench_cpu, compare, dist)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -58,11 +58,11 @@ step_train() {
 # The kernel tests in one process (each ctest process would pay ~2 s of CUDA
 # start-up), then compute-sanitizer memcheck and racecheck on a small case.
 step_kernels() {
-  local filter="${KERNEL_TESTS:-*SparseKernel*:TileLayout*}"
+  local filter="${KERNEL_TESTS:-*SparseKernel*:TileLayout*:*AftKernel*}"
   "$BUILD_DIR/longtrain_tests" --gtest_filter="$filter" > "$OUT/kernels.log" 2>&1
   local rc=$?
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|Failure|error" "$OUT/kernels.log" | head -n 40
-  local small='Patterns/SparseKernelVsReference.*sliding_w8_short*'
+  local small='Patterns/SparseKernelVsReference.*sliding_w8_short*:Shapes/AftKernelVsReference.*B2_L37_d*'
   for tool in ${SANITIZERS-memcheck racecheck}; do
     timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$BUILD_DIR/longtrain_tests" \
       --gtest_filter="$small" > "$OUT/sanitizer_$tool.log" 2>&1
@@ -78,6 +78,15 @@ step_bench_sparse() {
     ${BENCH_QUICK:+--quick} > "$OUT/bench_sparse.log" 2>&1
   local rc=$?
   tail -n 16 "$OUT/bench_sparse.log"
+  return $rc
+}
+
+# Causal AFT-simple beside plain PyTorch (bench/aft.py): width 1024, L 4K and 16K.
+step_bench_aft() {
+  local json="$OUT/aft_$(date +%F).json"
+  python3 "$ROOT/bench/aft.py" --lib "$BUILD_DIR/liblongtrain_torch_ops.so" --out "$json" > "$OUT/bench_aft.log" 2>&1
+  local rc=$?
+  tail -n 8 "$OUT/bench_aft.log"
   return $rc
 }
 
