@@ -73,6 +73,12 @@ __device__ __forceinline__ float chunk_ref(const AftSimpleParams& p, const Dims&
   return lse_of(saved_state(p, dm, b, j * (p.chunk / kAftSub), c));
 }
 
+// D_i = exp(ref_i - ref_{i+1}) <= 1: how P at chunk i + 1's start carries into
+// chunk i's reference; 0 for the last chunk (its carry is 0).
+__device__ __forceinline__ float decay(const AftSimpleParams& p, const Dims& dm, int b, int i, int c) {
+  return i + 1 < dm.n_chunks ? __expf(chunk_ref(p, dm, b, i, c) - chunk_ref(p, dm, b, i + 1, c)) : 0.f;
+}
+
 __device__ __forceinline__ int64_t chunk_at(const AftSimpleParams& p, const Dims& dm, int a, int b, int j, int c) {
   return ((static_cast<int64_t>(a) * p.B + b) * dm.n_chunks + j) * p.d + c;
 }
@@ -140,16 +146,17 @@ __global__ void __launch_bounds__(32 * kAftSegments) aft_simple_bwd_carry_kernel
   const int lane = threadIdx.x, seg = threadIdx.y, c = blockIdx.x * 32 + lane, b = blockIdx.y;
   const int n = dm.n_chunks, per_seg = (n + kAftSegments - 1) / kAftSegments;
   const int j0 = min(seg * per_seg, n), j1 = min(j0 + per_seg, n);
-  auto decay = [&](int i) {  // D_i
-    return i + 1 < n ? __expf(chunk_ref(p, dm, b, i, c) - chunk_ref(p, dm, b, i + 1, c)) : 0.f;
-  };
+  // Inputs through restrict pointers: unrolled iterations keep loads in flight.
+  const float* __restrict__ ws = bp.wsum;
+  float* __restrict__ xc = bp.xcarry;
   float A = 1.f, C = 0.f, Cr = 0.f;
   if (c < p.d) {
+#pragma unroll 2
     for (int i = j1 - 1; i >= j0; --i) {
-      const float D = decay(i);
+      const float D = decay(p, dm, b, i, c);
       A *= D;
-      C = fmaf(D, C, bp.wsum[chunk_at(p, dm, 0, b, i, c)]);
-      Cr = fmaf(D, Cr, bp.wsum[chunk_at(p, dm, 1, b, i, c)]);
+      C = fmaf(D, C, __ldg(ws + chunk_at(p, dm, 0, b, i, c)));
+      Cr = fmaf(D, Cr, __ldg(ws + chunk_at(p, dm, 1, b, i, c)));
     }
   }
   seg_map[seg][0][lane] = A;
@@ -162,12 +169,13 @@ __global__ void __launch_bounds__(32 * kAftSegments) aft_simple_bwd_carry_kernel
     X = fmaf(seg_map[z][0][lane], X, seg_map[z][1][lane]);
     Xr = fmaf(seg_map[z][0][lane], Xr, seg_map[z][2][lane]);
   }
+#pragma unroll 2
   for (int i = j1 - 1; i >= j0; --i) {
-    bp.xcarry[chunk_at(p, dm, 0, b, i, c)] = X;
-    bp.xcarry[chunk_at(p, dm, 1, b, i, c)] = Xr;
-    const float D = decay(i);
-    X = fmaf(D, X, bp.wsum[chunk_at(p, dm, 0, b, i, c)]);
-    Xr = fmaf(D, Xr, bp.wsum[chunk_at(p, dm, 1, b, i, c)]);
+    xc[chunk_at(p, dm, 0, b, i, c)] = X;
+    xc[chunk_at(p, dm, 1, b, i, c)] = Xr;
+    const float D = decay(p, dm, b, i, c);
+    X = fmaf(D, X, __ldg(ws + chunk_at(p, dm, 0, b, i, c)));
+    Xr = fmaf(D, Xr, __ldg(ws + chunk_at(p, dm, 1, b, i, c)));
   }
 }
 

@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) aft_simple_summary_kernel(const AftS
       }
     }
   }
-  float* out = p.carry;
+  float* out = p.summary;
   const ScanState st[2] = {s0, s1};
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -71,35 +71,38 @@ __global__ void __launch_bounds__(kThreads) aft_simple_summary_kernel(const AftS
   }
 }
 
-// Exclusive scan across chunks, in place: carry[j] = summary[0] ⊕ ... ⊕ summary[j-1].
-// CTA (32 channels, kAftSegments segments of chunks); grid (d / 32, B).
+// Exclusive scan across chunks: carry[j] = summary[0] ⊕ ... ⊕ summary[j-1].
+// CTA (32 channels, kAftSegments segments of chunks); grid (d / 32, B). The
+// summaries are read through a restrict pointer so that unrolled iterations
+// keep several loads in flight (the loop is latency-bound, not bandwidth-bound).
 __global__ void __launch_bounds__(32 * kAftSegments) aft_simple_carry_kernel(const AftSimpleParams p) {
   __shared__ ScanState seg_total[kAftSegments][32];
   const int n_chunks = (p.L + p.chunk - 1) / p.chunk;
   const int lane = threadIdx.x, seg = threadIdx.y, c = blockIdx.x * 32 + lane, b = blockIdx.y;
   const int per_seg = (n_chunks + kAftSegments - 1) / kAftSegments;
   const int j0 = min(seg * per_seg, n_chunks), j1 = min(j0 + per_seg, n_chunks);
-  float* cm = p.carry;
+  const float* __restrict__ sm = p.summary;
+  float* __restrict__ cm = p.carry;
+  auto summary = [&](int j) {
+    return ScanState{__ldg(sm + carry_at(p, n_chunks, 0, b, j, c)), __ldg(sm + carry_at(p, n_chunks, 1, b, j, c)),
+                     __ldg(sm + carry_at(p, n_chunks, 2, b, j, c))};
+  };
   ScanState total = empty_state();
   if (c < p.d) {
-    for (int j = j0; j < j1; ++j) {
-      const ScanState s = {cm[carry_at(p, n_chunks, 0, b, j, c)], cm[carry_at(p, n_chunks, 1, b, j, c)],
-                           cm[carry_at(p, n_chunks, 2, b, j, c)]};
-      merge_state(total, s);
-    }
+#pragma unroll 4
+    for (int j = j0; j < j1; ++j) merge_state(total, summary(j));
   }
   seg_total[seg][lane] = total;
   __syncthreads();
   if (c >= p.d) return;
   ScanState run = empty_state();
   for (int z = 0; z < seg; ++z) merge_state(run, seg_total[z][lane]);
+#pragma unroll 4
   for (int j = j0; j < j1; ++j) {
-    const int64_t i0 = carry_at(p, n_chunks, 0, b, j, c), i1 = carry_at(p, n_chunks, 1, b, j, c),
-                  i2 = carry_at(p, n_chunks, 2, b, j, c);
-    const ScanState s = {cm[i0], cm[i1], cm[i2]};
-    cm[i0] = run.m;
-    cm[i1] = run.n;
-    cm[i2] = run.s;
+    const ScanState s = summary(j);
+    cm[carry_at(p, n_chunks, 0, b, j, c)] = run.m;
+    cm[carry_at(p, n_chunks, 1, b, j, c)] = run.n;
+    cm[carry_at(p, n_chunks, 2, b, j, c)] = run.s;
     merge_state(run, s);
   }
 }

@@ -90,10 +90,11 @@ class AftSimpleFunction : public torch::autograd::Function<AftSimpleFunction> {
     auto y = torch::empty({B, L, d}, q.options());
     auto state = torch::empty({3, B, n_sub, d}, f32);
     AftSimpleParams p = params_of(q, k, v, state, chunk);
-    auto carry = torch::empty({3, B, n_chunks_of(p), d}, f32);
+    auto work = torch::empty({2, 3, B, n_chunks_of(p), d}, f32);  // summaries, carries
     p.y = y.data_ptr();
     set_strides(p.y_strides, y);
-    p.carry = carry.data_ptr<float>();
+    p.summary = work[0].data_ptr<float>();
+    p.carry = work[1].data_ptr<float>();
     const c10::cuda::CUDAGuard guard(q.device());
     aft_simple_fwd(p, dtype_of(q), c10::cuda::getCurrentCUDAStream().stream());
     ctx->save_for_backward({q, k, v, state});
@@ -148,7 +149,7 @@ torch::Tensor aft_simple_cuda(const torch::Tensor& q, const torch::Tensor& k, co
   const int64_t B = q.size(0), L = q.size(1), d = q.size(2);
   TORCH_CHECK(B >= 1 && L >= 1 && d >= 2 && d % 2 == 0, "aft_simple_cuda: needs B, L >= 1 and an even d >= 2, got ",
               q.sizes());
-  TORCH_CHECK(L < (1ll << 30) && B * d < (1ll << 31) && B * ((L + kAftSub - 1) / kAftSub) * d < (1ll << 40),
+  TORCH_CHECK(L < (1ll << 30) && B <= 65535 && B * d < (1ll << 31) && B * ((L + kAftSub - 1) / kAftSub) * d < (1ll << 40),
               "aft_simple_cuda: ", q.sizes(), " is too large");
   TORCH_CHECK(chunk == 0 || (chunk >= kAftSub && chunk <= 4096 && chunk % kAftSub == 0),
               "aft_simple_cuda: chunk must be 0 (automatic) or a multiple of ", kAftSub, " in [", kAftSub,

@@ -28,7 +28,8 @@ struct AftSimpleParams {
   void* y = nullptr;
   int64_t q_strides[2], k_strides[2], v_strides[2], y_strides[2];  // batch, row
   float* state = nullptr;  // [3, B, n_sub, d] saved (max, num, den) before each sub-chunk
-  float* carry = nullptr;  // [3, B, n_chunks, d] workspace: chunk summaries, then exclusive carries
+  float* summary = nullptr; // [3, B, n_chunks, d] workspace: each chunk's own state
+  float* carry = nullptr;   // [3, B, n_chunks, d] workspace: exclusive carries into each chunk
   int B = 0, L = 0, d = 0;
   int chunk = 0;           // positions per chunk, a multiple of kAftSub
 };
