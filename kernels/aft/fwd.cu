@@ -23,6 +23,7 @@
 
 #include "kernels/aft/params.h"
 #include "kernels/aft/scan.cuh"
+#include "kernels/aft/state.cuh"
 
 namespace longtrain::kernels {
 namespace {
@@ -136,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) aft_simple_fwd_kernel(const AftSimpl
 #pragma unroll
     for (int i = 0; i < kAftSub; ++i) {
       if (t + i < t1) {
-        qq[i] = Pair<T>::load_raw(p.q, qb + (t + i) * p.q_strides[1]);
+        if (p.y != nullptr) qq[i] = Pair<T>::load_raw(p.q, qb + (t + i) * p.q_strides[1]);
         kk[i] = Pair<T>::load_raw(p.k, kb + (t + i) * p.k_strides[1]);
         vv[i] = Pair<T>::load_raw(p.v, vb + (t + i) * p.v_strides[1]);
       }
@@ -144,19 +145,17 @@ __global__ void __launch_bounds__(kThreads) aft_simple_fwd_kernel(const AftSimpl
 #pragma unroll
     for (int i = 0; i < kAftSub; ++i) {
       if (t + i < t1) {
-        const float2 q2 = Pair<T>::unpack(qq[i]), k2 = Pair<T>::unpack(kk[i]), v2 = Pair<T>::unpack(vv[i]);
+        const float2 k2 = Pair<T>::unpack(kk[i]), v2 = Pair<T>::unpack(vv[i]);
         scan_add(st[0], k2.x, v2.x);
         scan_add(st[1], k2.y, v2.y);
-        Pair<T>::store(p.y, yb + (t + i) * p.y_strides[1], sigmoid(q2.x) * (st[0].n / st[0].s),
-                       sigmoid(q2.y) * (st[1].n / st[1].s));
+        if (p.y != nullptr) {  // null: only the saved states (the banded variants' far part)
+          const float2 q2 = Pair<T>::unpack(qq[i]);
+          Pair<T>::store(p.y, yb + (t + i) * p.y_strides[1], sigmoid(q2.x) * (st[0].n / st[0].s),
+                         sigmoid(q2.y) * (st[1].n / st[1].s));
+        }
       }
     }
   }
-}
-
-void check_launch(const char* name) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(name) + ": " + cudaGetErrorString(err));
 }
 
 template <typename T>

@@ -25,7 +25,7 @@ struct AftSimpleParams {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
-  void* y = nullptr;
+  void* y = nullptr;        // null: run the scan for the saved state only
   int64_t q_strides[2], k_strides[2], v_strides[2], y_strides[2];  // batch, row
   float* state = nullptr;  // [3, B, n_sub, d] saved (max, num, den) before each sub-chunk
   float* summary = nullptr; // [3, B, n_chunks, d] workspace: each chunk's own state
@@ -45,6 +45,23 @@ struct AftSimpleBwdParams {
   float* xcarry = nullptr; // [2, B, n_chunks, d] workspace: suffix carries entering each chunk
 };
 
+// Causal AFT-local / AFT-conv: a banded Toeplitz bias u[h, j] on the pairs
+// (t, s = t - j), j < window; head h owns channels [h d/H, (h+1) d/H), d/H even.
+struct AftBandParams {
+  AftSimpleParams scan;      // q, k, v, y and the un-biased scan's saved state
+  const float* u = nullptr;  // [H, window] fp32 contiguous
+  int H = 1, window = 1;
+  float* rows = nullptr;     // [2, B, L, d] fp32: lse_t and R_t of every output row, for the backward
+};
+
+struct AftBandBwdParams {
+  AftSimpleBwdParams scan;   // scan.fwd = the forward's AftBandParams::scan (y unused)
+  const float* u = nullptr;
+  int H = 1, window = 1;
+  const float* rows = nullptr;
+  float* du = nullptr;       // [H, window] fp32, zeroed by the caller; accumulated with atomics
+};
+
 enum class AftDType { kBFloat16, kFloat16 };
 
 // Positions per chunk for this problem: the largest power of two in
@@ -59,5 +76,7 @@ inline int aft_chunk_size(int64_t B, int64_t L, int64_t d) {
 // kernel name on failure. `stream` is a cudaStream_t.
 void aft_simple_fwd(const AftSimpleParams& p, AftDType dtype, void* stream);
 void aft_simple_bwd(const AftSimpleBwdParams& p, AftDType dtype, void* stream);
+void aft_band_fwd(const AftBandParams& p, AftDType dtype, void* stream);    // band.cu
+void aft_band_bwd(const AftBandBwdParams& p, AftDType dtype, void* stream);
 
 }  // namespace longtrain::kernels
