@@ -18,10 +18,11 @@
 // factors are N(0, init_std). P = model.max_positions for full: a longer
 // sequence is an error (max_seq_len()).
 //
-// Kernels: causal AFT-simple runs kernels/aft (a fused chunked scan) when the
-// inputs are on CUDA in bf16/fp16 with an even width; `auto` takes it then and
-// the reference otherwise, `cuda` insists (an error says why it cannot). local,
-// conv, full and bidirectional AFT have no kernel yet and run the reference.
+// Kernels: causal simple, local and conv run kernels/aft (a fused chunked scan,
+// plus the band for local/conv) when the inputs are on CUDA in bf16/fp16 with
+// an even width (per head for conv); `auto` takes it then and the reference
+// otherwise, `cuda` insists (an error says why it cannot). full and
+// bidirectional AFT have no kernel yet and run the reference.
 // RoPE is rejected: AFT has
 // no query-key product for it to rotate. Global tokens (MixerContext) are
 // ignored: every variant already reaches every allowed position through its
@@ -124,14 +125,15 @@ class AftMixerImpl : public MixerImpl {
     torch::Tensor y;
     {
       NoAutocast no_autocast;  // the weighted sums accumulate in fp32 (model/no_autocast.h)
-      if (use_kernel(q)) {
-        y = kernels::aft_simple_cuda(q, k, v);
-      } else if (o_.variant == "simple") {
-        y = aft_simple(q, k, v, causal);
+      const bool kernel = use_kernel(q);
+      if (o_.variant == "simple") {
+        y = kernel ? kernels::aft_simple_cuda(q, k, v) : aft_simple(q, k, v, causal);
       } else if (o_.variant == "local") {
-        y = aft_local(q, k, v, local_bias_, o_.window, causal);
+        y = kernel ? kernels::aft_band_cuda(q, k, v, local_bias_.unsqueeze(0), o_.window)
+                   : aft_local(q, k, v, local_bias_, o_.window, causal);
       } else if (o_.variant == "conv") {
-        y = aft_conv(q, k, v, aft_conv_kernel(conv_raw_, conv_gain_, conv_shift_), o_.window, causal);
+        auto u = aft_conv_kernel(conv_raw_, conv_gain_, conv_shift_);  // [H, taps]
+        y = kernel ? kernels::aft_band_cuda(q, k, v, u, o_.window) : aft_conv(q, k, v, u, o_.window, causal);
       } else {
         auto w = o_.rank == 0 ? full_bias_ : aft_full_bias(full_u_, full_v_, L);
         y = aft_full(q, k, v, w, causal);
@@ -144,12 +146,14 @@ class AftMixerImpl : public MixerImpl {
   bool use_kernel(const torch::Tensor& q) const {
     if (o_.impl == SparseImpl::kReference) return false;
     std::string why;
-    if (o_.variant != "simple") {
-      why = "variant " + o_.variant + " has no CUDA kernel yet (only simple)";
+    if (o_.variant == "full") {
+      why = "variant full has no CUDA kernel yet (simple, local and conv have)";
     } else if (!dims_.causal) {
       why = "bidirectional AFT has no CUDA kernel yet (only causal)";
-    } else {
+    } else if (o_.variant == "simple") {
       why = kernels::aft_simple_kernel_unsupported(q);
+    } else {
+      why = kernels::aft_band_kernel_unsupported(q, o_.variant == "conv" ? conv_raw_.size(0) : 1);
     }
     TORCH_CHECK(why.empty() || o_.impl == SparseImpl::kAuto, "aft: impl: cuda cannot run: ", why);
     return why.empty();

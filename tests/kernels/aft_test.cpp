@@ -1,7 +1,7 @@
-// Causal AFT-simple kernel (kernels/aft) against the references, output and
-// every gradient, by the rule
+// Causal AFT kernels (kernels/aft: simple, and the banded local/conv) against
+// the references, output and every gradient (the bias's included), by the rule
 //   err(kernel, ref_fp64) <= 2 * err(ref_lowp, ref_fp64) + atol
-// where ref_fp64 is model/aft.cpp's aft_simple on the (rounded) inputs in fp64
+// where ref_fp64 is model/aft.cpp's aft_simple / aft_conv on the (rounded) inputs in fp64
 // and ref_lowp the same reference run on the bf16 / fp16 inputs (fp32 inside,
 // so its error is the rounding of its results: the kernel must be as good).
 // Fresh random inputs per case, one shared random grad_out, outputs poisoned
@@ -67,8 +67,10 @@ TEST(AftKernel, MixerImplCudaRefusesWhatTheKernelCannotRun) {
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find("impl: cuda cannot run"), std::string::npos) << e.what();
   }
+  auto full = make_mixer("{type: aft, variant: full, impl: cuda}", true);
+  EXPECT_THROW(full->forward(x, ctx), c10::Error) << "full has no kernel";
   auto conv = make_mixer("{type: aft, variant: conv, window: 4, impl: cuda}", true);
-  EXPECT_THROW(conv->forward(x, ctx), c10::Error) << "conv has no kernel";
+  EXPECT_THROW(conv->forward(x, ctx), c10::Error) << "conv on CPU";
   auto bidir = make_mixer("{type: aft, impl: cuda}", false);
   EXPECT_THROW(bidir->forward(x, ctx), c10::Error) << "bidirectional has no kernel";
   auto a = make_mixer("{type: aft, variant: simple, impl: auto}", true);
@@ -198,51 +200,167 @@ std::vector<KernelCase> kernel_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AftKernelVsReference, ::testing::ValuesIn(kernel_cases()), case_name);
 
+// ---------------------------------------------------------------- banded kernel (local / conv) vs references (GPU)
+
+struct BandCase {
+  int64_t B, L, d, H, window;
+  torch::ScalarType dtype;
+  int64_t chunk;
+  double key_scale, bias_scale;
+  bool fused_views;
+};
+
+std::string band_name(const ::testing::TestParamInfo<BandCase>& info) {
+  const auto& c = info.param;
+  return "B" + std::to_string(c.B) + "_L" + std::to_string(c.L) + "_d" + std::to_string(c.d) + "_H" +
+         std::to_string(c.H) + "_w" + std::to_string(c.window) + (c.dtype == torch::kBFloat16 ? "_bf16" : "_fp16") +
+         "_chunk" + std::to_string(c.chunk) + "_keys" + std::to_string(static_cast<int>(c.key_scale)) + "_bias" +
+         std::to_string(static_cast<int>(c.bias_scale)) + (c.fused_views ? "_views" : "");
+}
+
+class AftBandKernelVsReference : public ::testing::TestWithParam<BandCase> {};
+
+TEST_P(AftBandKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionError) {
+  SKIP_WITHOUT_CUDA();
+  const auto& c = GetParam();
+  const auto dev = torch::Device(torch::kCUDA);
+  torch::manual_seed(c.L * 11 + c.d + c.window);
+  auto opt = torch::dtype(c.dtype).device(dev);
+  std::vector<Tensor> base = {torch::randn({c.B, c.L, c.d}, opt),
+                              (torch::randn({c.B, c.L, c.d}, dev) * c.key_scale).to(c.dtype),
+                              torch::randn({c.B, c.L, c.d}, opt)};
+  auto u0 = torch::randn({c.H, c.window}, dev) * c.bias_scale;
+  if (c.window > 2) u0.select(1, 1).fill_(-30.0);  // a tap that all but removes its term: must not cancel
+  auto grad_out = torch::randn({c.B, c.L, c.d}, opt);
+
+  struct Run {
+    std::vector<Tensor> in;
+    Tensor u;
+  };
+  auto leaves = [&](torch::ScalarType t) {
+    Run r;
+    for (const auto& x : base) r.in.push_back(x.detach().to(t).requires_grad_());
+    r.u = u0.detach().to(t == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32).requires_grad_();
+    return r;
+  };
+  auto grads = [&](const Tensor& out, const Run& r) {
+    out.backward(grad_out.to(out.scalar_type()));
+    return std::vector<Tensor>{out.detach(), r.in[0].grad(), r.in[1].grad(), r.in[2].grad(), r.u.grad()};
+  };
+  auto ref64_in = leaves(torch::kFloat64);
+  const auto ref64 = grads(aft_conv(ref64_in.in[0], ref64_in.in[1], ref64_in.in[2], ref64_in.u, c.window, true), ref64_in);
+  auto lowp_in = leaves(c.dtype);
+  const auto lowp = grads(aft_conv(lowp_in.in[0], lowp_in.in[1], lowp_in.in[2], lowp_in.u, c.window, true), lowp_in);
+
+  Tensor fused;
+  Run kin = leaves(c.dtype);
+  if (c.fused_views) fused = torch::cat({base[0], base[1], base[2]}, -1).detach().requires_grad_();
+  for (int run = 0; run < 2; ++run) {
+    poison(c.B, c.L, c.d, c.dtype);
+    if (kin.u.grad().defined()) kin.u.grad().zero_();
+    std::vector<Tensor> got;
+    if (c.fused_views) {
+      if (fused.grad().defined()) fused.grad().zero_();
+      auto qkv = fused.chunk(3, -1);
+      auto out = kernels::aft_band_cuda(qkv[0], qkv[1], qkv[2], kin.u, c.window, c.chunk);
+      out.backward(grad_out);
+      auto g = fused.grad().chunk(3, -1);
+      got = {out.detach(), g[0], g[1], g[2], kin.u.grad()};
+    } else {
+      for (auto& t : kin.in)
+        if (t.grad().defined()) t.grad().zero_();
+      got = grads(kernels::aft_band_cuda(kin.in[0], kin.in[1], kin.in[2], kin.u, c.window, c.chunk), kin);
+    }
+    const char* names[] = {"out", "dq", "dk", "dv", "du"};
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_FALSE(torch::isnan(got[i]).any().item<bool>()) << names[i] << ": NaN (unwritten or poisoned)";
+      const double e_kernel = max_err(got[i], ref64[i]), e_lowp = max_err(lowp[i], ref64[i]);
+      const double scale = ref64[i].abs().max().item<double>();
+      const double rel = (got[i].to(torch::kFloat64) - ref64[i]).norm().item<double>() /
+                         std::max(ref64[i].norm().item<double>(), 1e-30);
+      // du is fp32 in both (a sum over B, L and the head's channels): the
+      // tolerance is its fp32 accumulation, relative to its size.
+      EXPECT_LE(e_kernel, 2 * e_lowp + 1e-4 * std::max(1.0, scale))
+          << names[i] << " run " << run << ": kernel max err " << e_kernel << " vs low-precision reference "
+          << e_lowp << " (max |ref| " << scale << ", kernel relative error " << rel << ")";
+      EXPECT_LT(rel, 1e-2) << names[i] << ": relative error";
+    }
+  }
+}
+
+std::vector<BandCase> band_cases() {
+  const auto bf16 = torch::kBFloat16, fp16 = torch::kFloat16;
+  return {
+      {1, 1, 64, 2, 4, bf16, 0, 1, 1, false},
+      {2, 37, 64, 4, 5, bf16, 0, 1, 1, false},
+      {2, 37, 64, 1, 64, fp16, 16, 1, 1, false},   // local (one bias row), window > L
+      {1, 1000, 256, 16, 64, fp16, 0, 1, 1, false},
+      {2, 1000, 128, 1, 32, bf16, 256, 1, 1, true},
+      {1, 1000, 64, 4, 1, bf16, 8, 1, 3, false},
+      {1, 4097, 128, 2, 100, bf16, 0, 1, 1, false},
+      {1, 4097, 1024, 16, 64, bf16, 64, 1, 1, false},
+      {2, 500, 64, 2, 16, bf16, 32, 30, 5, false},  // keys and biases of spread in the hundreds
+  };
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AftBandKernelVsReference, ::testing::ValuesIn(band_cases()), band_name);
+
 // ---------------------------------------------------------------- the mixer on the kernel (GPU)
 
 // impl: cuda under bf16 autocast computes what impl: reference computes (to
-// bf16 noise), forward and backward; impl: cuda refuses fp32 with a reason.
-TEST(AftKernel, MixerUnderBf16AutocastMatchesTheReference) {
+// bf16 noise), forward and backward (input and every parameter gradient), for
+// simple, local and conv; impl: cuda refuses fp32 with a reason.
+TEST(AftKernel, MixersUnderBf16AutocastMatchTheReference) {
   SKIP_WITHOUT_CUDA();
   const auto dev = torch::Device(torch::kCUDA);
-  torch::manual_seed(5);
-  auto fast = make_mixer("{type: aft, variant: simple, impl: cuda}", true);
-  auto ref = make_mixer("{type: aft, variant: simple, impl: reference}", true);
-  fast->to(dev);
-  ref->to(dev);
-  {
-    torch::NoGradGuard no_grad;
-    auto src = fast->parameters(), dst = ref->parameters();
-    for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
-  }
-  const int64_t B = 2, L = 777;
-  auto x = torch::randn({B, L, 256}, dev);
-  MixerContext ctx;
-  std::vector<Tensor> outs, grads, wgrads;
-  for (auto* m : {&fast, &ref}) {
-    auto xi = x.clone().requires_grad_();
-    Tensor y;
+  for (const std::string variant : {"{type: aft, variant: simple", "{type: aft, variant: local, window: 16",
+                                    "{type: aft, variant: conv, window: 32"}) {
+    torch::manual_seed(5);
+    auto fast = make_mixer(variant + ", impl: cuda}", true);
+    auto ref = make_mixer(variant + ", impl: reference}", true);
+    fast->to(dev);
+    ref->to(dev);
     {
-      AutocastGuard autocast(dev, true);
-      y = (*m)->forward(xi, ctx);
+      // Non-zero biases (they start at zero), then one set of parameters for both.
+      torch::NoGradGuard no_grad;
+      for (auto& p : fast->named_parameters())
+        if (p.key().find("local") != std::string::npos || p.key().find("conv") != std::string::npos)
+          p.value().copy_(torch::randn_like(p.value()) * 0.5);
+      auto src = fast->parameters(), dst = ref->parameters();
+      for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
     }
-    ASSERT_EQ(y.scalar_type(), torch::kBFloat16);
-    y.to(torch::kFloat32).square().sum().backward();
-    outs.push_back(y.to(torch::kFloat32));
-    grads.push_back(xi.grad());
-    wgrads.push_back((*m)->parameters()[0].grad().clone());
-  }
-  const double scale = outs[1].abs().max().item<double>(), gscale = grads[1].abs().max().item<double>(),
-               wscale = wgrads[1].abs().max().item<double>();
-  EXPECT_LT(max_err(outs[0], outs[1]), 3e-2 * scale);
-  EXPECT_LT(max_err(grads[0], grads[1]), 3e-2 * gscale);
-  EXPECT_LT(max_err(wgrads[0], wgrads[1]), 3e-2 * wscale);
+    const int64_t B = 2, L = 777;
+    auto x = torch::randn({B, L, 256}, dev);
+    MixerContext ctx;
+    std::vector<Tensor> outs, grads;
+    std::vector<std::vector<Tensor>> wgrads;
+    for (auto* m : {&fast, &ref}) {
+      auto xi = x.clone().requires_grad_();
+      Tensor y;
+      {
+        AutocastGuard autocast(dev, true);
+        y = (*m)->forward(xi, ctx);
+      }
+      ASSERT_EQ(y.scalar_type(), torch::kBFloat16) << variant;
+      y.to(torch::kFloat32).square().sum().backward();
+      outs.push_back(y.to(torch::kFloat32));
+      grads.push_back(xi.grad());
+      std::vector<Tensor> w;
+      for (const auto& p : (*m)->parameters()) w.push_back(p.grad().clone());
+      wgrads.push_back(w);
+    }
+    EXPECT_LT(max_err(outs[0], outs[1]), 3e-2 * outs[1].abs().max().item<double>()) << variant;
+    EXPECT_LT(max_err(grads[0], grads[1]), 3e-2 * grads[1].abs().max().item<double>()) << variant;
+    for (size_t i = 0; i < wgrads[0].size(); ++i)
+      EXPECT_LT(max_err(wgrads[0][i], wgrads[1][i]), 3e-2 * wgrads[1][i].abs().max().item<double>() + 1e-6)
+          << variant << " parameter " << i;
 
-  try {
-    fast->forward(torch::randn({1, 64, 256}, dev), ctx);
-    FAIL() << "impl: cuda ran in fp32";
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
+    try {
+      fast->forward(torch::randn({1, 64, 256}, dev), ctx);
+      FAIL() << variant << ": impl: cuda ran in fp32";
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
+    }
   }
 }
 
