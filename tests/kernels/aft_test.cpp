@@ -278,9 +278,11 @@ TEST_P(AftBandKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErr
       const double scale = ref64[i].abs().max().item<double>();
       const double rel = (got[i].to(torch::kFloat64) - ref64[i]).norm().item<double>() /
                          std::max(ref64[i].norm().item<double>(), 1e-30);
-      // du is fp32 in both (a sum over B, L and the head's channels): the
-      // tolerance is its fp32 accumulation, relative to its size.
-      EXPECT_LE(e_kernel, 2 * e_lowp + 1e-4 * std::max(1.0, scale))
+      // du is fp32 in both, a sum of B·L·d/H terms of random sign: the kernel's
+      // fast exp (2^-22 relative) errs by ~1e-6 of the sum of |terms|, which
+      // is ~sqrt(B·L·d/H) times |du| — hence 1e-3 of |du| rather than 1e-4.
+      const double atol = (i == 4 ? 1e-3 : 1e-4) * std::max(1.0, scale);
+      EXPECT_LE(e_kernel, 2 * e_lowp + atol)
           << names[i] << " run " << run << ": kernel max err " << e_kernel << " vs low-precision reference "
           << e_lowp << " (max |ref| " << scale << ", kernel relative error " << rel << ")";
       EXPECT_LT(rel, 1e-2) << names[i] << ": relative error";
