@@ -12,6 +12,8 @@
 //     layout above, so the peer runs the same pattern.
 //   torch.ops.longtrain.aft_simple(q, k, v) -> causal AFT-simple (kernels/aft),
 //     q, k, v: [B, L, d] bf16/fp16 CUDA (bench/aft.py).
+//   torch.ops.longtrain.aft_band(q, k, v, u, window) -> causal AFT-local/conv,
+//     u: [H, window] the banded relative bias (bench/aft.py).
 #include <torch/library.h>
 #include <torch/torch.h>
 #include <map>
@@ -81,6 +83,11 @@ torch::Tensor aft_simple_op(const torch::Tensor& q, const torch::Tensor& k, cons
   return kernels::aft_simple_cuda(q, k, v);
 }
 
+torch::Tensor aft_band_op(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& u, int64_t window) {
+  return kernels::aft_band_cuda(q, k, v, u, window);
+}
+
 }  // namespace
 }  // namespace longtrain
 
@@ -90,10 +97,12 @@ TORCH_LIBRARY(longtrain, m) {
       "Tensor? gq=None, Tensor? gk=None, Tensor? gv=None) -> Tensor");
   m.def("bigbird_blocks(int L, bool causal) -> Tensor", longtrain::bigbird_blocks_op);
   m.def("aft_simple(Tensor q, Tensor k, Tensor v) -> Tensor");
+  m.def("aft_band(Tensor q, Tensor k, Tensor v, Tensor u, int window) -> Tensor");
 }
 
 // Composite: autograd runs through the op's own torch::autograd::Function.
 TORCH_LIBRARY_IMPL(longtrain, CompositeImplicitAutograd, m) {
   m.impl("sparse_attention", longtrain::sparse_attention_op);
   m.impl("aft_simple", longtrain::aft_simple_op);
+  m.impl("aft_band", longtrain::aft_band_op);
 }
