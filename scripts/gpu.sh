@@ -58,11 +58,11 @@ step_train() {
 # The kernel tests in one process (each ctest process would pay ~2 s of CUDA
 # start-up), then compute-sanitizer memcheck and racecheck on a small case.
 step_kernels() {
-  local filter="${KERNEL_TESTS:-*SparseKernel*:TileLayout*:*AftKernel*}"
+  local filter="${KERNEL_TESTS:-*SparseKernel*:TileLayout*:*Aft*Kernel*}"
   "$BUILD_DIR/longtrain_tests" --gtest_filter="$filter" > "$OUT/kernels.log" 2>&1
   local rc=$?
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|Failure|error" "$OUT/kernels.log" | head -n 40
-  local small='Patterns/SparseKernelVsReference.*sliding_w8_short*:Shapes/AftKernelVsReference.*B2_L37_d*'
+  local small='Patterns/SparseKernelVsReference.*sliding_w8_short*:Shapes/AftKernelVsReference.*B2_L37_d*:Shapes/AftBandKernelVsReference.*B2_L37_d64_H4*'
   for tool in ${SANITIZERS-memcheck racecheck}; do
     timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$BUILD_DIR/longtrain_tests" \
       --gtest_filter="$small" > "$OUT/sanitizer_$tool.log" 2>&1
