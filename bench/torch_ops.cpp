@@ -12,6 +12,10 @@
 //     layout above, so the peer runs the same pattern.
 //   torch.ops.longtrain.linear_attention(φq, φk, v, decay=None, normalize=True, eps=1e-6)
 //     causal chunked linear attention (kernels/linear_attention/op.h), [B, H, L, D] bf16.
+//   torch.ops.longtrain.aft_simple(q, k, v) -> causal AFT-simple (kernels/aft),
+//     q, k, v: [B, L, d] bf16/fp16 CUDA (bench/aft.py).
+//   torch.ops.longtrain.aft_band(q, k, v, u, window) -> causal AFT-local/conv,
+//     u: [H, window] the banded relative bias (bench/aft.py).
 #include <torch/library.h>
 #include <torch/torch.h>
 #include <map>
@@ -19,6 +23,7 @@
 #include <optional>
 #include <tuple>
 
+#include "kernels/aft/op.h"
 #include "kernels/linear_attention/op.h"
 #include "model/sparse_attention_fast.h"
 
@@ -82,6 +87,15 @@ torch::Tensor linear_attention_op(const torch::Tensor& q, const torch::Tensor& k
   return kernels::linear_attention_cuda(q, k, v, decay ? *decay : torch::Tensor(), normalize, eps);
 }
 
+torch::Tensor aft_simple_op(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  return kernels::aft_simple_cuda(q, k, v);
+}
+
+torch::Tensor aft_band_op(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& u, int64_t window) {
+  return kernels::aft_band_cuda(q, k, v, u, window);
+}
+
 }  // namespace
 }  // namespace longtrain
 
@@ -91,10 +105,14 @@ TORCH_LIBRARY(longtrain, m) {
       "Tensor? gq=None, Tensor? gk=None, Tensor? gv=None) -> Tensor");
   m.def("bigbird_blocks(int L, bool causal) -> Tensor", longtrain::bigbird_blocks_op);
   m.def("linear_attention(Tensor q, Tensor k, Tensor v, Tensor? decay=None, bool normalize=True, float eps=1e-6) -> Tensor");
+  m.def("aft_simple(Tensor q, Tensor k, Tensor v) -> Tensor");
+  m.def("aft_band(Tensor q, Tensor k, Tensor v, Tensor u, int window) -> Tensor");
 }
 
 // Composite: autograd runs through the op's own torch::autograd::Function.
 TORCH_LIBRARY_IMPL(longtrain, CompositeImplicitAutograd, m) {
   m.impl("sparse_attention", longtrain::sparse_attention_op);
   m.impl("linear_attention", longtrain::linear_attention_op);
+  m.impl("aft_simple", longtrain::aft_simple_op);
+  m.impl("aft_band", longtrain::aft_band_op);
 }

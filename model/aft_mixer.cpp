@@ -9,6 +9,7 @@
 //   heads:   kernels for conv, 0 = model.n_heads (default 0)
 //   rank:    full only; 0 = an unfactorised [P, P] bias, r > 0 = U Vᵀ with
 //            U, V: [P, r]                     (default 0)
+//   impl:    auto | cuda | reference          (default auto; model/sparse_mixer.h)
 // An option that does not apply to the chosen variant is an error, not ignored.
 //
 // Parameters and their initialisation: local's bias u [taps] and conv's gain
@@ -17,7 +18,12 @@
 // factors are N(0, init_std). P = model.max_positions for full: a longer
 // sequence is an error (max_seq_len()).
 //
-// Limits: the reference path only (no CUDA kernel yet). RoPE is rejected: AFT has
+// Kernels: causal simple, local and conv run kernels/aft (a fused chunked scan,
+// plus the band for local/conv) when the inputs are on CUDA in bf16/fp16 with
+// an even width (per head for conv); `auto` takes it then and the reference
+// otherwise, `cuda` insists (an error says why it cannot). full and
+// bidirectional AFT have no kernel yet and run the reference.
+// RoPE is rejected: AFT has
 // no query-key product for it to rotate. Global tokens (MixerContext) are
 // ignored: every variant already reaches every allowed position through its
 // un-biased global term.
@@ -25,9 +31,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/aft/op.h"
 #include "model/aft.h"
 #include "model/no_autocast.h"
 #include "model/mixer.h"
+#include "model/sparse_mixer.h"
 #include "trainer/recipe_section.h"
 
 namespace longtrain {
@@ -43,6 +51,7 @@ struct AftOptions : MixerOptions {
   int64_t window = 64;
   int64_t heads = 0;
   int64_t rank = 0;
+  SparseImpl impl = SparseImpl::kAuto;
 };
 
 std::shared_ptr<const MixerOptions> parse_aft(Section& s) {
@@ -69,6 +78,7 @@ std::shared_ptr<const MixerOptions> parse_aft(Section& s) {
     s.check(o->rank >= 0, "rank", "must be >= 0 (0: an unfactorised bias), got " + std::to_string(o->rank));
     s.check(v == "full", "rank", "applies only to variant full, not '" + v + "'");
   }
+  o->impl = parse_sparse_impl(s);
   return o;
 }
 
@@ -115,18 +125,38 @@ class AftMixerImpl : public MixerImpl {
     torch::Tensor y;
     {
       NoAutocast no_autocast;  // the weighted sums accumulate in fp32 (model/no_autocast.h)
+      const bool kernel = use_kernel(q);
       if (o_.variant == "simple") {
-        y = aft_simple(q, k, v, causal);
+        y = kernel ? kernels::aft_simple_cuda(q, k, v) : aft_simple(q, k, v, causal);
       } else if (o_.variant == "local") {
-        y = aft_local(q, k, v, local_bias_, o_.window, causal);
+        y = kernel ? kernels::aft_band_cuda(q, k, v, local_bias_.unsqueeze(0), o_.window)
+                   : aft_local(q, k, v, local_bias_, o_.window, causal);
       } else if (o_.variant == "conv") {
-        y = aft_conv(q, k, v, aft_conv_kernel(conv_raw_, conv_gain_, conv_shift_), o_.window, causal);
+        auto u = aft_conv_kernel(conv_raw_, conv_gain_, conv_shift_);  // [H, taps]
+        y = kernel ? kernels::aft_band_cuda(q, k, v, u, o_.window) : aft_conv(q, k, v, u, o_.window, causal);
       } else {
         auto w = o_.rank == 0 ? full_bias_ : aft_full_bias(full_u_, full_v_, L);
         y = aft_full(q, k, v, w, causal);
       }
     }
     return out_->forward(y);
+  }
+
+  // Whether forward() takes the kernel for q (throws for impl: cuda when it cannot).
+  bool use_kernel(const torch::Tensor& q) const {
+    if (o_.impl == SparseImpl::kReference) return false;
+    std::string why;
+    if (o_.variant == "full") {
+      why = "variant full has no CUDA kernel yet (simple, local and conv have)";
+    } else if (!dims_.causal) {
+      why = "bidirectional AFT has no CUDA kernel yet (only causal)";
+    } else if (o_.variant == "simple") {
+      why = kernels::aft_simple_kernel_unsupported(q);
+    } else {
+      why = kernels::aft_band_kernel_unsupported(q, o_.variant == "conv" ? conv_raw_.size(0) : 1);
+    }
+    TORCH_CHECK(why.empty() || o_.impl == SparseImpl::kAuto, "aft: impl: cuda cannot run: ", why);
+    return why.empty();
   }
 
   int64_t max_seq_len() const override { return o_.variant == "full" ? dims_.max_positions : -1; }

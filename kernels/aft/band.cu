@@ -1,0 +1,291 @@
+// Causal AFT-local / AFT-conv (banded Toeplitz bias), forward and backward.
+//
+//   y_t = σ(q_t) ⊙ Σ_{s<=t} e^{k_s + w_ts} v_s / Σ_{s<=t} e^{k_s + w_ts},
+//   w_ts = u[h, t - s] for t - s < window, 0 outside (not -inf).
+//
+// Forward: the un-biased simple scan (fwd.cu, without y) saves its state every
+// kAftSub positions; then one thread per (8 rows, channel pair) starts from the
+// un-biased prefix state through row t - window (a saved state plus < 8 steps),
+// advances it one row at a time, and merges the band terms (k_{t-j} + u_j,
+// v_{t-j}) one by one into a copy — term by term, as the reference, so a very
+// negative u never cancels. It writes y and saves lse_t and R_t (fp32) per row.
+//
+// Backward (G_t = dy_t σ(q_t), p_ts = e^{k_s + w_ts - lse_t}):
+//   dq_t = G_t R_t (1 - σ(q_t));  dv_s = Σ_{t>=s} G_t p_ts;
+//   dk_s = Σ_{t>=s} G_t p_ts (v_s - R_t);  du_j = Σ_{b, c in h, s} G_{s+j} p_{s+j,s} (v_s - R_{s+j}).
+// Band rows t in [s, s + window) are summed directly (each p <= 1). The far rows
+// t >= s + window have w = 0: with the un-biased prefix lse lseF_s as reference
+// (lse_t >= lseF_s there, and lseF is non-decreasing),
+//   T_s = Σ_{t >= s+window} G_t e^{lseF_s - lse_t}
+//       = G_{s+window} e^{lseF_s - lse_{s+window}} + e^{lseF_s - lseF_{s+1}} T_{s+1},
+// the simple backward's decaying reverse scan with its inputs shifted by the
+// window (bwd.cu's two-level scan: summaries, the same carry kernel, then per
+// chunk from the right); dv_s += e^{k_s - lseF_s} T_s, dk_s likewise with R.
+// du: one fp32 atomic per (thread, tap) after summing its 8 rows and 2 channels.
+//
+// Matches: model/aft.cpp aft_local / aft_conv(..., causal = true).
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels/aft/params.h"
+#include "kernels/aft/scan.cuh"
+#include "kernels/aft/state.cuh"
+
+namespace longtrain::kernels {
+namespace {
+
+using namespace aft;
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ int64_t row_at(const AftSimpleParams& p, int a, int b, int t, int c) {
+  return ((static_cast<int64_t>(a) * p.B + b) * p.L + t) * p.d + c;
+}
+
+// lse and R of row t, channels c and c + 1.
+__device__ __forceinline__ void load_row(const AftSimpleParams& p, const float* rows, int b, int t, int c,
+                                         float2& lse, float2& r) {
+  lse = *reinterpret_cast<const float2*>(rows + row_at(p, 0, b, t, c));
+  r = *reinterpret_cast<const float2*>(rows + row_at(p, 1, b, t, c));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) aft_band_fwd_kernel(const AftBandParams bp) {
+  const AftSimpleParams& p = bp.scan;
+  const Dims dm = dims_of(p);
+  const ChunkThread th = chunk_thread(p.B, dm.n_sub, p.d);  // "chunk" = a sub-chunk of 8 rows
+  if (!th.valid) return;
+  const int w = bp.window, t0 = th.chunk * kAftSub, t1 = min(t0 + kAftSub, p.L);
+  const float* u = bp.u + static_cast<int64_t>(th.c / (p.d / bp.H)) * w;
+  const int64_t qb = th.b * p.q_strides[0] + th.c, kb = th.b * p.k_strides[0] + th.c,
+                vb = th.b * p.v_strides[0] + th.c, yb = th.b * p.y_strides[0] + th.c;
+  // F: the un-biased prefix state through row t0 - w, i.e. of positions [0, t0 - w + 1).
+  ScanState F[2] = {empty_state(), empty_state()};
+  const int upto = t0 - w + 1;
+  if (upto > 0) {
+    const int sub = upto / kAftSub;
+    F[0] = saved_state(p, dm, th.b, sub, th.c);
+    F[1] = saved_state(p, dm, th.b, sub, th.c + 1);
+    for (int s = sub * kAftSub; s < upto; ++s) {
+      const float2 k2 = Pair<T>::load(p.k, kb + s * p.k_strides[1]), v2 = Pair<T>::load(p.v, vb + s * p.v_strides[1]);
+      scan_add(F[0], k2.x, v2.x);
+      scan_add(F[1], k2.y, v2.y);
+    }
+  }
+  for (int t = t0; t < t1; ++t) {
+    const int far = t - w;  // the newest un-biased position of row t
+    if (t > t0 && far >= 0) {
+      const float2 k2 = Pair<T>::load(p.k, kb + far * p.k_strides[1]),
+                   v2 = Pair<T>::load(p.v, vb + far * p.v_strides[1]);
+      scan_add(F[0], k2.x, v2.x);
+      scan_add(F[1], k2.y, v2.y);
+    }
+    ScanState S[2] = {F[0], F[1]};
+    const int taps = min(w, t + 1);
+    for (int j = 0; j < taps; ++j) {
+      const float2 k2 = Pair<T>::load(p.k, kb + (t - j) * p.k_strides[1]),
+                   v2 = Pair<T>::load(p.v, vb + (t - j) * p.v_strides[1]);
+      const float uj = __ldg(u + j);
+      merge(S[0], k2.x + uj, v2.x, 1.f);
+      merge(S[1], k2.y + uj, v2.y, 1.f);
+    }
+    const float2 q2 = Pair<T>::load(p.q, qb + t * p.q_strides[1]);
+    const float r0 = S[0].n / S[0].s, r1 = S[1].n / S[1].s;
+    Pair<T>::store(p.y, yb + t * p.y_strides[1], sigmoid(q2.x) * r0, sigmoid(q2.y) * r1);
+    *reinterpret_cast<float2*>(bp.rows + row_at(p, 0, th.b, t, th.c)) =
+        make_float2(S[0].m + __logf(S[0].s), S[1].m + __logf(S[1].s));
+    *reinterpret_cast<float2*>(bp.rows + row_at(p, 1, th.b, t, th.c)) = make_float2(r0, r1);
+  }
+}
+
+// W_j = Σ_{s in chunk j} G_{s+w} e^{ref_j - lse_{s+w}} (and with R_{s+w}); see bwd.cu.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) aft_band_bwd_summary_kernel(const AftBandBwdParams bb) {
+  const AftSimpleBwdParams& bp = bb.scan;
+  const AftSimpleParams& p = bp.fwd;
+  const Dims dm = dims_of(p);
+  const ChunkThread th = chunk_thread(p.B, dm.n_chunks, p.d);
+  if (!th.valid) return;
+  const int t0 = th.chunk * p.chunk, t1 = min(t0 + p.chunk, p.L), w = bb.window;
+  float W[2] = {0.f, 0.f}, Wr[2] = {0.f, 0.f};
+  if (th.chunk > 0) {
+    const float ref[2] = {chunk_ref(p, dm, th.b, th.chunk, th.c), chunk_ref(p, dm, th.b, th.chunk, th.c + 1)};
+    const int64_t qb = th.b * p.q_strides[0] + th.c, gb = th.b * bp.dy_strides[0] + th.c;
+    for (int s = t0; s < t1 && s + w < p.L; ++s) {
+      const int t = s + w;
+      const float2 q2 = Pair<T>::load(p.q, qb + t * p.q_strides[1]), g2 = Pair<T>::load(bp.dy, gb + t * bp.dy_strides[1]);
+      float2 lse, r;
+      load_row(p, bb.rows, th.b, t, th.c, lse, r);
+      const float g0 = g2.x * sigmoid(q2.x) * __expf(ref[0] - lse.x), g1 = g2.y * sigmoid(q2.y) * __expf(ref[1] - lse.y);
+      W[0] += g0;
+      W[1] += g1;
+      Wr[0] = fmaf(g0, r.x, Wr[0]);
+      Wr[1] = fmaf(g1, r.y, Wr[1]);
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    bp.wsum[chunk_at(p, dm, 0, th.b, th.chunk, th.c + h)] = W[h];
+    bp.wsum[chunk_at(p, dm, 1, th.b, th.chunk, th.c + h)] = Wr[h];
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) aft_band_bwd_kernel(const AftBandBwdParams bb) {
+  const AftSimpleBwdParams& bp = bb.scan;
+  const AftSimpleParams& p = bp.fwd;
+  const Dims dm = dims_of(p);
+  const ChunkThread th = chunk_thread(p.B, dm.n_chunks, p.d);
+  if (!th.valid) return;
+  const int t0 = th.chunk * p.chunk, t1 = min(t0 + p.chunk, p.L), w = bb.window;
+  const int head = th.c / (p.d / bb.H);
+  const float* u = bb.u + static_cast<int64_t>(head) * w;
+  float* du = bb.du + static_cast<int64_t>(head) * w;
+  const bool last = th.chunk + 1 == dm.n_chunks;
+  float P[2], Q[2], ref[2];  // the far part's running suffix sums; see bwd.cu
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    P[h] = last ? 0.f : bp.xcarry[chunk_at(p, dm, 0, th.b, th.chunk, th.c + h)];
+    Q[h] = last ? 0.f : bp.xcarry[chunk_at(p, dm, 1, th.b, th.chunk, th.c + h)];
+    ref[h] = last ? INFINITY : chunk_ref(p, dm, th.b, th.chunk + 1, th.c + h);
+  }
+  const int64_t qb = th.b * p.q_strides[0] + th.c, kb = th.b * p.k_strides[0] + th.c,
+                vb = th.b * p.v_strides[0] + th.c, gb = th.b * bp.dy_strides[0] + th.c,
+                dqb = th.b * bp.dq_strides[0] + th.c, dkb = th.b * bp.dk_strides[0] + th.c,
+                dvb = th.b * bp.dv_strides[0] + th.c;
+  const int last_sub_start = t0 + ((t1 - 1 - t0) / kAftSub) * kAftSub;
+  for (int t = last_sub_start; t >= t0; t -= kAftSub) {
+    float2 kk[kAftSub], vv[kAftSub];
+    float lseF[kAftSub][2];
+    ScanState st[2] = {saved_state(p, dm, th.b, t / kAftSub, th.c), saved_state(p, dm, th.b, t / kAftSub, th.c + 1)};
+#pragma unroll
+    for (int i = 0; i < kAftSub; ++i) {
+      if (t + i < t1) {
+        const int s = t + i;
+        kk[i] = Pair<T>::load(p.k, kb + s * p.k_strides[1]);
+        vv[i] = Pair<T>::load(p.v, vb + s * p.v_strides[1]);
+        scan_add(st[0], kk[i].x, vv[i].x);
+        scan_add(st[1], kk[i].y, vv[i].y);
+        lseF[i][0] = st[0].m + __logf(st[0].s);
+        lseF[i][1] = st[1].m + __logf(st[1].s);
+        // dq of row s (its own lse, R saved by the forward).
+        const float2 q2 = Pair<T>::load(p.q, qb + s * p.q_strides[1]), g2 = Pair<T>::load(bp.dy, gb + s * bp.dy_strides[1]);
+        float2 lse, r;
+        load_row(p, bb.rows, th.b, s, th.c, lse, r);
+        const float sg0 = sigmoid(q2.x), sg1 = sigmoid(q2.y);
+        Pair<T>::store(bp.dq, dqb + s * bp.dq_strides[1], g2.x * sg0 * r.x * (1.f - sg0), g2.y * sg1 * r.y * (1.f - sg1));
+      }
+    }
+    // Far part, from the right: rows s + w and beyond.
+    float dk[kAftSub][2], dv[kAftSub][2];
+#pragma unroll
+    for (int i = kAftSub - 1; i >= 0; --i) {
+      if (t + i < t1) {
+        const int s = t + i, row = s + w;
+        float a[2] = {0.f, 0.f}, ar[2] = {0.f, 0.f};
+        if (row < p.L) {
+          const float2 q2 = Pair<T>::load(p.q, qb + row * p.q_strides[1]),
+                       g2 = Pair<T>::load(bp.dy, gb + row * bp.dy_strides[1]);
+          float2 lse, r;
+          load_row(p, bb.rows, th.b, row, th.c, lse, r);
+          a[0] = g2.x * sigmoid(q2.x) * __expf(lseF[i][0] - lse.x);
+          a[1] = g2.y * sigmoid(q2.y) * __expf(lseF[i][1] - lse.y);
+          ar[0] = a[0] * r.x;
+          ar[1] = a[1] * r.y;
+        }
+        const float kx[2] = {kk[i].x, kk[i].y}, vx[2] = {vv[i].x, vv[i].y};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float f = __expf(lseF[i][h] - ref[h]);
+          P[h] = fmaf(f, P[h], a[h]);
+          Q[h] = fmaf(f, Q[h], ar[h]);
+          ref[h] = lseF[i][h];
+          const float e = __expf(kx[h] - lseF[i][h]);
+          dv[i][h] = e * P[h];
+          dk[i][h] = e * fmaf(vx[h], P[h], -Q[h]);
+        }
+      }
+    }
+    // Band part: rows s + j, j < w; tap-outer so that du_j is summed over the
+    // 8 rows and 2 channels before its one atomic.
+    for (int j = 0; j < w; ++j) {
+      const float uj = __ldg(u + j);
+      float acc = 0.f;
+#pragma unroll
+      for (int i = 0; i < kAftSub; ++i) {
+        const int s = t + i, row = s + j;
+        if (s < t1 && row < p.L) {
+          const float2 q2 = Pair<T>::load(p.q, qb + row * p.q_strides[1]),
+                       g2 = Pair<T>::load(bp.dy, gb + row * bp.dy_strides[1]);
+          float2 lse, r;
+          load_row(p, bb.rows, th.b, row, th.c, lse, r);
+          const float g0 = g2.x * sigmoid(q2.x) * __expf(kk[i].x + uj - lse.x);
+          const float g1 = g2.y * sigmoid(q2.y) * __expf(kk[i].y + uj - lse.y);
+          const float x0 = g0 * (vv[i].x - r.x), x1 = g1 * (vv[i].y - r.y);
+          dv[i][0] += g0;
+          dv[i][1] += g1;
+          dk[i][0] += x0;
+          dk[i][1] += x1;
+          acc += x0 + x1;
+        }
+      }
+      atomicAdd(du + j, acc);
+    }
+#pragma unroll
+    for (int i = 0; i < kAftSub; ++i) {
+      if (t + i < t1) {
+        Pair<T>::store(bp.dk, dkb + (t + i) * bp.dk_strides[1], dk[i][0], dk[i][1]);
+        Pair<T>::store(bp.dv, dvb + (t + i) * bp.dv_strides[1], dv[i][0], dv[i][1]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void launch_band_fwd(const AftBandParams& bp, AftDType dtype, cudaStream_t stream) {
+  AftSimpleParams scan = bp.scan;
+  scan.y = nullptr;  // the un-biased scan's saved state only
+  aft_simple_fwd(scan, dtype, stream);
+  const AftSimpleParams& p = bp.scan;
+  const int64_t threads = static_cast<int64_t>(p.B) * ((p.L + kAftSub - 1) / kAftSub) * (p.d / 2);
+  aft_band_fwd_kernel<T><<<static_cast<int>((threads + kThreads - 1) / kThreads), kThreads, 0, stream>>>(bp);
+  check_launch("aft_band_fwd_kernel");
+}
+
+template <typename T>
+void launch_band_bwd(const AftBandBwdParams& bb, cudaStream_t stream) {
+  const AftSimpleParams& p = bb.scan.fwd;
+  const int n_chunks = (p.L + p.chunk - 1) / p.chunk;
+  const int64_t threads = static_cast<int64_t>(p.B) * n_chunks * (p.d / 2);
+  const int blocks = static_cast<int>((threads + kThreads - 1) / kThreads);
+  aft_band_bwd_summary_kernel<T><<<blocks, kThreads, 0, stream>>>(bb);
+  check_launch("aft_band_bwd_summary_kernel");
+  launch_bwd_carry(bb.scan, stream);
+  aft_band_bwd_kernel<T><<<blocks, kThreads, 0, stream>>>(bb);
+  check_launch("aft_band_bwd_kernel");
+}
+
+void check_band(const AftSimpleParams& p, int H, int window, const char* name) {
+  if (p.d % 2 != 0 || p.chunk % kAftSub != 0 || p.L < 1 || p.B < 1 || H < 1 || p.d % H != 0 ||
+      (p.d / H) % 2 != 0 || window < 1) {
+    throw std::invalid_argument(std::string(name) + ": needs L, B >= 1, window >= 1, H dividing d with d / H even, "
+                                "and a chunk that is a multiple of " + std::to_string(kAftSub));
+  }
+}
+
+}  // namespace
+
+void aft_band_fwd(const AftBandParams& p, AftDType dtype, void* stream) {
+  check_band(p.scan, p.H, p.window, "aft_band_fwd");
+  auto s = static_cast<cudaStream_t>(stream);
+  dtype == AftDType::kBFloat16 ? launch_band_fwd<__nv_bfloat16>(p, dtype, s) : launch_band_fwd<__half>(p, dtype, s);
+}
+
+void aft_band_bwd(const AftBandBwdParams& p, AftDType dtype, void* stream) {
+  check_band(p.scan.fwd, p.H, p.window, "aft_band_bwd");
+  auto s = static_cast<cudaStream_t>(stream);
+  dtype == AftDType::kBFloat16 ? launch_band_bwd<__nv_bfloat16>(p, s) : launch_band_bwd<__half>(p, s);
+}
+
+}  // namespace longtrain::kernels

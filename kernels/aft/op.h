@@ -1,0 +1,48 @@
+// Causal AFT-simple on CUDA: the LibTorch entry point.
+//
+//   y = aft_simple_cuda(q, k, v)
+//   q, k, v: [B, L, d] bf16 or fp16 on one CUDA device, one dtype, d even, the
+//            channel dim contiguous (any batch/row strides, e.g. the mixer's
+//            chunks of a fused qkv projection); y: [B, L, d] contiguous.
+//   Differentiable in q, k, v. Accumulation in fp32; saved for the backward:
+//   q, k, v and the fp32 scan state every kAftSub positions (1.5 bytes per
+//   element), nothing of size [B, L, d] in fp32.
+//
+// Matches model/aft.cpp aft_simple(q, k, v, causal = true).
+//
+//   y = aft_band_cuda(q, k, v, u, window)
+//   causal AFT-local / AFT-conv: u: [H, window] (any float dtype, on q's device;
+//   local is H = 1), H divides d with d / H even; the bias on pair (t, s) is
+//   u[h, t - s] inside the window and 0 outside. Differentiable in q, k, v and
+//   u. Saves, besides the inputs and the scan state, lse and R of every row
+//   (2 fp32 tensors of [B, L, d]). Matches model/aft.cpp aft_local / aft_conv
+//   (causal = true).
+//
+// AFT-full and bidirectional AFT have no kernel yet: the mixer runs their references.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace longtrain::kernels {
+
+// Whether this build has the CUDA kernels.
+bool aft_cuda_built();
+
+// Why aft_simple_cuda cannot take these inputs ("" when it can).
+std::string aft_simple_kernel_unsupported(const torch::Tensor& q);
+
+// chunk: positions per chunk of the two-level scan, a multiple of 8 (kAftSub);
+// 0 takes aft_chunk_size's choice. Results do not depend on it beyond fp32
+// rounding; tests set it to cover one and many sub-chunks per chunk.
+torch::Tensor aft_simple_cuda(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              int64_t chunk = 0);
+
+// Why aft_band_cuda cannot take these inputs with H bias rows ("" when it can).
+std::string aft_band_kernel_unsupported(const torch::Tensor& q, int64_t heads);
+
+torch::Tensor aft_band_cuda(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                            const torch::Tensor& u, int64_t window, int64_t chunk = 0);
+
+}  // namespace longtrain::kernels

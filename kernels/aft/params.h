@@ -1,0 +1,82 @@
+// Plain parameters of the causal AFT-simple scan kernels (no torch types: this
+// header is shared by op.cpp and the .cu files).
+//
+// Tensors q, k, v, y (and dy, dq, dk, dv) are [B, L, d] addressed by element
+// strides (batch, row); the channel dim is contiguous and d is even (each
+// thread owns two adjacent channels, one 4-byte load per row).
+//
+// The scan state of one channel is (max, num, den): num and den are the sums
+// of exp(k_s - max) v_s and exp(k_s - max) over the positions seen, max the
+// largest key seen (see scan.cuh). The forward saves the state *before* every
+// sub-chunk of kSub positions ([3, B, n_sub, d] fp32: max, num, den); the
+// backward restarts its recomputation from those, so it needs no per-position
+// fp32 tensor. L is cut into chunks of `chunk` positions (a multiple of kSub,
+// chosen per launch by aft_chunk_size) for the two-level scan.
+#pragma once
+
+#include <cstdint>
+
+namespace longtrain::kernels {
+
+constexpr int kAftSub = 8;        // positions per sub-chunk (saved state granularity)
+constexpr int kAftSegments = 8;   // segments of the scan across chunk summaries
+
+struct AftSimpleParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* y = nullptr;        // null: run the scan for the saved state only
+  int64_t q_strides[2], k_strides[2], v_strides[2], y_strides[2];  // batch, row
+  float* state = nullptr;  // [3, B, n_sub, d] saved (max, num, den) before each sub-chunk
+  float* summary = nullptr; // [3, B, n_chunks, d] workspace: each chunk's own state
+  float* carry = nullptr;   // [3, B, n_chunks, d] workspace: exclusive carries into each chunk
+  int B = 0, L = 0, d = 0;
+  int chunk = 0;           // positions per chunk, a multiple of kAftSub
+};
+
+struct AftSimpleBwdParams {
+  AftSimpleParams fwd;     // q, k, v and the saved state; y unused
+  const void* dy = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  int64_t dy_strides[2], dq_strides[2], dk_strides[2], dv_strides[2];
+  float* wsum = nullptr;   // [2, B, n_chunks, d] workspace: per-chunk suffix-sum summaries
+  float* xcarry = nullptr; // [2, B, n_chunks, d] workspace: suffix carries entering each chunk
+};
+
+// Causal AFT-local / AFT-conv: a banded Toeplitz bias u[h, j] on the pairs
+// (t, s = t - j), j < window; head h owns channels [h d/H, (h+1) d/H), d/H even.
+struct AftBandParams {
+  AftSimpleParams scan;      // q, k, v, y and the un-biased scan's saved state
+  const float* u = nullptr;  // [H, window] fp32 contiguous
+  int H = 1, window = 1;
+  float* rows = nullptr;     // [2, B, L, d] fp32: lse_t and R_t of every output row, for the backward
+};
+
+struct AftBandBwdParams {
+  AftSimpleBwdParams scan;   // scan.fwd = the forward's AftBandParams::scan (y unused)
+  const float* u = nullptr;
+  int H = 1, window = 1;
+  const float* rows = nullptr;
+  float* du = nullptr;       // [H, window] fp32, zeroed by the caller; accumulated with atomics
+};
+
+enum class AftDType { kBFloat16, kFloat16 };
+
+// Positions per chunk for this problem: the largest power of two in
+// [kAftSub, 256] that still gives about one thread per H100 thread slot.
+inline int aft_chunk_size(int64_t B, int64_t L, int64_t d) {
+  int c = 256;
+  while (c > kAftSub && B * (d / 2) * ((L + c - 1) / c) < 128 * 1024) c /= 2;
+  return c;
+}
+
+// Launchers (fwd.cu, bwd.cu): check the last CUDA error and throw with the
+// kernel name on failure. `stream` is a cudaStream_t.
+void aft_simple_fwd(const AftSimpleParams& p, AftDType dtype, void* stream);
+void aft_simple_bwd(const AftSimpleBwdParams& p, AftDType dtype, void* stream);
+void aft_band_fwd(const AftBandParams& p, AftDType dtype, void* stream);    // band.cu
+void aft_band_bwd(const AftBandBwdParams& p, AftDType dtype, void* stream);
+
+}  // namespace longtrain::kernels
