@@ -1,13 +1,19 @@
 // Fine-tuning through the normal trainer (recipe section `task`): the real
 // binary learns the toy topic set and a trivial QA span and evaluates the
-// checkpoint with `eval --tasks`; ListOps trains from the generator; a
-// fine-tune resumed mid-way equals the uninterrupted run; task.init starts the
-// body from a pretrained LM; malformed task sections fail at file:line.
+// checkpoint with `eval --tasks`; ListOps trains from the generator; a causal
+// sliding-window body pools its last token as a global one; SIGTERM leaves an
+// evaluable checkpoint; a fine-tune resumed mid-way equals the uninterrupted
+// run; task.init starts the body from a pretrained LM; malformed task sections
+// fail at file:line.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "data/rng.h"
 #include "tests/trainer/cli_run.h"
@@ -173,6 +179,48 @@ TEST(Finetune, ResumeMidFinetuneIsBitExact) {
   EXPECT_EQ(a.task_after.accuracy, b.task_after.accuracy);
   auto pa = a.model->named_parameters(), pb = b.model->named_parameters();
   for (const auto& item : pa) EXPECT_TRUE(item.value().equal(pb[item.key()])) << item.key();
+}
+
+TEST(Finetune, CausalSlidingBodyPoolsTheLastTokenAsGlobal) {
+  // A causal body pools each row's last real token; with global_attention:
+  // auto that token is global, so a window of 8 does not limit what it sees.
+  TrainOptions opt;
+  opt.print_recipe = false;
+  auto sets = topic_sets(fresh_run_dir("ft_causal"));
+  for (const char* s : {"model.causal=true", "model.mixer={type: sliding, window: 8, block: 8, global_first: 1}",
+                        "train.steps=40", "checkpoint.every=0"}) {
+    sets.push_back(s);
+  }
+  TrainResult r = train(load_recipe("", sets), opt);
+  EXPECT_EQ(r.task_after.examples, 24);
+  EXPECT_GE(r.task_after.accuracy, 0.95) << "loss " << r.task_after.loss;
+}
+
+TEST(Finetune, SigtermLeavesAnEvaluableCheckpoint) {
+  const auto dir = fresh_run_dir("ft_sigterm");
+  std::vector<std::string> argv_s = {LONGTRAIN_BINARY, "train", kSource + "/recipes/finetune/listops-tiny.yaml"};
+  for (const auto& s : {"run.dir=" + dir, std::string("model.d_model=32"), std::string("train.seq_len=48"),
+                        std::string("model.max_positions=48"), std::string("train.steps=100000"),
+                        std::string("train.log_every=1"), std::string("train.threads=1"),
+                        std::string("task.listops.eval_items=8"), std::string("checkpoint.every=0")}) {
+    argv_s.push_back("--set");
+    argv_s.push_back(s);
+  }
+  const pid_t pid = spawn_quiet(argv_s);
+  ASSERT_GE(pid, 0);
+  for (int i = 0; i < 600 && step_records(dir).size() < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  auto ckpts = list_checkpoints(dir);
+  ASSERT_EQ(ckpts.size(), 1u);
+  CliRun e = run_cli("eval " + ckpts[0] + " --tasks listops");
+  EXPECT_EQ(e.code, 0) << e.out;
+  EXPECT_NE(e.out.find("listops loss"), std::string::npos) << e.out;
 }
 
 TEST(Finetune, InitLoadsThePretrainedBody) {
