@@ -202,6 +202,66 @@ void parse_checkpoint(Section s, CheckpointConfig& c) {
   s.finish();
 }
 
+void parse_task(Section s, TaskConfig& c, const Recipe& r) {
+  s.get("kind", c.kind);
+  choice(s, "kind", c.kind, {"lm", "classification", "qa", "listops"});
+  const bool files = c.kind == "classification" || c.kind == "qa";
+  // Keys that only some kinds read are rejected for the others, so a typo in
+  // `kind` cannot silently drop them.
+  auto only = [&](const char* key, bool allowed, const std::string& kinds) {
+    s.check(allowed || !s.has(key), key, "applies only to kind " + kinds + " (kind is '" + c.kind + "')");
+  };
+  only("train", files, "classification, qa");
+  only("eval", files, "classification, qa");
+  only("num_labels", c.kind == "classification", "classification");
+  only("max_answer_len", c.kind == "qa", "qa");
+  only("eval_items", files, "classification, qa");
+  only("listops", c.kind == "listops", "listops");
+  only("init", c.finetune(), "classification, qa, listops");
+  only("global_attention", c.finetune(), "classification, qa, listops");
+  if (!c.finetune()) {
+    s.finish();
+    return;
+  }
+  s.get("init", c.init).get("global_attention", c.global_attention);
+  choice(s, "global_attention", c.global_attention, {"auto", "none"});
+  s.check(c.init.empty() || std::filesystem::is_directory(c.init), "init",
+          "'" + c.init + "': no such checkpoint directory");
+  s.check(r.curriculum.phases.empty(), "kind",
+          "fine-tuning runs one phase; remove the curriculum section (or use kind: lm)");
+  if (files) {
+    s.get("train", c.train).get("eval", c.eval).get("eval_items", c.eval_items);
+    for (const char* key : {"train", "eval"}) {
+      const std::string& path = std::string(key) == "train" ? c.train : c.eval;
+      s.check(!path.empty(), key, "kind " + c.kind + " needs a JSONL file here");
+      s.check(std::filesystem::is_regular_file(path), key, "'" + path + "': no such file");
+    }
+    s.check(c.eval_items >= 0, "eval_items", "must be >= 0 (0: all)");
+  }
+  if (c.kind == "classification") {
+    s.get("num_labels", c.num_labels);
+    s.check(c.num_labels == 0 || c.num_labels >= 2, "num_labels", "must be >= 2 (or 0: from the data)");
+  }
+  if (c.kind == "qa") {
+    s.get("max_answer_len", c.max_answer_len);
+    s.check(c.max_answer_len >= 1, "max_answer_len", "must be >= 1");
+  }
+  if (c.kind == "listops") {
+    Section l = s.sub("listops");
+    ListOpsTaskConfig& o = c.listops;
+    l.get("max_depth", o.max_depth).get("max_args", o.max_args).get("train_items", o.train_items);
+    l.get("eval_items", o.eval_items).get("seed", o.seed);
+    l.check(o.max_depth >= 1, "max_depth", "must be >= 1");
+    l.check(o.max_args >= 2, "max_args", "must be >= 2");
+    l.check(o.train_items >= 0, "train_items", "must be >= 0 (0: a new item at every draw)");
+    l.check(o.eval_items >= 1, "eval_items", "must be >= 1");
+    // The generator needs 10 characters for its smallest expression, plus the classification token.
+    l.finish();
+    s.check(r.train.seq_len >= 11, "kind", "listops needs train.seq_len >= 11, got " + std::to_string(r.train.seq_len));
+  }
+  s.finish();
+}
+
 }  // namespace
 
 Recipe parse_recipe(YAML::Node root, const std::string& file) {
@@ -220,6 +280,9 @@ Recipe parse_recipe(YAML::Node root, const std::string& file) {
     Section curriculum = top.sub("curriculum");
     parse_curriculum(curriculum, r);
   }
+  // Only a recipe that has the section resolves it, so language-model recipes
+  // (and their checkpoints) read as before.
+  if (top.has("task")) parse_task(top.sub("task"), r.task, r);
   top.finish();
   if (!r.curriculum.phases.empty()) {
     // Each phase is a recipe of its own, validated (mixers included) here.

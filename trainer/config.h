@@ -76,6 +76,31 @@ struct CheckpointConfig {
   int64_t keep_last = 3;
 };
 
+// Recipe section `task` (absent: language modelling). Fine-tuning trains a
+// head on the LM body with the task's loss through the same loop
+// (trainer/task_objective.h). Sequences are at most train.seq_len tokens.
+struct ListOpsTaskConfig {
+  int64_t max_depth = 10;
+  int64_t max_args = 10;
+  int64_t train_items = 0;  // 0: a new item at every draw; else cycle through this many
+  int64_t eval_items = 500;
+  int64_t seed = 11;        // train items are drawn from (seed, 0), eval items from (seed, 1)
+};
+
+struct TaskConfig {
+  std::string kind = "lm";  // lm | classification | qa | listops
+  std::string train, eval;  // classification, qa: JSONL files (data/finetune_examples.h)
+  int64_t num_labels = 0;   // classification: 0 = from the data
+  std::string init;         // a pretrained LM checkpoint whose weights start the body
+  // auto: Longformer's task-driven global attention (the pooled token; the
+  // question tokens) for mixers that have global projections; none: off.
+  std::string global_attention = "auto";
+  int64_t max_answer_len = 30;  // qa: longest span the decoder considers (tokens)
+  int64_t eval_items = 0;       // classification, qa: cap on eval examples (0: all)
+  ListOpsTaskConfig listops;
+  bool finetune() const { return kind != "lm"; }
+};
+
 struct Recipe {
   RunConfig run;
   ModelConfig model;
@@ -83,6 +108,7 @@ struct Recipe {
   TrainConfig train;
   CheckpointConfig checkpoint;
   CurriculumConfig curriculum;  // staged training (trainer/curriculum.h); empty: none
+  TaskConfig task;
   YAML::Node resolved;  // every value in force, defaults filled in
   std::string file;     // where it came from
 };

@@ -10,13 +10,13 @@
 #include <nlohmann/json.hpp>
 
 #include "data/rng.h"
-#include "data/sampler.h"
 #include "trainer/checkpoint.h"
 #include "trainer/checksum.h"
 #include "trainer/device.h"
 #include "trainer/distributed.h"
 #include "trainer/extend.h"
 #include "trainer/metrics.h"
+#include "trainer/objective.h"
 #include "trainer/schedule.h"
 #include "trainer/signals.h"
 
@@ -38,9 +38,9 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::unique_ptr<torch::optim::AdamW> make_optimizer(LanguageModel& model, const TrainConfig& c) {
+std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module, const TrainConfig& c) {
   std::vector<torch::Tensor> decay, no_decay;
-  for (const auto& item : model->named_parameters()) {
+  for (const auto& item : module.named_parameters()) {
     (decays(item.key(), item.value(), c.decay_embeddings) ? decay : no_decay).push_back(item.value());
   }
   auto opts = [&](double wd) {
@@ -53,26 +53,10 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(LanguageModel& model, const 
   return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(c.lr));
 }
 
-json eval_record(int64_t step, const EvalResult& r) {
-  json j = {{"eval", true}, {"step", step}, {"val_loss", r.loss}, {"val_bpb", r.bits_per_byte},
-            {"val_ppl", r.perplexity}, {"val_tokens", r.tokens}};
-  if (r.long_range_count) {
-    j["long_range_accuracy"] = r.long_range_accuracy;
-    j["long_range_bits"] = r.long_range_bits;
-    j["long_range_count"] = r.long_range_count;
-  }
-  return j;
-}
-
-void print_eval(const char* label, int64_t step, const EvalResult& r) {
-  std::cout << label << " (step " << step << "): val loss " << r.loss << ", " << r.bits_per_byte
-            << " bits/byte";
-  if (r.long_range_count) {
-    std::cout << ", long-range accuracy " << 100.0 * r.long_range_accuracy << "% (" << r.long_range_bits
-              << " bits; chance " << 100.0 * kLongRangeChanceAccuracy << "%, " << kLongRangeChanceBits
-              << " bits)";
-  }
-  std::cout << std::endl;
+int64_t count_parameters(torch::nn::Module& module) {
+  int64_t n = 0;
+  for (const auto& p : module.parameters()) n += p.numel();
+  return n;
 }
 
 // Prints a curriculum's phases, one line each.
@@ -131,7 +115,14 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   }
   const std::vector<Phase> phases = build_phases(recipe);
   const int64_t total_steps = phases.back().end_step();
-  const Corpus corpus = build_corpus(recipe.data, *tokenizer);
+  ObjectiveContext octx;
+  octx.recipe = &recipe;
+  octx.tokenizer = tokenizer.get();
+  octx.device = device;
+  octx.bf16 = bf16;
+  octx.seed = static_cast<uint64_t>(recipe.run.seed);
+  // The hook between this loop and what it trains (trainer/objective.h).
+  std::unique_ptr<Objective> objective = make_objective(octx);
 
   TrainResult result;
   result.run_dir = recipe.run.dir;
@@ -161,24 +152,28 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
   LanguageModel model(phases[phase].recipe->model);
   model->to(device);
-  auto optimizer = make_optimizer(model, phases[phase].recipe->train);
+  // A fine-tuning task puts its head on the body here (module() holds both).
+  objective->start_phase(*phases[phase].recipe, model, dist.rank(), dist.world_size());
+  auto optimizer = make_optimizer(objective->module(), phases[phase].recipe->train);
   TrainState state;
   state.sampler_seed = static_cast<uint64_t>(recipe.run.seed);
+  // A task's pretrained body: --init, or the recipe's task.init.
+  const std::string init = options.init.empty() ? recipe.task.init : options.init;
   if (!resume_from.empty()) {
-    state = load_checkpoint(resume_from, *model, optimizer.get(), device);
+    state = load_checkpoint(resume_from, objective->module(), optimizer.get(), device);
     if (main_rank) std::cout << "resumed from " << resume_from << " at step " << state.step << std::endl;
-  } else if (!options.init.empty()) {
-    init_from_checkpoint(options.init, *model, device);
-    if (main_rank) std::cout << "initialised from " << options.init << std::endl;
+  } else if (!init.empty()) {
+    init_from_checkpoint(init, *model, device);
+    if (main_rank) std::cout << "initialised from " << init << std::endl;
   }
   if (!resume_from.empty()) {
     // Each rank keeps its own optimizer state, so each must have loaded the same checkpoint.
-    check_same_on_all_ranks(dist, parameter_checksum(*model) ^ static_cast<uint64_t>(state.step),
+    check_same_on_all_ranks(dist, parameter_checksum(objective->module()) ^ static_cast<uint64_t>(state.step),
                             "the checkpoint loaded from " + resume_from + " (is run.dir on a file system all nodes share?)");
   }
   // Replicas start from rank 0's weights, whatever each rank built or loaded.
-  broadcast_module(dist, *model);
-  check_same_on_all_ranks(dist, parameter_checksum(*model), "the parameters after the broadcast from rank 0");
+  broadcast_module(dist, objective->module());
+  check_same_on_all_ranks(dist, parameter_checksum(objective->module()), "the parameters after the broadcast from rank 0");
 
   if (main_rank) {
     if (options.print_recipe) std::cout << "# resolved recipe\n" << recipe_to_string(recipe);
@@ -186,8 +181,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       std::ofstream out(fs::path(recipe.run.dir) / "recipe.yaml");
       out << recipe_to_string(recipe);
     }
-    std::cout << "data: " << corpus.description << "\n"
-              << "model: " << model->num_parameters() << " parameters, mixer '" << recipe.model.mixer.type
+    std::cout << "data: " << objective->description() << "\n"
+              << "model: " << count_parameters(objective->module()) << " parameters, mixer '" << recipe.model.mixer.type
               << "', device " << device << (bf16 ? " (bf16 autocast)" : " (fp32)") << std::endl;
     if (dist.active()) {
       std::cout << "data parallel: " << dist.world_size() << " ranks over " << dist.backend_name()
@@ -205,37 +200,27 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   auto write_metrics = [&](const json& j) {
     if (metrics) metrics->write(j);
   };
-  const auto window_start = parse_window_start(recipe.data.window_start);
-  std::unique_ptr<WindowSampler> sampler;
-  EvalOptions eo;
-  eo.device = device;
-  eo.bf16 = bf16;
-  auto use_phase = [&](int64_t p) {
-    const TrainConfig& tc = phases[p].recipe->train;
-    // This rank's rows are slots rank*b .. rank*b+b-1 of the global batch.
-    sampler = std::make_unique<WindowSampler>(corpus.train, tc.seq_len, static_cast<uint64_t>(recipe.run.seed),
-                                              dist.rank() * tc.batch_size, window_start);
-    eo.seq_len = tc.seq_len;
-    eo.max_windows = tc.eval_docs;
-    eo.batch_size = tc.batch_size;
-  };
-  use_phase(phase);
-  auto eval_entry = [&](int64_t step, const EvalResult& r) {
-    json j = eval_record(step, r);
+  // Evaluates, logs the record to metrics.jsonl and a line to the terminal.
+  auto run_eval = [&](const char* label, int64_t step) {
+    Evaluation e = objective->evaluate();
+    json j = {{"eval", true}, {"step", step}};
+    j.update(e.record);
     j["phase"] = phase;
-    j["seq_len"] = eo.seq_len;
-    return j;
+    write_metrics(j);
+    std::cout << label << " (step " << step << "): " << e.line << std::endl;
+    return e;
   };
+  Evaluation before;
   if (state.step == 0 && main_rank) {
-    result.before = evaluate(model, corpus.val, *tokenizer, eo);
+    before = run_eval("eval before training", 0);
+    result.before = before.lm;
+    result.task_before = before.task;
     result.has_before = true;
-    write_metrics(eval_entry(0, result.before));
-    print_eval("eval before training", 0, result.before);
   }
 
   install_stop_handlers();
   model->train();
-  std::vector<torch::Tensor> params = model->parameters();
+  std::vector<torch::Tensor> params = objective->module().parameters();
   std::unique_ptr<GradientReducer> reducer;
   if (dist.active()) reducer = std::make_unique<GradientReducer>(dist, params);
   double allreduce_ms = 0, allreduce_wait_ms = 0;  // summed since the last log line
@@ -253,7 +238,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   auto save = [&]() -> std::string {
     if (!main_rank) return "";
     state.phase = phase;
-    return save_checkpoint(recipe.run.dir, phases[phase].recipe->resolved, *model, *optimizer, state,
+    return save_checkpoint(recipe.run.dir, phases[phase].recipe->resolved, objective->module(), *optimizer, state,
                            recipe.checkpoint.keep_last);
   };
 
@@ -270,14 +255,14 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       next_model->to(device);
       next_model->train();
       model = next_model;
-      optimizer = make_optimizer(model, phases[next].recipe->train);
-      params = model->parameters();
+      objective->start_phase(*phases[next].recipe, model, dist.rank(), dist.world_size());
+      optimizer = make_optimizer(objective->module(), phases[next].recipe->train);
+      params = objective->module().parameters();
       reducer.reset();
       if (dist.active()) reducer = std::make_unique<GradientReducer>(dist, params);
       phase = next;
-      use_phase(phase);
       newline();
-      if (main_rank) std::cout << "phase " << phase << " from step " << state.step + 1 << ": seq_len " << eo.seq_len << ", lr "
+      if (main_rank) std::cout << "phase " << phase << " from step " << state.step + 1 << ": seq_len " << phases[phase].recipe->train.seq_len << ", lr "
                 << phases[phase].recipe->train.lr << std::endl;
     }
     const TrainConfig& tc = phases[phase].recipe->train;
@@ -296,25 +281,18 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     const bool log_step = (state.step + 1) % tc.log_every == 0 || state.step + 1 == total_steps;
     optimizer->zero_grad();
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
-    // Each micro-batch loss is a mean over its tokens, and every micro-batch of
-    // every rank has the same token count (all targets count), so dividing by
-    // their number in the global step makes the gradient summed over ranks that
-    // of the mean loss over the global batch's tokens.
+    // Each micro-batch loss is a mean over its tokens (or examples), and every
+    // micro-batch of every rank weighs the same, so dividing by their number in
+    // the global step makes the gradient summed over ranks that of the mean
+    // loss over the global batch.
     const double micro_batches = static_cast<double>(tc.grad_accum * dist.world_size());
+    int64_t step_tokens = 0;  // this rank's
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       if (reducer) reducer->prepare_for_backward(micro + 1 == tc.grad_accum);
-      auto batch = sampler->batch(state.step, micro, tc.batch_size).to(device);
-      auto inputs = batch.slice(1, 0, tc.seq_len);      // [B, L]
-      auto targets = batch.slice(1, 1, tc.seq_len + 1);  // [B, L]
-      torch::Tensor logits;
-      {
-        AutocastGuard autocast(device, bf16);
-        logits = model->forward(inputs);  // [B, L, V]
-      }
-      auto loss = torch::nn::functional::cross_entropy(
-          logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape(-1));
-      (loss / micro_batches).backward();
-      loss_sum = loss_sum + loss.detach();
+      const MicroBatchLoss mb = objective->micro_batch(state.step, micro);
+      (mb.loss / micro_batches).backward();
+      loss_sum = loss_sum + mb.loss.detach();
+      step_tokens += mb.tokens;
     }
     double loss_v = loss_sum.item<double>() / static_cast<double>(tc.grad_accum);
     bool stop_signalled = stop_requested();
@@ -346,15 +324,14 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       optimizer->step();
     }
     state.step += 1;
-    local_tokens += tc.batch_size * tc.seq_len * tc.grad_accum;
-    state.tokens += tc.batch_size * tc.seq_len * tc.grad_accum * dist.world_size();
+    local_tokens += step_tokens;
+    state.tokens += step_tokens * dist.world_size();
     state.elapsed_s = elapsed_before + seconds_since(t_start);
 
     if (log_step) {
       const double dt = seconds_since(t_log);
       const double tps = dt > 0 ? static_cast<double>(state.tokens - tokens_at_log) / dt : 0.0;
-      const int64_t steps_logged = (state.tokens - tokens_at_log) /
-                                   (tc.batch_size * tc.seq_len * tc.grad_accum * dist.world_size());
+      const int64_t steps_logged = (state.tokens - tokens_at_log) / std::max<int64_t>(step_tokens * dist.world_size(), 1);
       t_log = Clock::now();
       tokens_at_log = state.tokens;
       json record = {{"step", state.step}, {"loss", loss_v}, {"lr", lr}, {"grad_norm", grad_norm},
@@ -378,9 +355,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     const bool last = state.step == total_steps;
     if (!last && tc.eval_every > 0 && state.step % tc.eval_every == 0 && main_rank) {
       newline();
-      const EvalResult r = evaluate(model, corpus.val, *tokenizer, eo);
-      write_metrics(eval_entry(state.step, r));
-      print_eval("eval", state.step, r);
+      run_eval("eval", state.step);
     }
     const bool stop_after = options.stop_after > 0 && state.step - first_step >= options.stop_after;
     if (!dist.active()) stop_signalled = stop_requested();  // alone, a signal counts until the step's end
@@ -406,7 +381,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   result.skipped_steps = state.skipped_steps;
   result.phase = phase;
   if (dist.active()) {
-    const uint64_t sum = parameter_checksum(*model);
+    const uint64_t sum = parameter_checksum(objective->module());
     std::cout << "rank " << dist.rank() << ": parameter checksum " << to_hex(sum) << std::endl;
     check_same_on_all_ranks(dist, sum, "the trained parameters");
     if (main_rank) std::cout << "parameters identical on all " << dist.world_size() << " ranks" << std::endl;
@@ -414,9 +389,10 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   if (!result.interrupted) {
     result.checkpoint = save();
     if (main_rank) {
-      result.after = evaluate(model, corpus.val, *tokenizer, eo);
-      write_metrics(eval_entry(state.step, result.after));
-      print_eval("eval after training", state.step, result.after);
+      const Evaluation after = run_eval("eval after training", state.step);
+      result.after = after.lm;
+      result.task_after = after.task;
+      if (result.has_before) result.summary = objective->summary(before, after);
       std::cout << "checkpoint: " << result.checkpoint << std::endl;
     }
   }

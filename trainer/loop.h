@@ -10,7 +10,7 @@
 
 #include "model/lm.h"
 #include "trainer/config.h"
-#include "trainer/evaluate.h"
+#include "trainer/objective.h"
 
 namespace longtrain {
 
@@ -33,7 +33,9 @@ struct TrainResult {
   int64_t step = 0;
   bool interrupted = false;   // stopped early by a signal or stop_after (a checkpoint was written)
   bool has_before = false;    // evaluated before the first step (fresh runs)
-  EvalResult before, after;
+  EvalResult before, after;   // language modelling
+  TaskScore task_before, task_after;  // fine-tuning (recipe section `task`)
+  std::string summary;        // before -> after, one line (fresh runs that finished)
   std::string run_dir, checkpoint;
   int64_t skipped_steps = 0;
   int64_t phase = 0;             // curriculum phase at the end

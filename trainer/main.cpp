@@ -26,6 +26,7 @@
 #include "trainer/launch.h"
 #include "trainer/loop.h"
 #include "trainer/metrics.h"
+#include "trainer/objective.h"
 
 namespace {
 
@@ -39,15 +40,7 @@ int run_train(const std::string& recipe_file, const std::vector<std::string>& se
   opt.stop_after = stop_after;
   opt.init = init;
   const TrainResult r = train(recipe, opt);
-  if (r.has_before && !r.interrupted) {
-    std::cout << "summary: val loss " << r.before.loss << " -> " << r.after.loss << ", bits/byte "
-              << r.before.bits_per_byte << " -> " << r.after.bits_per_byte;
-    if (r.after.long_range_count) {
-      std::cout << ", long-range accuracy " << 100 * r.before.long_range_accuracy << "% -> "
-                << 100 * r.after.long_range_accuracy << "% (chance " << 100 * kLongRangeChanceAccuracy << "%)";
-    }
-    std::cout << std::endl;
-  }
+  if (!r.summary.empty()) std::cout << r.summary << std::endl;
   return 0;
 }
 
@@ -66,29 +59,82 @@ YAML::Node recipe_for_eval(const std::string& ckpt, const std::vector<std::strin
 
 // A checkpoint made ready to use: its (possibly edited) recipe, the model with
 // the checkpoint's weights on the recipe's device, and the tokenizer.
+// A fine-tuned checkpoint (recipe section `task`) also brings its task
+// objective, which holds the head on `model` and evaluates on the task's eval
+// split.
 struct LoadedModel {
   Recipe recipe;
   torch::Device device;
   std::unique_ptr<Tokenizer> tok;
   LanguageModel model;
   TrainState state;
+  std::unique_ptr<Objective> task;
 };
 
-LoadedModel load_model(const std::string& ckpt, const YAML::Node& stored) {
+LoadedModel load_model(const std::string& ckpt, const YAML::Node& stored_recipe) {
+  YAML::Node stored = YAML::Clone(stored_recipe);
+  // The weights are in the checkpoint: the pretrained one it started from is not needed (and may be gone).
+  if (stored["task"] && stored["task"].IsMap()) stored["task"].remove("init");
   Recipe recipe = parse_recipe(stored, ckpt + "/recipe.yaml");
   const torch::Device device = choose_device(recipe.train.device);
   auto tok = make_tokenizer(recipe.data.tokenizer);
   LanguageModel model(recipe.model);
   model->to(device);
-  TrainState state = load_checkpoint(ckpt, *model, nullptr, device);
-  return {std::move(recipe), device, std::move(tok), model, state};
+  std::unique_ptr<Objective> task;
+  torch::nn::Module* weights = model.ptr().get();
+  if (recipe.task.finetune()) {
+    ObjectiveContext ctx;
+    ctx.recipe = &recipe;
+    ctx.tokenizer = tok.get();
+    ctx.device = device;
+    ctx.bf16 = use_bf16(recipe.train.dtype, device);
+    ctx.seed = static_cast<uint64_t>(recipe.run.seed);
+    task = make_objective(ctx);
+    task->start_phase(recipe, model, 0, 1);
+    weights = &task->module();
+  }
+  TrainState state = load_checkpoint(ckpt, *weights, nullptr, device);
+  return {std::move(recipe), device, std::move(tok), model, state, std::move(task)};
+}
+
+// The fine-tuning task names `eval --tasks` takes besides eval_task_names().
+bool is_finetune_task(const std::string& name) {
+  return name == "classification" || name == "qa" || name == "listops";
+}
+
+// Scores a fine-tuned checkpoint on its task's eval split; prints one line.
+nlohmann::json run_finetune_eval(LoadedModel& m, const std::string& name) {
+  if (!m.task) {
+    throw std::invalid_argument("eval task '" + name + "' needs a checkpoint fine-tuned for it (recipe section task, "
+                                "README: Fine-tuning); this one is a language model");
+  }
+  if (m.recipe.task.kind != name) {
+    throw std::invalid_argument("eval task '" + name + "': this checkpoint was fine-tuned for '" + m.recipe.task.kind +
+                                "'");
+  }
+  const Evaluation e = m.task->evaluate();
+  std::cout << "  " << e.line << std::endl;
+  nlohmann::json j = e.record;
+  j.erase("task");
+  return j;
 }
 
 // `eval --tasks`: the long-context suite (trainer/eval_tasks.h) and its report.
 int run_eval_tasks_cli(const std::string& ckpt, const std::vector<std::string>& data, EvalTaskOptions opt,
                        const std::string& name, const std::string& out_file) {
-  auto [recipe, device, tok, model, state] = load_model(ckpt, recipe_for_eval(ckpt, data));
-  const Corpus corpus = build_corpus(recipe.data, *tok);
+  LoadedModel m = load_model(ckpt, recipe_for_eval(ckpt, data));
+  auto& [recipe, device, tok, model, state, task] = m;
+  std::vector<std::string> lm_tasks, finetune_tasks;
+  for (const auto& t : opt.tasks) {
+    const auto& names = eval_task_names();
+    if (!is_finetune_task(t) && std::find(names.begin(), names.end(), t) == names.end()) {
+      std::string valid;
+      for (const auto& n : names) valid += n + ", ";
+      throw std::invalid_argument("unknown eval task '" + t + "' (valid: " + valid + "classification, qa, listops)");
+    }
+    (is_finetune_task(t) ? finetune_tasks : lm_tasks).push_back(t);
+  }
+  opt.tasks = lm_tasks;
   if (opt.lengths.empty()) opt.lengths = {recipe.train.seq_len};
   opt.batch_size = recipe.train.batch_size;
   opt.device = device;
@@ -96,11 +142,18 @@ int run_eval_tasks_cli(const std::string& ckpt, const std::vector<std::string>& 
   std::string mixers;
   for (int64_t l = 0; l < recipe.model.n_layers; ++l) mixers += (l ? "," : "") + recipe.model.mixer_for(l).type;
   std::cout << "evaluation of " << ckpt << " (step " << state.step << ", " << name << ")\n";
-  nlohmann::json tasks = run_eval_tasks(model, corpus.val, *tok, opt, std::cout);
+  nlohmann::json tasks = nlohmann::json::object();
+  std::string data_description = task ? task->description() : "";
+  if (!lm_tasks.empty()) {
+    const Corpus corpus = build_corpus(recipe.data, *tok);
+    tasks = run_eval_tasks(model, corpus.val, *tok, opt, std::cout);
+    data_description = corpus.description;
+  }
+  for (const auto& t : finetune_tasks) tasks[t] = run_finetune_eval(m, t);
   nlohmann::json j = {{"name", name},
                       {"checkpoint", ckpt},
                       {"step", state.step},
-                      {"data", corpus.description},
+                      {"data", data_description},
                       {"model", {{"parameters", model->num_parameters()},
                                  {"layers", mixers},
                                  {"d_model", recipe.model.d_model},
@@ -142,7 +195,21 @@ int run_eval(const std::string& ckpt, const std::vector<std::string>& data, int6
   YAML::Node stored = recipe_for_eval(ckpt, data);
   if (docs > 0) stored["train"]["eval_docs"] = docs;
   if (seq_len > 0) stored["train"]["seq_len"] = seq_len;
-  auto [recipe, device, tok, model, state] = load_model(ckpt, stored);
+  LoadedModel m = load_model(ckpt, stored);
+  if (m.task) {
+    // A fine-tuned checkpoint: its task's own evaluation.
+    std::cout << "evaluation of " << ckpt << " (step " << m.state.step << ")\n"
+              << "  data: " << m.task->description() << "\n";
+    nlohmann::json j = {{"checkpoint", ckpt}, {"step", m.state.step}, {"data", m.task->description()}};
+    j[m.recipe.task.kind] = run_finetune_eval(m, m.recipe.task.kind);
+    if (!json_out.empty()) {
+      std::ofstream out(json_out);
+      out << j.dump(2) << "\n";
+      if (!out) throw std::runtime_error(json_out + ": cannot write");
+    }
+    return 0;
+  }
+  auto& [recipe, device, tok, model, state, task] = m;
   const Corpus corpus = build_corpus(recipe.data, *tok);
   EvalOptions eo;
   eo.seq_len = recipe.train.seq_len;
@@ -261,7 +328,8 @@ int main(int argc, char** argv) {
   EvalTaskOptions task_opt;
   std::string tasks_arg, eval_name, eval_out;
   eval->add_option("--tasks", tasks_arg,
-                   "Run the long-context suite instead: comma-separated lm,passkey,mqar (README: Evaluation)");
+                   "Run the long-context suite instead: comma-separated lm,passkey,mqar (README: Evaluation), or a "
+                   "fine-tuned checkpoint's task: classification, qa or listops (README: Fine-tuning)");
   eval->add_option("--lengths", task_opt.lengths, "Window / item lengths for --tasks (default: train.seq_len)")
       ->delimiter(',');
   eval->add_option("--stride", task_opt.stride, "lm: window stride (default: length / 2)");
