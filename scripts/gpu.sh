@@ -6,7 +6,7 @@
 #
 #   scripts/gpu.sh all          # deps build test train
 #   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
-#                               # e2e_sparse, bench_cpu, compare, dist)
+#                               # e2e_sparse, e2e, bench_cpu, compare, dist)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -95,6 +95,16 @@ step_e2e_sparse() {
     rm -rf "$OUT/e2e-$impl/checkpoints"
   done
   python3 "$ROOT/bench/compare_impl.py" "$OUT/e2e-cuda" "$OUT/e2e-reference" --out "$OUT/e2e_sparse_$(date +%F).json" | tail -n 16
+  return $rc
+}
+
+# bench/e2e: the 134M model, longtrain beside the PyTorch peer, and the
+# longest trainable sequence (bench/e2e/run.sh; BENCH_QUICK=1 to shrink).
+step_e2e() {
+  "$ROOT/bench/e2e/run.sh" "$BUILD_DIR" "$OUT/e2e" > "$OUT/e2e.log" 2>&1
+  local rc=$?
+  tail -n 24 "$OUT/e2e.log"
+  cp "$OUT"/e2e/e2e_*.json "$OUT/" 2>/dev/null
   return $rc
 }
 
