@@ -16,6 +16,7 @@
 #include "trainer/device.h"
 #include "trainer/distributed.h"
 #include "trainer/extend.h"
+#include "trainer/fused_adamw.h"
 #include "trainer/metrics.h"
 #include "trainer/schedule.h"
 #include "trainer/signals.h"
@@ -38,7 +39,12 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::unique_ptr<torch::optim::AdamW> make_optimizer(LanguageModel& model, const TrainConfig& c) {
+bool use_fused_adamw(const TrainConfig& c, const torch::Device& device) {
+  return c.fused_adamw == "true" || (c.fused_adamw == "auto" && device.is_cuda());
+}
+
+std::unique_ptr<torch::optim::AdamW> make_optimizer(LanguageModel& model, const TrainConfig& c,
+                                                    const torch::Device& device) {
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& item : model->named_parameters()) {
     (decays(item.key(), item.value(), c.decay_embeddings) ? decay : no_decay).push_back(item.value());
@@ -50,8 +56,68 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(LanguageModel& model, const 
   std::vector<torch::optim::OptimizerParamGroup> groups;
   if (!decay.empty()) groups.emplace_back(decay, opts(c.weight_decay));
   if (!no_decay.empty()) groups.emplace_back(no_decay, opts(0.0));
+  if (use_fused_adamw(c, device)) return std::make_unique<FusedAdamW>(groups, torch::optim::AdamWOptions(c.lr));
   return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(c.lr));
 }
+
+// torch::nn::utils::clip_grad_norm_ returns the norm as a double, a host
+// synchronisation every step; this one keeps it on the device. The scale is
+// min(1, max_norm / (norm + 1e-6)), applied always (x * 1 is exact).
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : params) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  if (grads.empty()) return torch::zeros({});
+  const auto norm = torch::linalg_vector_norm(torch::stack(torch::_foreach_norm(grads, 2)), 2);
+  if (std::isfinite(max_norm)) {
+    torch::NoGradGuard no_grad;
+    torch::_foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp_max(1.0));
+  }
+  return norm;
+}
+
+[[noreturn]] void throw_nonfinite(int64_t step, double loss, double grad_norm) {
+  throw NonFiniteError("non-finite " + std::string(std::isfinite(loss) ? "gradients" : "loss") + " at step " +
+                       std::to_string(step) + " (loss " + std::to_string(loss) + ", grad norm " +
+                       std::to_string(grad_norm) +
+                       "); lower train.lr, or set train.on_nonfinite: skip to drop such steps");
+}
+
+// Non-finite steps of the fused path, counted on the device between two
+// host reads: how many, and the first one's step, loss and gradient norm.
+class DeferredNonFinite {
+ public:
+  struct Seen {
+    int64_t count = 0, first_step = 0;
+    double loss = 0, grad_norm = 0;
+  };
+  void add(const torch::Tensor& bad, int64_t step, const torch::Tensor& loss, const torch::Tensor& grad_norm) {
+    const auto opts = loss.options().dtype(torch::kFloat64);
+    if (!acc_.defined()) acc_ = torch::zeros({4}, opts);  // count, first step, its loss, its norm
+    const auto first = bad & acc_[1].eq(0);
+    const auto here = torch::stack({torch::full({}, static_cast<double>(step), opts), loss.to(torch::kFloat64),
+                                    grad_norm.to(torch::kFloat64)});
+    acc_.narrow(0, 1, 3).copy_(torch::where(first, here, acc_.narrow(0, 1, 3)));
+    acc_.narrow(0, 0, 1).add_(bad.to(torch::kFloat64));
+  }
+  // Reads (one host synchronisation) and forgets what was seen.
+  Seen take() {
+    Seen s;
+    if (!acc_.defined()) return s;
+    const auto v = acc_.cpu();
+    acc_ = torch::Tensor();
+    const double* p = v.data_ptr<double>();
+    s.count = static_cast<int64_t>(p[0]);
+    s.first_step = static_cast<int64_t>(p[1]);
+    s.loss = p[2];
+    s.grad_norm = p[3];
+    return s;
+  }
+
+ private:
+  torch::Tensor acc_;
+};
 
 json eval_record(int64_t step, const EvalResult& r) {
   json j = {{"eval", true}, {"step", step}, {"val_loss", r.loss}, {"val_bpb", r.bits_per_byte},
@@ -161,7 +227,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
   LanguageModel model(phases[phase].recipe->model);
   model->to(device);
-  auto optimizer = make_optimizer(model, phases[phase].recipe->train);
+  model->set_checkpointing(parse_checkpointing(phases[phase].recipe->train.activation_checkpointing));
+  auto optimizer = make_optimizer(model, phases[phase].recipe->train, device);
   TrainState state;
   state.sampler_seed = static_cast<uint64_t>(recipe.run.seed);
   if (!resume_from.empty()) {
@@ -250,7 +317,20 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   auto t_log = Clock::now();
   int64_t tokens_at_log = state.tokens;
   reset_peak_memory(device);
+  DeferredNonFinite nonfinite;
+  // Brings the fused path's non-finite steps home: counted as skipped, or the
+  // run stops naming the first one (its update, and any after it, were skipped).
+  auto settle = [&] {
+    const DeferredNonFinite::Seen seen = nonfinite.take();
+    if (seen.count == 0) return;
+    if (phases[phase].recipe->train.on_nonfinite == "stop") {
+      newline();
+      throw_nonfinite(seen.first_step, seen.loss, seen.grad_norm);
+    }
+    state.skipped_steps += seen.count;
+  };
   auto save = [&]() -> std::string {
+    settle();
     if (!main_rank) return "";
     state.phase = phase;
     return save_checkpoint(recipe.run.dir, phases[phase].recipe->resolved, *model, *optimizer, state,
@@ -259,6 +339,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
 
   while (state.step < total_steps) {
     if (const int64_t next = phase_at(phases, state.step); next != phase) {
+      settle();
       // Phase boundary: the next phase's model (longer table, new windows)
       // takes every parameter over; AdamW and the LR schedule start afresh.
       // Building it must not draw from the training RNG, or a run resumed
@@ -269,8 +350,9 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       copy_parameters(*model, *next_model);
       next_model->to(device);
       next_model->train();
+      next_model->set_checkpointing(parse_checkpointing(phases[next].recipe->train.activation_checkpointing));
       model = next_model;
-      optimizer = make_optimizer(model, phases[next].recipe->train);
+      optimizer = make_optimizer(model, phases[next].recipe->train, device);
       params = model->parameters();
       reducer.reset();
       if (dist.active()) reducer = std::make_unique<GradientReducer>(dist, params);
@@ -306,44 +388,60 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       auto batch = sampler->batch(state.step, micro, tc.batch_size).to(device);
       auto inputs = batch.slice(1, 0, tc.seq_len);      // [B, L]
       auto targets = batch.slice(1, 1, tc.seq_len + 1);  // [B, L]
-      torch::Tensor logits;
+      torch::Tensor loss;
       {
         AutocastGuard autocast(device, bf16);
-        logits = model->forward(inputs);  // [B, L, V]
+        loss = model->loss(inputs, targets, tc.loss_chunk);  // fp32, mean over the micro-batch's tokens
       }
-      auto loss = torch::nn::functional::cross_entropy(
-          logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape(-1));
       (loss / micro_batches).backward();
       loss_sum = loss_sum + loss.detach();
     }
-    double loss_v = loss_sum.item<double>() / static_cast<double>(tc.grad_accum);
-    bool stop_signalled = stop_requested();
-    if (reducer) {
-      reducer->finish(/*synchronize=*/log_step);
-      allreduce_ms += reducer->allreduce_ms();
-      allreduce_wait_ms += reducer->wait_ms();
-      // What every rank must agree on: the global mean loss (NaN when any
-      // rank's is, so the non-finite decision is shared; the clipped gradient
-      // norm is computed from identical summed gradients) and whether a signal
-      // reached any rank, so all stop at the same step.
-      const auto agreed = all_reduce_values(dist, {loss_v, stop_signalled ? 1.0 : 0.0});
-      loss_v = agreed[0] / dist.world_size();
-      stop_signalled = agreed[1] > 0;
-    }
+    const torch::Tensor loss_mean = loss_sum / static_cast<double>(tc.grad_accum);
     const double max_norm = tc.grad_clip > 0 ? tc.grad_clip : std::numeric_limits<double>::infinity();
-    const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
-    if (!std::isfinite(loss_v) || !std::isfinite(grad_norm)) {
-      if (tc.on_nonfinite == "stop") {
-        newline();
-        throw NonFiniteError("non-finite " + std::string(std::isfinite(loss_v) ? "gradients" : "loss") +
-                             " at step " + std::to_string(state.step + 1) + " (loss " + std::to_string(loss_v) +
-                             ", grad norm " + std::to_string(grad_norm) +
-                             "); lower train.lr, or set train.on_nonfinite: skip to drop such steps");
-      }
-      optimizer->zero_grad();
-      state.skipped_steps += 1;
-    } else {
+    bool stop_signalled = stop_requested();
+    double loss_v = 0, grad_norm = 0;
+    auto* fused = dynamic_cast<FusedAdamW*>(optimizer.get());
+    if (fused && !reducer) {
+      // No host synchronisation in the step: the non-finite decision is made
+      // on the device (the fused kernel then leaves everything as it was) and
+      // read at the next settle; loss and norm are read on log steps only.
+      const torch::Tensor norm = clip_grad_norm(params, max_norm);
+      const torch::Tensor bad = torch::logical_not(torch::isfinite(loss_mean) & torch::isfinite(norm));
+      fused->set_found_inf(bad.to(torch::kFloat32));
       optimizer->step();
+      nonfinite.add(bad, state.step + 1, loss_mean, norm);
+      if (log_step) {
+        loss_v = loss_mean.item<double>();
+        grad_norm = norm.item<double>();
+      }
+    } else {
+      // Unfused or data parallel: the ranks agree on the loss and on a stop
+      // through host values, so the step reads them.
+      loss_v = loss_mean.item<double>();
+      if (reducer) {
+        reducer->finish(/*synchronize=*/log_step);
+        allreduce_ms += reducer->allreduce_ms();
+        allreduce_wait_ms += reducer->wait_ms();
+        // What every rank must agree on: the global mean loss (NaN when any
+        // rank's is, so the non-finite decision is shared; the clipped gradient
+        // norm is computed from identical summed gradients) and whether a signal
+        // reached any rank, so all stop at the same step.
+        const auto agreed = all_reduce_values(dist, {loss_v, stop_signalled ? 1.0 : 0.0});
+        loss_v = agreed[0] / dist.world_size();
+        stop_signalled = agreed[1] > 0;
+      }
+      if (fused) fused->set_found_inf(torch::Tensor());
+      grad_norm = clip_grad_norm(params, max_norm).item<double>();
+      if (!std::isfinite(loss_v) || !std::isfinite(grad_norm)) {
+        if (tc.on_nonfinite == "stop") {
+          newline();
+          throw_nonfinite(state.step + 1, loss_v, grad_norm);
+        }
+        optimizer->zero_grad();
+        state.skipped_steps += 1;
+      } else {
+        optimizer->step();
+      }
     }
     state.step += 1;
     local_tokens += tc.batch_size * tc.seq_len * tc.grad_accum;
@@ -351,6 +449,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     state.elapsed_s = elapsed_before + seconds_since(t_start);
 
     if (log_step) {
+      settle();
       const double dt = seconds_since(t_log);
       const double tps = dt > 0 ? static_cast<double>(state.tokens - tokens_at_log) / dt : 0.0;
       const int64_t steps_logged = (state.tokens - tokens_at_log) /
@@ -377,6 +476,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     }
     const bool last = state.step == total_steps;
     if (!last && tc.eval_every > 0 && state.step % tc.eval_every == 0 && main_rank) {
+      settle();
       newline();
       const EvalResult r = evaluate(model, corpus.val, *tokenizer, eo);
       write_metrics(eval_entry(state.step, r));
@@ -401,6 +501,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       result.checkpoint = save();
     }
   }
+  settle();
   newline();
   result.step = state.step;
   result.skipped_steps = state.skipped_steps;
