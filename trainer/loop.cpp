@@ -385,7 +385,10 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     const double micro_batches = static_cast<double>(tc.grad_accum * dist.world_size());
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       if (reducer) reducer->prepare_for_backward(micro + 1 == tc.grad_accum);
-      auto batch = sampler->batch(state.step, micro, tc.batch_size).to(device);
+      auto batch = sampler->batch(state.step, micro, tc.batch_size);
+      // A copy from pageable memory waits for the GPU to drain; from pinned
+      // memory it is queued behind the previous step's work instead.
+      batch = device.is_cuda() ? batch.pin_memory().to(device, /*non_blocking=*/true) : batch.to(device);
       auto inputs = batch.slice(1, 0, tc.seq_len);      // [B, L]
       auto targets = batch.slice(1, 1, tc.seq_len + 1);  // [B, L]
       torch::Tensor loss;
