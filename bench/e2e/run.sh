@@ -11,7 +11,9 @@
 #   BENCH_QUICK=1    L = 4K and 16K only, fewer steps, probe up to 512K/1M
 #   E2E_MIXERS="full sliding"  E2E_LENGTHS="4k"  E2E_SKIP_PEERS=1  E2E_SKIP_PROBE=1
 #   PEERS_REFERENCE=path  (default: the first of .carry/, shared/bench/, ../shared/bench/)
-# Budget: about 7 minutes on an H100 in full, 3 in quick mode.
+#   E2E_BUDGET_S=470  wall-clock budget (the whole run stays under ~8 min):
+#                     longtrain runs start until 53% of it, the peer runs
+#                     until 77%, the probe until 100%; what is cut is reported
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD_DIR="${1:?usage: run.sh BUILD_DIR OUT_DIR}"
@@ -21,28 +23,34 @@ HERE="$ROOT/bench/e2e"
 mkdir -p "$OUT_DIR/runs"
 rm -f "$OUT_DIR/peers.jsonl" "$OUT_DIR/longest.jsonl"
 
+TOTAL="${E2E_BUDGET_S:-470}"
+STEPS=10  # 5 warm-up (one log interval) + 5 timed
 if [ -n "${BENCH_QUICK:-}" ]; then
-  STEPS=10 LENGTHS="${E2E_LENGTHS:-4k 16k}" PROBE_MAX_SLIDING=524288 PROBE_MAX_LINEAR=1048576
+  LENGTHS="${E2E_LENGTHS:-4k 16k}" PROBE_MAX_SLIDING=524288 PROBE_MAX_LINEAR=1048576
 else
-  STEPS=15 LENGTHS="${E2E_LENGTHS:-4k 16k 64k}" PROBE_MAX_SLIDING=1048576 PROBE_MAX_LINEAR=4194304
+  LENGTHS="${E2E_LENGTHS:-4k 16k 64k}" PROBE_MAX_SLIDING=1048576 PROBE_MAX_LINEAR=2097152
 fi
+over_budget() { [ "$SECONDS" -ge "$BUDGET" ] && echo "$1: skipped (its share of E2E_BUDGET_S=$TOTAL, ${BUDGET} s, is spent)"; }
 MIXERS="${E2E_MIXERS:-full sliding linear hybrid}"
 declare -A LEN=([4k]=4096 [16k]=16384 [64k]=65536)
 
 # longtrain: the first 5 steps (one log interval) are the warm-up, the rest timed.
+BUDGET=$((TOTAL * 53 / 100))
 for mixer in $MIXERS; do
   for tag in $LENGTHS; do
     name="$mixer-$tag" run="$OUT_DIR/runs/$mixer-$tag"
     rm -rf "$run"
+    over_budget "$name" && continue
     timeout 240 "$BIN" train "$HERE/recipes/$name.yaml" --set run.dir="$run" --set train.steps="$STEPS" \
       > "$OUT_DIR/$name.log" 2>&1 || echo "$name: longtrain failed (exit $?), see $name.log"
     rm -rf "$run/checkpoints"
-    tail -n 1 "$run/metrics.jsonl" 2>/dev/null | cut -c1-160
+    grep -v '"eval"' "$run/metrics.jsonl" 2>/dev/null | tail -n 1 | cut -c1-200
   done
 done
 
+BUDGET=$((TOTAL * 77 / 100))
 # The PyTorch peer, same configs, in one process (one CUDA start-up).
-if [ -z "${E2E_SKIP_PEERS:-}" ]; then
+if [ -z "${E2E_SKIP_PEERS:-}" ] && ! over_budget peers; then
   peers="${PEERS_REFERENCE:-}"
   for p in "$ROOT/.carry/peers_reference.py" "$ROOT/shared/bench/peers_reference.py" \
            "$ROOT/../shared/bench/peers_reference.py"; do
@@ -54,7 +62,7 @@ if [ -z "${E2E_SKIP_PEERS:-}" ]; then
     [ "$peers" -ef "$ROOT/.carry/peers_reference.py" ] || cp "$peers" "$ROOT/.carry/peers_reference.py"
     configs=()
     for mixer in $MIXERS; do for tag in $LENGTHS; do configs+=("$mixer:${LEN[$tag]}"); done; done
-    timeout 300 python3 "$HERE/peer_lm.py" --peers "$ROOT/.carry/peers_reference.py" --out "$OUT_DIR/peers.jsonl" \
+    timeout $((BUDGET - SECONDS + 20)) python3 "$HERE/peer_lm.py" --peers "$ROOT/.carry/peers_reference.py" --out "$OUT_DIR/peers.jsonl" \
       --steps $((STEPS - 5)) --warmup 3 "${configs[@]}" > "$OUT_DIR/peers.log" 2>&1 || echo "peers: exit $?"
     cut -c1-200 "$OUT_DIR/peers.jsonl" 2>/dev/null
   else
@@ -62,13 +70,15 @@ if [ -z "${E2E_SKIP_PEERS:-}" ]; then
   fi
 fi
 
-# Longest sequence: batch 1, full checkpointing, chunked loss, 2 steps; L doubles from 64K.
+# Longest sequence: batch 1, full checkpointing, chunked loss, one step; L
+# doubles from $3 (the 64K configs above already train at batch 1).
 probe() {
-  local mixer=$1 max=$2 L=65536 recipe="$HERE/recipes/$1-64k.yaml"
+  local mixer=$1 max=$2 L=$3 recipe="$HERE/recipes/$1-64k.yaml"
   while [ "$L" -le "$max" ]; do
+    over_budget "probe $mixer L=$L" && break
     local run="$OUT_DIR/probe/$mixer-$L" t0=$SECONDS rc
     rm -rf "$run"
-    timeout 150 "$BIN" train "$recipe" --set run.dir="$run" --set train.steps=2 --set train.warmup=0 \
+    timeout 150 "$BIN" train "$recipe" --set run.dir="$run" --set train.steps=1 --set train.warmup=0 \
       --set train.log_every=1 --set train.batch_size=1 --set train.seq_len=$L \
       --set train.activation_checkpointing=full --set train.loss_chunk=8192 > "$OUT_DIR/probe-$mixer-$L.log" 2>&1
     rc=$?
@@ -82,9 +92,10 @@ probe() {
     L=$((L * 2))
   done
 }
+BUDGET=$TOTAL
 if [ -z "${E2E_SKIP_PROBE:-}" ]; then
-  probe sliding "$PROBE_MAX_SLIDING"
-  probe linear "$PROBE_MAX_LINEAR"
+  probe sliding "$PROBE_MAX_SLIDING" 131072
+  probe linear "$PROBE_MAX_LINEAR" 262144
 fi
 
 json="$OUT_DIR/e2e_$(date +%F).json"
