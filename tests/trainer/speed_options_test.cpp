@@ -93,6 +93,33 @@ TEST(SpeedTraining, DeviceSideNonFiniteStepsAreSkipped) {
   EXPECT_EQ(records.back()["skipped_steps"].get<int64_t>(), r.skipped_steps);
 }
 
+TEST(SpeedTraining, CurriculumPhasesKeepTheSwitches) {
+  // The phase boundary builds a new model and optimizer: both must take the
+  // phase's switches again and train as the plain staged run does.
+  auto staged = [](const std::string& dir, std::vector<std::string> extra) {
+    auto o = tiny_overrides(dir);
+    for (const std::string s :
+         {"model.max_positions=32", "model.mixer={type: sliding, block: 8}", "model.dropout=0.1",
+          "curriculum.phases=[{seq_len: 32, steps: 4, window: 8, batch_size: 4}, "
+          "{seq_len: 64, steps: 4, window: 16, batch_size: 2, lr: 1.5e-3, warmup: 1}]"})
+      o.push_back(s);
+    o.insert(o.end(), extra.begin(), extra.end());
+    return load_recipe("", o);
+  };
+  TrainOptions opt;
+  opt.print_recipe = false;
+  const auto plain_dir = fresh_run_dir("speed_staged_plain");
+  train(staged(plain_dir, {"train.loss_chunk=0", "train.fused_adamw=false"}), opt);
+  const auto fast_dir = fresh_run_dir("speed_staged_fast");
+  TrainResult r = train(staged(fast_dir, {"train.loss_chunk=40", "train.fused_adamw=true",
+                                          "train.activation_checkpointing=mixer"}), opt);
+  EXPECT_EQ(r.phase, 1);
+  const auto a = logged_losses(plain_dir), b = logged_losses(fast_dir);
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-3) << "step " << i + 1;
+}
+
 TEST(SpeedRecipe, BenchE2eRecipesAreTheAnchorModel) {
   // bench/e2e/recipes: 12 files, each 65,536 tokens per step, and the model
   // is ANCHORS.md's 134M one.
