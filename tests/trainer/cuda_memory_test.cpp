@@ -59,7 +59,8 @@ void check_linear(const std::string& mixer) {
       EXPECT_LE(static_cast<double>(peak), 4.0 * static_cast<double>(prev) + fixed) << mixer << " L=" << L;
     }
     prev = peak;
-    std::cout << mixer << " L=" << L << ": step peak " << peak / (1 << 20) << " MiB" << std::endl;
+    // Into the JUnit XML (scripts/gpu.sh test), for the memory table.
+    ::testing::Test::RecordProperty("peak_mib_L" + std::to_string(L), std::to_string(peak >> 20));
   }
 }
 
