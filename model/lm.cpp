@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "model/chunked_cross_entropy.h"
+
 namespace longtrain {
 
 NormImpl::NormImpl(const std::string& kind, int64_t dim) : rms_(kind == "rmsnorm") {
@@ -40,9 +42,37 @@ BlockImpl::BlockImpl(const ModelConfig& cfg, int64_t layer) : dropout_(cfg.dropo
   proj_ = register_module("proj", torch::nn::Linear(hidden, cfg.d_model));
 }
 
+std::vector<torch::Tensor> BlockImpl::parameters_of(std::initializer_list<torch::nn::Module*> modules) const {
+  std::vector<torch::Tensor> out;
+  for (auto* m : modules) {
+    for (const auto& p : m->parameters()) out.push_back(p);
+  }
+  return out;
+}
+
+torch::Tensor BlockImpl::mixer_branch(const torch::Tensor& x, const MixerContext& ctx) {
+  return mixer_->forward(norm1_->forward(x), ctx);
+}
+
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, const MixerContext& ctx) {
+  if (checkpointing_ != Checkpointing::kFull) return block(x, ctx, checkpointing_ == Checkpointing::kMixer);
+  auto fn = [this, ctx](const std::vector<torch::Tensor>& in) {
+    return std::vector<torch::Tensor>{block(in[0], ctx, false)};
+  };
+  return checkpoint(fn, {x}, parameters())[0];
+}
+
+torch::Tensor BlockImpl::block(const torch::Tensor& x, const MixerContext& ctx, bool checkpoint_mixer) {
   const bool drop = is_training() && dropout_ > 0;
-  auto h = mixer_->forward(norm1_->forward(x), ctx);
+  torch::Tensor h;
+  if (checkpoint_mixer) {
+    auto fn = [this, ctx](const std::vector<torch::Tensor>& in) {
+      return std::vector<torch::Tensor>{mixer_branch(in[0], ctx)};
+    };
+    h = checkpoint(fn, {x}, parameters_of({norm1_.get(), mixer_.get()}))[0];
+  } else {
+    h = mixer_branch(x, ctx);
+  }
   auto y = x + (drop ? torch::dropout(h, dropout_, true) : h);
   auto m = proj_->forward(torch::gelu(fc_->forward(norm2_->forward(y)), "tanh"));
   return y + (drop ? torch::dropout(m, dropout_, true) : m);
@@ -98,9 +128,29 @@ int64_t LanguageModelImpl::num_parameters() const {
 }
 
 torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, const MixerContext& context) {
-  auto x = hidden(tokens, context);
-  // [B, L, D] -> [B, L, V]
+  return head(hidden(tokens, context));  // [B, L, D] -> [B, L, V]
+}
+
+torch::Tensor LanguageModelImpl::head(const torch::Tensor& x) {
   return head_ ? head_->forward(x) : torch::linear(x, tok_emb_->weight);
+}
+
+torch::Tensor LanguageModelImpl::loss(const torch::Tensor& tokens, const torch::Tensor& targets,
+                                      int64_t loss_chunk, const MixerContext& ctx) {
+  TORCH_CHECK(targets.sizes() == tokens.sizes(), "loss: targets ", targets.sizes(), " must match tokens ",
+              tokens.sizes());
+  auto x = hidden(tokens, ctx);
+  const torch::Tensor& weight = head_ ? head_->weight : tok_emb_->weight;  // [V, D]
+  const auto flat = x.reshape({-1, x.size(-1)});                            // [B*L, D]
+  if (loss_chunk > 0) return chunked_cross_entropy(flat, weight, targets.reshape(-1), loss_chunk);
+  auto logits = torch::linear(flat, weight);  // [B*L, V]
+  // The softmax in fp32 at least (bf16 logits under autocast); fp64 stays fp64.
+  if (logits.scalar_type() != torch::kFloat64) logits = logits.to(torch::kFloat32);
+  return torch::nn::functional::cross_entropy(logits, targets.reshape(-1));
+}
+
+void LanguageModelImpl::set_checkpointing(Checkpointing c) {
+  for (const auto& block : *blocks_) block->as<BlockImpl>()->set_checkpointing(c);
 }
 
 torch::Tensor LanguageModelImpl::hidden(const torch::Tensor& tokens, const MixerContext& context) {

@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include "model/activation_checkpoint.h"
 #include "model/config.h"
 #include "model/mixer.h"
 
@@ -33,9 +34,16 @@ class BlockImpl : public torch::nn::Module {
   // x_t: [B, 1, D] -> [B, 1, D] through the mixer's incremental form.
   torch::Tensor step(const torch::Tensor& x_t, MixerState& state);
   const Mixer& mixer() const { return mixer_; }
+  // kMixer recomputes mixer(norm1(x)) in backward; kFull the whole block.
+  void set_checkpointing(Checkpointing c) { checkpointing_ = c; }
 
  private:
+  torch::Tensor mixer_branch(const torch::Tensor& x, const MixerContext& ctx);
+  torch::Tensor block(const torch::Tensor& x, const MixerContext& ctx, bool checkpoint_mixer);
+  std::vector<torch::Tensor> parameters_of(std::initializer_list<torch::nn::Module*> modules) const;
+
   double dropout_;
+  Checkpointing checkpointing_ = Checkpointing::kNone;
   Norm norm1_{nullptr}, norm2_{nullptr};
   Mixer mixer_;
   torch::nn::Linear fc_{nullptr}, proj_{nullptr};
@@ -55,6 +63,16 @@ class LanguageModelImpl : public torch::nn::Module {
   // The final-normed hidden states [B, L, D] that the output head reads; task
   // heads (model/task_heads.h) read them too.
   torch::Tensor hidden(const torch::Tensor& tokens, const MixerContext& ctx = {});
+  // The output head: hidden [..., D] -> logits [..., V].
+  torch::Tensor head(const torch::Tensor& hidden);
+  // Mean next-token cross-entropy of `targets` [B, L] (ignore_index -100, as
+  // torch's cross_entropy), in fp32. loss_chunk > 0 computes the output head
+  // and the loss over that many tokens at a time (model/chunked_cross_entropy.h):
+  // the [B*L, V] logits never exist whole; 0 computes them all at once.
+  torch::Tensor loss(const torch::Tensor& tokens, const torch::Tensor& targets, int64_t loss_chunk = 0,
+                     const MixerContext& ctx = {});
+  // Activation checkpointing of every block (see BlockImpl::set_checkpointing).
+  void set_checkpointing(Checkpointing c);
   // Incremental decoding (model/generate.h): "" when every layer has an
   // incremental form, else which layer lacks one and why.
   std::string step_unsupported() const;

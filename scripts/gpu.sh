@@ -6,8 +6,8 @@
 #
 #   scripts/gpu.sh all          # deps build test train
 #   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
-#                               # e2e_sparse, bench_linear, e2e_linear, bench_aft, bench_cpu,
-#                               # compare, dist)
+#                               # e2e_sparse, bench_linear, e2e_linear, bench_aft, e2e,
+#                               # bench_cpu, compare, dist)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -146,6 +146,16 @@ step_e2e_sparse() {
 step_e2e_linear() {
   e2e_pair linear linear.yaml --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 \
     --set model.n_heads=4 --set model.mixer.decay=fixed --set train.batch_size=8 --set data.synthetic.filler=40
+}
+
+# bench/e2e: the 134M model, longtrain beside the PyTorch peer, and the
+# longest trainable sequence (bench/e2e/run.sh; BENCH_QUICK=1 to shrink).
+step_e2e() {
+  "$ROOT/bench/e2e/run.sh" "$BUILD_DIR" "$OUT/e2e" > "$OUT/e2e.log" 2>&1
+  local rc=$?
+  tail -n 24 "$OUT/e2e.log"
+  cp "$OUT"/e2e/e2e_*.json "$OUT/" 2>/dev/null
+  return $rc
 }
 
 # Data parallel over NCCL on all of this machine's GPUs (needs 2+): the tiny

@@ -167,6 +167,8 @@ void parse_train(Section s, TrainConfig& c, const ModelConfig& m, bool staged) {
   s.get("on_nonfinite", c.on_nonfinite).get("log_every", c.log_every);
   s.get("eval_every", c.eval_every).get("eval_docs", c.eval_docs).get("threads", c.threads);
   s.get("dist_timeout_s", c.dist_timeout_s);
+  s.get("activation_checkpointing", c.activation_checkpointing).get("loss_chunk", c.loss_chunk);
+  s.get("fused_adamw", c.fused_adamw);
   s.check(c.steps > 0, "steps", "must be > 0");
   s.check(c.batch_size > 0, "batch_size", "must be > 0");
   s.check(c.seq_len > 1, "seq_len", "must be > 1");
@@ -192,6 +194,9 @@ void parse_train(Section s, TrainConfig& c, const ModelConfig& m, bool staged) {
   s.check(c.eval_docs >= 1, "eval_docs", "must be >= 1");
   s.check(c.threads >= 0, "threads", "must be >= 0");
   s.check(c.dist_timeout_s > 0, "dist_timeout_s", "must be > 0 (seconds)");
+  choice(s, "activation_checkpointing", c.activation_checkpointing, {"none", "mixer", "full"});
+  s.check(c.loss_chunk >= 0, "loss_chunk", "must be >= 0 (tokens per chunk; 0: plain cross-entropy)");
+  choice(s, "fused_adamw", c.fused_adamw, {"auto", "true", "false"});
   s.finish();
 }
 

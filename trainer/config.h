@@ -61,11 +61,24 @@ struct TrainConfig {
   double grad_clip = 1.0;  // 0 disables clipping (the norm is still logged)
   std::string device = "auto";  // auto | cpu | cuda
   std::string dtype = "auto";   // auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-  std::string on_nonfinite = "stop";  // stop | skip
+  // stop | skip. With the fused AdamW and one process the check runs on the
+  // device: such a step's update is skipped there and the run stops (or
+  // counts it) at the next log step, checkpoint or evaluation.
+  std::string on_nonfinite = "stop";
   int64_t log_every = 10;
   int64_t eval_every = 100;  // 0: only before and after training
   int64_t eval_docs = 64;    // validation documents (or windows) per evaluation
   int64_t threads = 0;       // CPU intra-op threads; 0: all cores
+  // Speed and memory (model/activation_checkpoint.h, model/chunked_cross_entropy.h,
+  // trainer/fused_adamw.h):
+  // none | mixer (recompute each block's mixer in backward, keep the MLP's
+  // activations) | full (recompute whole blocks: only block inputs are kept)
+  std::string activation_checkpointing = "none";
+  // Tokens per chunk of the fused output head + cross-entropy; 0: plain (the
+  // whole [tokens, vocab] logits at once). 8192 keeps the chunk's logits at
+  // 1 GiB in fp32 for a 32K vocabulary while its matmuls stay large.
+  int64_t loss_chunk = 8192;
+  std::string fused_adamw = "auto";  // auto (on CUDA) | true | false
   // Data parallel (trainer/distributed.h): a collective (or the rendezvous)
   // that takes longer fails the run on every rank instead of hanging it.
   double dist_timeout_s = 300;

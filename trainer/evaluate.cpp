@@ -27,6 +27,10 @@ std::vector<Window> make_windows(const TokenStream& s, int64_t seq_len, int64_t 
 
 }  // namespace
 
+// Positions x rows per slice of the output head: 8192 tokens of a 32K
+// vocabulary are 1 GiB of fp32 log-probabilities.
+constexpr int64_t kEvalChunkTokens = 8192;
+
 EvalResult evaluate(LanguageModel& model, const TokenStream& val, const Tokenizer& tok,
                     const EvalOptions& opt) {
   const bool was_training = model->is_training();
@@ -54,28 +58,39 @@ EvalResult evaluate(LanguageModel& model, const TokenStream& val, const Tokenize
         tg_a[r][i] = val.tokens[w.start + i + 1];
       }
     }
-    torch::Tensor logits;
+    torch::Tensor hidden;
     {
       AutocastGuard autocast(opt.device, opt.bf16);
-      logits = model->forward(inputs.to(opt.device));
+      hidden = model->hidden(inputs.to(opt.device));  // [B, L, D]
     }
-    // [B, L, V] fp32 log-probabilities on the host for exact accumulation.
-    auto logp = torch::log_softmax(logits.to(torch::kFloat32), -1).cpu();
-    auto pred = logp.argmax(-1);
-    auto lp_a = logp.accessor<float, 3>();
-    auto pr_a = pred.accessor<int64_t, 2>();
-    for (int64_t r = 0; r < B; ++r) {
-      const Window& w = windows[b0 + r];
-      for (int64_t i = 0; i + 1 < w.len; ++i) {
-        const int64_t t = tg_a[r][i];
-        const double nll = -static_cast<double>(lp_a[r][i][t]);
-        nats += nll;
-        tokens += 1;
-        bytes += tok.bytes_of(static_cast<int32_t>(t));
-        if (marks && val.long_range[w.start + i + 1]) {
-          lr_count += 1;
-          lr_nats += nll;
-          lr_correct += pr_a[r][i] == t ? 1 : 0;
+    // The head and the log-softmax a slice of positions at a time, so that
+    // [B, L, V] logits never exist whole (a 1M-token window would need 128 GB).
+    const int64_t span = std::max<int64_t>(1, kEvalChunkTokens / B);
+    for (int64_t p0 = 0; p0 < width - 1; p0 += span) {
+      const int64_t n = std::min(span, width - 1 - p0);
+      torch::Tensor logits;
+      {
+        AutocastGuard autocast(opt.device, opt.bf16);
+        logits = model->head(hidden.narrow(1, p0, n));  // [B, n, V]
+      }
+      // [B, n, V] fp32 log-probabilities on the host for exact accumulation.
+      auto logp = torch::log_softmax(logits.to(torch::kFloat32), -1).cpu();
+      auto pred = logp.argmax(-1);
+      auto lp_a = logp.accessor<float, 3>();
+      auto pr_a = pred.accessor<int64_t, 2>();
+      for (int64_t r = 0; r < B; ++r) {
+        const Window& w = windows[b0 + r];
+        for (int64_t i = p0; i < std::min(p0 + n, w.len - 1); ++i) {
+          const int64_t t = tg_a[r][i];
+          const double nll = -static_cast<double>(lp_a[r][i - p0][t]);
+          nats += nll;
+          tokens += 1;
+          bytes += tok.bytes_of(static_cast<int32_t>(t));
+          if (marks && val.long_range[w.start + i + 1]) {
+            lr_count += 1;
+            lr_nats += nll;
+            lr_correct += pr_a[r][i - p0] == t ? 1 : 0;
+          }
         }
       }
     }

@@ -30,6 +30,7 @@ class LmObjective : public Objective {
     const TrainConfig& tc = phase.train;
     batch_size_ = tc.batch_size;
     seq_len_ = tc.seq_len;
+    loss_chunk_ = tc.loss_chunk;
     // This rank's rows are slots rank*b .. rank*b+b-1 of the global batch.
     sampler_ = std::make_unique<WindowSampler>(corpus_.train, tc.seq_len, ctx_.seed, rank * tc.batch_size,
                                                window_start_);
@@ -39,18 +40,21 @@ class LmObjective : public Objective {
   }
 
   MicroBatchLoss micro_batch(int64_t step, int64_t micro) override {
-    auto batch = sampler_->batch(step, micro, batch_size_).to(ctx_.device);
+    auto batch = sampler_->batch(step, micro, batch_size_);
+    // A copy from pageable memory waits for the GPU to drain; from pinned
+    // memory it is queued behind the previous step's work instead.
+    batch = ctx_.device.is_cuda() ? batch.pin_memory().to(ctx_.device, /*non_blocking=*/true) : batch.to(ctx_.device);
     auto inputs = batch.slice(1, 0, seq_len_);       // [B, L]
     auto targets = batch.slice(1, 1, seq_len_ + 1);  // [B, L]
-    torch::Tensor logits;
+    torch::Tensor loss;
     {
       AutocastGuard autocast(ctx_.device, ctx_.bf16);
-      logits = model_->forward(inputs);  // [B, L, V]
+      // fp32, the mean over the micro-batch's tokens; the head and the loss in
+      // chunks of train.loss_chunk tokens (model/chunked_cross_entropy.h).
+      loss = model_->loss(inputs, targets, loss_chunk_);
     }
     // Every micro-batch of every rank has the same token count (all targets
     // count), so equal weights give the mean over the global batch's tokens.
-    auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32),
-                                                     targets.reshape(-1));
     return {loss, batch_size_ * seq_len_};
   }
 
@@ -93,7 +97,7 @@ class LmObjective : public Objective {
   LanguageModel model_{nullptr};
   std::unique_ptr<WindowSampler> sampler_;
   EvalOptions eo_;
-  int64_t batch_size_ = 0, seq_len_ = 0;
+  int64_t batch_size_ = 0, seq_len_ = 0, loss_chunk_ = 0;
 };
 
 }  // namespace

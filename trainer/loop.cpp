@@ -15,6 +15,8 @@
 #include "trainer/device.h"
 #include "trainer/distributed.h"
 #include "trainer/extend.h"
+#include "trainer/fused_adamw.h"
+#include "trainer/step_health.h"
 #include "trainer/metrics.h"
 #include "trainer/objective.h"
 #include "trainer/schedule.h"
@@ -38,7 +40,12 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module, const TrainConfig& c) {
+bool use_fused_adamw(const TrainConfig& c, const torch::Device& device) {
+  return c.fused_adamw == "true" || (c.fused_adamw == "auto" && device.is_cuda());
+}
+
+std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module, const TrainConfig& c,
+                                                    const torch::Device& device) {
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& item : module.named_parameters()) {
     (decays(item.key(), item.value(), c.decay_embeddings) ? decay : no_decay).push_back(item.value());
@@ -50,6 +57,7 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& module, c
   std::vector<torch::optim::OptimizerParamGroup> groups;
   if (!decay.empty()) groups.emplace_back(decay, opts(c.weight_decay));
   if (!no_decay.empty()) groups.emplace_back(no_decay, opts(0.0));
+  if (use_fused_adamw(c, device)) return std::make_unique<FusedAdamW>(groups, torch::optim::AdamWOptions(c.lr));
   return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(c.lr));
 }
 
@@ -152,9 +160,10 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
   LanguageModel model(phases[phase].recipe->model);
   model->to(device);
+  model->set_checkpointing(parse_checkpointing(phases[phase].recipe->train.activation_checkpointing));
   // A fine-tuning task puts its head on the body here (module() holds both).
   objective->start_phase(*phases[phase].recipe, model, dist.rank(), dist.world_size());
-  auto optimizer = make_optimizer(objective->module(), phases[phase].recipe->train);
+  auto optimizer = make_optimizer(objective->module(), phases[phase].recipe->train, device);
   TrainState state;
   state.sampler_seed = static_cast<uint64_t>(recipe.run.seed);
   // A task's pretrained body: --init, or the recipe's task.init.
@@ -235,7 +244,20 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   auto t_log = Clock::now();
   int64_t tokens_at_log = state.tokens;
   reset_peak_memory(device);
+  DeferredNonFinite nonfinite;
+  // Brings the fused path's non-finite steps home: counted as skipped, or the
+  // run stops naming the first one (its update, and any after it, were skipped).
+  auto settle = [&] {
+    const DeferredNonFinite::Seen seen = nonfinite.take();
+    if (seen.count == 0) return;
+    if (phases[phase].recipe->train.on_nonfinite == "stop") {
+      newline();
+      throw_nonfinite(seen.first_step, seen.loss, seen.grad_norm);
+    }
+    state.skipped_steps += seen.count;
+  };
   auto save = [&]() -> std::string {
+    settle();
     if (!main_rank) return "";
     state.phase = phase;
     return save_checkpoint(recipe.run.dir, phases[phase].recipe->resolved, objective->module(), *optimizer, state,
@@ -244,6 +266,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
 
   while (state.step < total_steps) {
     if (const int64_t next = phase_at(phases, state.step); next != phase) {
+      settle();
       // Phase boundary: the next phase's model (longer table, new windows)
       // takes every parameter over; AdamW and the LR schedule start afresh.
       // Building it must not draw from the training RNG, or a run resumed
@@ -254,9 +277,10 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       copy_parameters(*model, *next_model);
       next_model->to(device);
       next_model->train();
+      next_model->set_checkpointing(parse_checkpointing(phases[next].recipe->train.activation_checkpointing));
       model = next_model;
       objective->start_phase(*phases[next].recipe, model, dist.rank(), dist.world_size());
-      optimizer = make_optimizer(objective->module(), phases[next].recipe->train);
+      optimizer = make_optimizer(objective->module(), phases[next].recipe->train, device);
       params = objective->module().parameters();
       reducer.reset();
       if (dist.active()) reducer = std::make_unique<GradientReducer>(dist, params);
@@ -294,34 +318,52 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       loss_sum = loss_sum + mb.loss.detach();
       step_tokens += mb.tokens;
     }
-    double loss_v = loss_sum.item<double>() / static_cast<double>(tc.grad_accum);
-    bool stop_signalled = stop_requested();
-    if (reducer) {
-      reducer->finish(/*synchronize=*/log_step);
-      allreduce_ms += reducer->allreduce_ms();
-      allreduce_wait_ms += reducer->wait_ms();
-      // What every rank must agree on: the global mean loss (NaN when any
-      // rank's is, so the non-finite decision is shared; the clipped gradient
-      // norm is computed from identical summed gradients) and whether a signal
-      // reached any rank, so all stop at the same step.
-      const auto agreed = all_reduce_values(dist, {loss_v, stop_signalled ? 1.0 : 0.0});
-      loss_v = agreed[0] / dist.world_size();
-      stop_signalled = agreed[1] > 0;
-    }
+    const torch::Tensor loss_mean = loss_sum / static_cast<double>(tc.grad_accum);
     const double max_norm = tc.grad_clip > 0 ? tc.grad_clip : std::numeric_limits<double>::infinity();
-    const double grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
-    if (!std::isfinite(loss_v) || !std::isfinite(grad_norm)) {
-      if (tc.on_nonfinite == "stop") {
-        newline();
-        throw NonFiniteError("non-finite " + std::string(std::isfinite(loss_v) ? "gradients" : "loss") +
-                             " at step " + std::to_string(state.step + 1) + " (loss " + std::to_string(loss_v) +
-                             ", grad norm " + std::to_string(grad_norm) +
-                             "); lower train.lr, or set train.on_nonfinite: skip to drop such steps");
-      }
-      optimizer->zero_grad();
-      state.skipped_steps += 1;
-    } else {
+    bool stop_signalled = stop_requested();
+    double loss_v = 0, grad_norm = 0;
+    auto* fused = dynamic_cast<FusedAdamW*>(optimizer.get());
+    if (fused && !reducer) {
+      // No host synchronisation in the step: the non-finite decision is made
+      // on the device (the fused kernel then leaves everything as it was) and
+      // read at the next settle; loss and norm are read on log steps only.
+      const torch::Tensor norm = clip_grad_norm(params, max_norm);
+      const torch::Tensor bad = torch::logical_not(torch::isfinite(loss_mean) & torch::isfinite(norm));
+      fused->set_found_inf(bad.to(torch::kFloat32));
       optimizer->step();
+      nonfinite.add(bad, state.step + 1, loss_mean, norm);
+      if (log_step) {
+        loss_v = loss_mean.item<double>();
+        grad_norm = norm.item<double>();
+      }
+    } else {
+      // Unfused or data parallel: the ranks agree on the loss and on a stop
+      // through host values, so the step reads them.
+      loss_v = loss_mean.item<double>();
+      if (reducer) {
+        reducer->finish(/*synchronize=*/log_step);
+        allreduce_ms += reducer->allreduce_ms();
+        allreduce_wait_ms += reducer->wait_ms();
+        // What every rank must agree on: the global mean loss (NaN when any
+        // rank's is, so the non-finite decision is shared; the clipped gradient
+        // norm is computed from identical summed gradients) and whether a signal
+        // reached any rank, so all stop at the same step.
+        const auto agreed = all_reduce_values(dist, {loss_v, stop_signalled ? 1.0 : 0.0});
+        loss_v = agreed[0] / dist.world_size();
+        stop_signalled = agreed[1] > 0;
+      }
+      if (fused) fused->set_found_inf(torch::Tensor());
+      grad_norm = clip_grad_norm(params, max_norm).item<double>();
+      if (!std::isfinite(loss_v) || !std::isfinite(grad_norm)) {
+        if (tc.on_nonfinite == "stop") {
+          newline();
+          throw_nonfinite(state.step + 1, loss_v, grad_norm);
+        }
+        optimizer->zero_grad();
+        state.skipped_steps += 1;
+      } else {
+        optimizer->step();
+      }
     }
     state.step += 1;
     local_tokens += step_tokens;
@@ -329,6 +371,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     state.elapsed_s = elapsed_before + seconds_since(t_start);
 
     if (log_step) {
+      settle();
       const double dt = seconds_since(t_log);
       const double tps = dt > 0 ? static_cast<double>(state.tokens - tokens_at_log) / dt : 0.0;
       const int64_t steps_logged = (state.tokens - tokens_at_log) / std::max<int64_t>(step_tokens * dist.world_size(), 1);
@@ -354,6 +397,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     }
     const bool last = state.step == total_steps;
     if (!last && tc.eval_every > 0 && state.step % tc.eval_every == 0 && main_rank) {
+      settle();
       newline();
       run_eval("eval", state.step);
     }
@@ -376,6 +420,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       result.checkpoint = save();
     }
   }
+  settle();
   newline();
   result.step = state.step;
   result.skipped_steps = state.skipped_steps;

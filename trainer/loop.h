@@ -10,14 +10,12 @@
 
 #include "model/lm.h"
 #include "trainer/config.h"
+#include "trainer/evaluate.h"
 #include "trainer/objective.h"
+#include "trainer/step_health.h"  // NonFiniteError
 
 namespace longtrain {
 
-// Loss or gradients went NaN/Inf and the recipe says to stop.
-struct NonFiniteError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 struct TrainOptions {
   std::string resume;  // "": fresh run; "auto": newest good checkpoint of the run; else a checkpoint dir

@@ -1,0 +1,89 @@
+// See chunked_cross_entropy.h.
+#include "model/chunked_cross_entropy.h"
+
+namespace longtrain {
+namespace {
+
+// The softmax and the sums run in fp32, or fp64 for fp64 inputs (the tests).
+torch::ScalarType accumulate_type(const torch::Tensor& hidden) {
+  return hidden.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden, const torch::Tensor& weight,
+                               const torch::Tensor& targets, int64_t chunk) {
+    const int64_t n = hidden.size(0);
+    const auto acc = accumulate_type(hidden);
+    const auto f32 = hidden.options().dtype(acc);
+    const auto valid = targets.ne(kIgnoreIndex);                  // [N]
+    const auto count = valid.sum().to(acc);                       // stays on the device
+    auto loss_sum = torch::zeros({}, f32);
+    auto grad_hidden = torch::empty_like(hidden);                 // [N, D]
+    auto grad_weight = torch::zeros(weight.sizes(), weight.options().dtype(acc));  // [V, D]
+    for (int64_t start = 0; start < n; start += chunk) {
+      const int64_t rows = std::min(chunk, n - start);
+      const auto h = hidden.narrow(0, start, rows);               // [C, D]
+      const auto t = targets.narrow(0, start, rows);              // [C]
+      const auto keep = valid.narrow(0, start, rows);             // [C]
+      // Autocast (still in force inside Function::forward) picks the matmul dtype, as for the plain head.
+      const auto raw = torch::linear(h, weight);                          // [C, V]
+      const auto compute = raw.scalar_type();  // the gradient matmuls run in it too, as autocast's would
+      const auto logits = raw.to(acc);
+      const auto logp = torch::log_softmax(logits, -1);                   // [C, V]
+      const auto safe_t = torch::where(keep, t, torch::zeros_like(t)).unsqueeze(1);  // [C, 1]
+      const auto keep_f = keep.to(acc);
+      loss_sum -= (logp.gather(1, safe_t).squeeze(1) * keep_f).sum();
+      // d(sum of losses)/d logits = softmax - onehot, on counted rows; the
+      // mean's 1/count is applied once below.
+      auto dlogits = logp.exp_();                                          // [C, V]
+      dlogits.scatter_add_(1, safe_t, -torch::ones_like(safe_t, f32));
+      dlogits.mul_(keep_f.unsqueeze(1));
+      const auto dl = dlogits.to(compute);
+      grad_hidden.narrow(0, start, rows).copy_(torch::mm(dl, weight.to(compute)));  // [C, D]
+      grad_weight.add_(torch::mm(dl.t(), h.to(compute)));                          // [V, D]
+    }
+    const auto inv = count.reciprocal();
+    grad_hidden.mul_(inv.to(grad_hidden.scalar_type()));
+    grad_weight.mul_(inv);
+    ctx->save_for_backward({grad_hidden, grad_weight.to(weight.scalar_type())});
+    return loss_sum * inv;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& g = grad_out[0];  // 0-dim
+    return {saved[0] * g.to(saved[0].scalar_type()), saved[1] * g.to(saved[1].scalar_type()), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor chunked_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& weight,
+                                    const torch::Tensor& targets, int64_t chunk) {
+  TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1),
+              "chunked_cross_entropy: hidden [N, D] ", hidden.sizes(), " and weight [V, D] ", weight.sizes(),
+              " must share D");
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == hidden.size(0), "chunked_cross_entropy: targets ",
+              targets.sizes(), " must be [N] with N = ", hidden.size(0));
+  TORCH_CHECK(chunk > 0, "chunked_cross_entropy: chunk must be > 0, got ", chunk);
+  const bool needs_grad = torch::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad());
+  if (!needs_grad) {
+    const auto acc = accumulate_type(hidden);
+    torch::Tensor sum = torch::zeros({}, hidden.options().dtype(acc));
+    for (int64_t start = 0; start < hidden.size(0); start += chunk) {
+      const int64_t rows = std::min(chunk, hidden.size(0) - start);
+      const auto logits = torch::linear(hidden.narrow(0, start, rows), weight).to(acc);
+      sum += torch::nn::functional::cross_entropy(
+          logits, targets.narrow(0, start, rows),
+          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(kIgnoreIndex));
+    }
+    return sum / targets.ne(kIgnoreIndex).sum().to(acc);
+  }
+  return ChunkedCrossEntropy::apply(hidden, weight, targets, chunk);
+}
+
+}  // namespace longtrain
