@@ -167,12 +167,16 @@ TEST_P(AftKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionError) 
       ASSERT_FALSE(torch::isnan(got[i]).any().item<bool>()) << names[i] << ": NaN (unwritten or poisoned)";
       const double e_kernel = max_err(got[i], ref64[i]), e_lowp = max_err(lowp[i], ref64[i]);
       const double scale = ref64[i].abs().max().item<double>();
-      const double rel = (got[i].to(torch::kFloat64) - ref64[i]).norm().item<double>() /
-                         std::max(ref64[i].norm().item<double>(), 1e-30);
+      const double ref_norm = ref64[i].norm().item<double>();
+      const double rel = (got[i].to(torch::kFloat64) - ref64[i]).norm().item<double>() / std::max(ref_norm, 1e-30);
       EXPECT_LE(e_kernel, 2 * e_lowp + 1e-4 * std::max(1.0, scale))
           << names[i] << " run " << run << ": kernel max err " << e_kernel << " vs low-precision reference "
           << e_lowp << " (max |ref| " << scale << ", kernel relative error " << rel << ")";
-      EXPECT_LT(rel, 1e-2) << names[i] << ": relative error";
+      // The relative check needs a reference that is not zero: at L = 1, dk
+      // is exactly 0 (the softmax over one key is 1 whatever k is), and the
+      // kernel's fp32 cancellation leaves ~1e-7 (measured on the H100): the
+      // absolute rule above governs there.
+      if (ref_norm > 1e-6) EXPECT_LT(rel, 1e-2) << names[i] << ": relative error";
     }
   }
 }
@@ -276,8 +280,8 @@ TEST_P(AftBandKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErr
       ASSERT_FALSE(torch::isnan(got[i]).any().item<bool>()) << names[i] << ": NaN (unwritten or poisoned)";
       const double e_kernel = max_err(got[i], ref64[i]), e_lowp = max_err(lowp[i], ref64[i]);
       const double scale = ref64[i].abs().max().item<double>();
-      const double rel = (got[i].to(torch::kFloat64) - ref64[i]).norm().item<double>() /
-                         std::max(ref64[i].norm().item<double>(), 1e-30);
+      const double ref_norm = ref64[i].norm().item<double>();
+      const double rel = (got[i].to(torch::kFloat64) - ref64[i]).norm().item<double>() / std::max(ref_norm, 1e-30);
       // du is fp32 in both, a sum of B·L·d/H terms of random sign: the kernel's
       // fast exp (2^-22 relative) errs by ~1e-6 of the sum of |terms|, which
       // is ~sqrt(B·L·d/H) times |du| — hence 1e-3 of |du| rather than 1e-4.
@@ -285,7 +289,11 @@ TEST_P(AftBandKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErr
       EXPECT_LE(e_kernel, 2 * e_lowp + atol)
           << names[i] << " run " << run << ": kernel max err " << e_kernel << " vs low-precision reference "
           << e_lowp << " (max |ref| " << scale << ", kernel relative error " << rel << ")";
-      EXPECT_LT(rel, 1e-2) << names[i] << ": relative error";
+      // The relative check needs a reference that is not zero: at L = 1, dk
+      // is exactly 0 (the softmax over one key is 1 whatever k is), and the
+      // kernel's fp32 cancellation leaves ~1e-7 (measured on the H100): the
+      // absolute rule above governs there.
+      if (ref_norm > 1e-6) EXPECT_LT(rel, 1e-2) << names[i] << ": relative error";
     }
   }
 }
