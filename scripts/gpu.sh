@@ -35,7 +35,7 @@ step_build() {
       -DCMAKE_PREFIX_PATH="$torch_prefix;$DEPS/usr" -DCMAKE_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu" \
       -DCMAKE_INCLUDE_PATH="$DEPS/usr/include" -DLONGTRAIN_PTXAS_VERBOSE=ON > "$OUT/configure.log" 2>&1 || { tail -n 40 "$OUT/configure.log"; return 1; }
   local t0=$SECONDS
-  cmake --build "$BUILD_DIR" -j "$(nproc)" > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -n 30; return 1; }
+  cmake --build "$BUILD_DIR" -j "$(nproc)" ${BUILD_TARGETS:+--target $BUILD_TARGETS} > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -n 30; return 1; }
   echo "build: $((SECONDS - t0)) s"
 }
 
@@ -193,6 +193,16 @@ step_bench_cpu() {
   local rc=$?
   tail -n 60 "$OUT/bench_cpu.log"
   python3 "$ROOT/bench/plot_scaling.py" "$json" "${json%.json}.png" >> "$OUT/bench_cpu.log" 2>&1 || echo "(no plot)"
+  return $rc
+}
+
+# The long-context comparison (bench/compare_long_context.sh) on this GPU:
+# COMPARE_LONG_STEPS steps per family (default the recipes' 2000).
+step_compare_long() {
+  BUILD_DIR="$BUILD_DIR" OUT_DIR="$OUT/long_context" PYTHON=python3 "$ROOT/bench/compare_long_context.sh" \
+    "${COMPARE_LONG_STEPS:-}" --set train.device=cuda --set train.dtype=bf16 > "$OUT/compare_long.log" 2>&1
+  local rc=$?
+  tail -n 30 "$OUT/compare_long.log"
   return $rc
 }
 
