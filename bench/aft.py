@@ -19,21 +19,19 @@ import math
 import sys
 
 import torch
-from triton.testing import do_bench
+
+import timing
 
 dev = "cuda"
 dt = torch.bfloat16
 
 
 def bench(fn, rep=200):
-    return do_bench(fn, warmup=25, rep=rep, return_mode="median")
+    return timing.bench(fn, rep)
 
 
 def peaks():
-    x = torch.empty(2 * 1024**3, dtype=torch.uint8, device=dev)
-    y = torch.empty_like(x)
-    ms = bench(lambda: y.copy_(x), rep=100)
-    return {"copy_tbps": 2 * x.numel() / ms / 1e9}
+    return timing.peaks(matmul=False)
 
 
 def torch_aft_simple(q, k, v):

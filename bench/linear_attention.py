@@ -20,21 +20,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from triton.testing import do_bench
+
+from timing import bench, fwd_bwd
 
 dev = "cuda"
-
-
-def bench(fn, rep=100):
-    return do_bench(fn, warmup=25, rep=rep, return_mode="median")
-
-
-def fwd_bwd(fn, inputs, grad):
-    def step():
-        for t in inputs:
-            t.grad = None
-        fn().backward(grad)
-    return step
 
 
 def torch_chunked(q, k, v, C=64):

@@ -18,31 +18,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from triton.testing import do_bench
+
+from timing import bench, fwd_bwd, peaks
 
 dev = "cuda"
-
-
-def bench(fn, rep=100):
-    return do_bench(fn, warmup=25, rep=rep, return_mode="median")
-
-
-def fwd_bwd(fn, inputs, grad):
-    def step():
-        for t in inputs:
-            t.grad = None
-        fn().backward(grad)
-    return step
-
-
-def peaks():
-    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    ms = bench(lambda: a @ b)
-    x = torch.empty(2 * 1024**3, dtype=torch.uint8, device=dev)
-    y = torch.empty_like(x)
-    ms_copy = bench(lambda: y.copy_(x))
-    return {"matmul_bf16_tflops": 2 * 8192**3 / ms / 1e9, "copy_tbps": 2 * x.numel() / ms_copy / 1e9}
 
 
 _flex = None
