@@ -158,6 +158,25 @@ step_e2e() {
   return $rc
 }
 
+# Where the 134M model's training step spends its time (trainer/profile.h):
+# PROFILE_CONFIGS (default "full-4k sliding-4k linear-4k") of bench/e2e/recipes,
+# 3 steps recorded after 5; the summaries land in $OUT/profile/<config>.txt and
+# .json (the traces stay on the machine: tens of MB each).
+step_profile() {
+  local c rc=0 dir
+  mkdir -p "$OUT/profile"
+  for c in ${PROFILE_CONFIGS:-full-4k sliding-4k linear-4k}; do
+    dir="$(mktemp -d)"
+    "$BUILD_DIR/longtrain" train "$ROOT/bench/e2e/recipes/$c.yaml" --set run.dir="$dir/run" --set train.steps=8 \
+      --set checkpoint.every=0 --profile "$dir/profile" --profile-steps 3 --profile-warmup 5 \
+      > "$OUT/profile/$c.log" 2>&1 || { echo "profile $c: exit $?"; tail -n 20 "$OUT/profile/$c.log"; rc=1; }
+    cp "$dir/profile/summary.txt" "$OUT/profile/$c.txt" 2>/dev/null && cat "$OUT/profile/$c.txt"
+    cp "$dir/profile/summary.json" "$OUT/profile/$c.json" 2>/dev/null
+    rm -rf "$dir"
+  done
+  return $rc
+}
+
 # Data parallel over NCCL on all of this machine's GPUs (needs 2+): the tiny
 # recipe in fp32 on N ranks of batch 4 and on one GPU of batch 4N; prints the
 # largest relative loss difference (it should be ~1e-6); metrics (per-rank
@@ -197,9 +216,11 @@ step_bench_cpu() {
 }
 
 # The long-context comparison (bench/compare_long_context.sh) on this GPU:
-# COMPARE_LONG_STEPS steps per family (default the recipes' 2000).
+# COMPARE_LONG_STEPS steps per family (default the recipes' 4000), COMPARE_PARALLEL
+# families at once (default 6), stopped after COMPARE_TIMEOUT seconds (1800).
 step_compare_long() {
-  BUILD_DIR="$BUILD_DIR" OUT_DIR="$OUT/long_context" PYTHON=python3 "$ROOT/bench/compare_long_context.sh" \
+  BUILD_DIR="$BUILD_DIR" OUT_DIR="$OUT/long_context" PYTHON=python3 PARALLEL="${COMPARE_PARALLEL:-6}" \
+    timeout "${COMPARE_TIMEOUT:-1800}" "$ROOT/bench/compare_long_context.sh" \
     "${COMPARE_LONG_STEPS:-}" --set train.device=cuda --set train.dtype=bf16 > "$OUT/compare_long.log" 2>&1
   local rc=$?
   tail -n 30 "$OUT/compare_long.log"

@@ -18,6 +18,7 @@
 #include "trainer/fused_adamw.h"
 #include "trainer/step_health.h"
 #include "trainer/metrics.h"
+#include "trainer/profile.h"
 #include "trainer/objective.h"
 #include "trainer/schedule.h"
 #include "trainer/signals.h"
@@ -244,6 +245,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   auto t_log = Clock::now();
   int64_t tokens_at_log = state.tokens;
   reset_peak_memory(device);
+  StepProfiler profiler(main_rank ? options.profile_dir : "", options.profile_steps, options.profile_warmup, device);
   DeferredNonFinite nonfinite;
   // Brings the fused path's non-finite steps home: counted as skipped, or the
   // run stops naming the first one (its update, and any after it, were skipped).
@@ -265,6 +267,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   };
 
   while (state.step < total_steps) {
+    profiler.before_step(state.step - first_step);
     if (const int64_t next = phase_at(phases, state.step); next != phase) {
       settle();
       // Phase boundary: the next phase's model (longer table, new windows)
@@ -366,6 +369,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       }
     }
     state.step += 1;
+    profiler.after_step(state.step - first_step);
     local_tokens += step_tokens;
     state.tokens += step_tokens * dist.world_size();
     state.elapsed_s = elapsed_before + seconds_since(t_start);
@@ -422,6 +426,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   }
   settle();
   newline();
+  profiler.finish();
   result.step = state.step;
   result.skipped_steps = state.skipped_steps;
   result.phase = phase;

@@ -25,6 +25,11 @@ struct TrainOptions {
   int64_t stop_after = 0;
   // A fresh run starts from this checkpoint's weights (trainer/extend.h).
   std::string init;
+  // Kineto profile of profile_steps steps after profile_warmup steps of this
+  // invocation, written to profile_dir (trainer/profile.h); "": off.
+  std::string profile_dir;
+  int64_t profile_steps = 3;
+  int64_t profile_warmup = 5;
 };
 
 struct TrainResult {

@@ -32,13 +32,8 @@ namespace {
 
 using namespace longtrain;
 
-int run_train(const std::string& recipe_file, const std::vector<std::string>& sets, const std::string& resume,
-              int64_t stop_after, const std::string& init) {
+int run_train(const std::string& recipe_file, const std::vector<std::string>& sets, TrainOptions opt) {
   Recipe recipe = load_recipe(recipe_file, sets);
-  TrainOptions opt;
-  opt.resume = resume;
-  opt.stop_after = stop_after;
-  opt.init = init;
   const TrainResult r = train(recipe, opt);
   if (!r.summary.empty()) std::cout << r.summary << std::endl;
   return 0;
@@ -308,6 +303,15 @@ int main(int argc, char** argv) {
   std::string init;
   train->add_option("--init", init,
                     "Start a fresh run from this checkpoint's weights (a longer position table is filled by copying)");
+  TrainOptions profile_opts;
+  train->add_option("--profile", profile_opts.profile_dir,
+                    "Profile steps of this run with Kineto: DIR/trace.json and DIR/summary.{json,txt} "
+                    "(where the step's time goes)");
+  train->add_option("--profile-steps", profile_opts.profile_steps, "Steps to record (default 3)")
+      ->check(CLI::PositiveNumber);
+  train->add_option("--profile-warmup", profile_opts.profile_warmup,
+                    "Steps of this invocation before recording (default 5)")
+      ->check(CLI::NonNegativeNumber);
 
   auto* ext = app.add_subcommand("extend", "Extend a checkpoint's positions for longer sequences");
   std::string ext_ckpt, ext_out;
@@ -406,7 +410,11 @@ int main(int argc, char** argv) {
         std::cerr << "longtrain: error: --init starts a fresh run; it cannot be combined with --resume" << std::endl;
         return 2;
       }
-      return run_train(recipe_file, sets, resume, stop_after, init);
+      TrainOptions opt = profile_opts;
+      opt.resume = resume;
+      opt.stop_after = stop_after;
+      opt.init = init;
+      return run_train(recipe_file, sets, opt);
     }
     if (*ext) return run_extend(ext_ckpt, ext_positions, ext_out);
     if (*launch_cmd) return launch(lo);

@@ -267,6 +267,22 @@ TEST(LinearKernel, MixerTakesItUnderBf16AutocastAndMatchesTheReference) {
       EXPECT_LT(max_err(grads[i], grads[n + i]), 0.05 * s + 1e-6) << decay << " gradient " << i;
     }
   }
+  // `learned` above ran the reference on both sides (auto falls back while the
+  // decay takes gradients); impl: cuda must refuse it and say why.
+  auto learned = make_mixer("{type: linear, decay: learned, impl: cuda}");
+  learned->to(dev);
+  try {
+    AutocastGuard autocast(dev, true);
+    learned->forward(torch::randn({1, 64, 256}, dev), MixerContext{});
+    FAIL() << "impl: cuda ran a learned decay that takes gradients";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("learned decay"), std::string::npos) << e.what();
+  }
+  {
+    torch::NoGradGuard no_grad;  // without gradients the learned decay is a fixed one: the kernel runs
+    AutocastGuard autocast(dev, true);
+    EXPECT_NO_THROW(learned->forward(torch::randn({1, 64, 256}, dev), MixerContext{}));
+  }
   auto strict = make_mixer("{type: linear, impl: cuda}");
   strict->to(dev);
   try {
