@@ -32,7 +32,7 @@ void append(TokenStream& s, const std::vector<int32_t>& ids, const std::vector<i
 
 void build_synthetic(const DataConfig& cfg, const Tokenizer& tok, Corpus& c) {
   const SyntheticConfig& sc = cfg.synthetic;
-  SyntheticSpec spec{sc.facts, sc.recalls, sc.filler};
+  SyntheticSpec spec{sc.facts, sc.recalls, sc.filler, sc.min_filler};
   // Byte offsets are token offsets only for the byte tokenizer; others get no marks.
   const bool marks = tok.name() == "bytes";
   // Validation documents come from a different stream of the same seed, so

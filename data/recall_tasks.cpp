@@ -54,12 +54,14 @@ TaskItem passkey_item(int64_t length, double depth, uint64_t seed, int64_t index
     throw std::invalid_argument("passkey length " + std::to_string(length) + " is too short (at least " +
                                 std::to_string(fixed + 18) + " characters)");
   }
-  const int64_t budget = length - fixed - 1;  // 1: the space before the question
+  // The question follows the filler (". ") or the fact ("\n") directly, as
+  // questions do in the corpus: an extra space there is a text the models never saw.
+  const int64_t budget = length - fixed;
   const int64_t before = static_cast<int64_t>(depth * static_cast<double>(budget));
   std::string head = filler(rng, before);
   std::string tail = filler(rng, budget - static_cast<int64_t>(head.size()));
   TaskItem item;
-  item.pieces.push_back({head + needle + tail + " " + question, false});
+  item.pieces.push_back({head + needle + tail + question, false});
   item.pieces.push_back({values[0], true});
   item.pieces.push_back({". ", false});
   return item;

@@ -62,7 +62,9 @@ SyntheticDoc synthetic_document(const SyntheticSpec& spec, uint64_t seed, int64_
   doc.text += "\n";
   for (int64_t q = 0; q < spec.recalls; ++q) {
     const int64_t n_filler =
-        spec.filler == 0 ? 0 : 1 + static_cast<int64_t>(rng.below(static_cast<uint64_t>(spec.filler)));
+        spec.filler == 0 ? 0
+                         : spec.min_filler +
+                               static_cast<int64_t>(rng.below(static_cast<uint64_t>(spec.filler - spec.min_filler + 1)));
     for (int64_t f = 0; f < n_filler; ++f) doc.text += synthetic_filler_sentence(rng);
     const size_t which = rng.below(keys.size());
     doc.text += "ask " + keys[which];

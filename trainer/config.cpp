@@ -148,12 +148,14 @@ void parse_data(Section s, DataConfig& c) {
   Section syn = s.sub("synthetic");
   SyntheticConfig& y = c.synthetic;
   syn.get("train_docs", y.train_docs).get("val_docs", y.val_docs).get("facts", y.facts);
-  syn.get("recalls", y.recalls).get("filler", y.filler).get("seed", y.seed);
+  syn.get("recalls", y.recalls).get("filler", y.filler).get("min_filler", y.min_filler).get("seed", y.seed);
   syn.check(y.train_docs > 0, "train_docs", "must be > 0");
   syn.check(y.val_docs > 0, "val_docs", "must be > 0");
   syn.check(y.facts >= 1 && y.facts <= 1000, "facts", "must be in [1, 1000]");
   syn.check(y.recalls >= 1, "recalls", "must be >= 1");
   syn.check(y.filler >= 0, "filler", "must be >= 0");
+  syn.check(y.min_filler >= 0 && (y.filler == 0 || y.min_filler <= y.filler), "min_filler",
+            "must be in [0, filler = " + std::to_string(y.filler) + "]");
   syn.finish();
   s.finish();
 }

@@ -28,7 +28,8 @@ struct SyntheticConfig {
   int64_t val_docs = 200;
   int64_t facts = 6;          // key=value facts defined at the top of each document
   int64_t recalls = 12;       // later questions about those facts
-  int64_t filler = 6;         // filler sentences between recalls (local structure)
+  int64_t filler = 6;         // at most this many filler sentences between recalls (local structure)
+  int64_t min_filler = 1;     // at least this many (0: some questions follow each other directly)
   int64_t seed = 7;
 };
 

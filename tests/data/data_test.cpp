@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "data/dataset.h"
 #include "data/sampler.h"
@@ -13,6 +14,7 @@
 #include "data/tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "tests/trainer/test_recipes.h"
 
 namespace longtrain {
 namespace fs = std::filesystem;
@@ -41,6 +43,37 @@ TEST(Synthetic, LongRangeTargetsAreRecalledValues) {
         << "recalled " << key << "=" << value << " is not in the facts table: " << facts;
     EXPECT_GT(at, static_cast<int64_t>(facts.size())) << "recall must come after the table";
   }
+}
+
+// Filler sentences between questions lie in [min_filler, filler]: the default
+// (min 1) never puts two questions side by side; min 0 does, and keeps some filler.
+TEST(Synthetic, FillerBetweenQuestionsWithinItsBounds) {
+  auto gaps = [](const SyntheticSpec& spec) {
+    std::map<int64_t, int64_t> count;  // sentences between consecutive questions -> how often
+    for (int64_t d = 0; d < 20; ++d) {
+      const std::string t = synthetic_document(spec, 3, d).text;
+      size_t at = t.find("ask ", t.find('\n'));
+      while (at != std::string::npos) {
+        const size_t next = t.find("ask ", at + 1);
+        if (next == std::string::npos) break;
+        const std::string between = t.substr(at + 12, next - at - 12);  // after "ask kkkddd. "
+        count[static_cast<int64_t>(std::count(between.begin(), between.end(), '.'))] += 1;
+        at = next;
+      }
+    }
+    return count;
+  };
+  const auto dflt = gaps(SyntheticSpec{4, 12, 2});
+  EXPECT_EQ(dflt.count(0), 0u);
+  EXPECT_GT(dflt.at(1), 0);
+  EXPECT_GT(dflt.at(2), 0);
+  EXPECT_EQ(dflt.rbegin()->first, 2);
+  const auto dense = gaps(SyntheticSpec{4, 12, 1, 0});
+  EXPECT_GT(dense.at(0), 40);  // about half of 220 gaps
+  EXPECT_GT(dense.at(1), 40);
+  EXPECT_EQ(dense.size(), 2u);
+  EXPECT_NE(recipe_error_of({"data.synthetic.filler=1", "data.synthetic.min_filler=2"}).find("min_filler"),
+            std::string::npos);
 }
 
 TEST(Dataset, StreamsMarksAndSeparators) {

@@ -33,8 +33,11 @@ TEST(Passkey, LengthDepthAndAnswer) {
       // The question asks the hidden key and the answer is its value.
       EXPECT_EQ(item.pieces[0].text.substr(item.pieces[0].text.size() - 7), "ask " + m[1].str());
       EXPECT_EQ(item.pieces[1].text, m[2].str());
+      // As in the corpus, the question follows a sentence or the fact directly.
+      const std::string& q = item.pieces[0].text;
+      EXPECT_TRUE(q.compare(q.size() - 9, 2, ". ") == 0 || q[q.size() - 8] == '\n') << q.substr(q.size() - 12);
       // The fact sits at the asked share of the filler (to one sentence).
-      const double filler = static_cast<double>(text.size()) - 14 - 13;
+      const double filler = static_cast<double>(text.size()) - 14 - 12;
       EXPECT_NEAR(static_cast<double>(m.position(0)), depth * filler, 40.0);
     }
   }
