@@ -1,14 +1,15 @@
 // AFT-full on CUDA: the two elementwise O(b·L) steps around cuBLAS's GEMMs.
 //
-//   P[r, c]  = exp(w[r, c] - m[r])           (0 where causal and c > r)
-//   dw[r, c] = exp(w[r, c] - m[r]) · dP[r, c] (0 where masked or outside the tile's rows)
+//   P[r, c]  = exp(w[r, c] - m[r])                     (0 where causal and c > r)
+//   s[r]     = Σ_c P[r, c]                              (fp32, forward)
+//   dw[r, c] = exp(w[r, c] - m[r]) · (dP[r, c] - dcorr[r]) (0 where masked or outside the tile's rows)
 //
 // m[r] is the row max of the unmasked bias (detached: it cancels in num/den).
 // The algorithm, its shapes and the GEMMs are in full_op.cpp; the params in
 // params.h. Three kernels, one CTA per tile row (threads stride the columns,
 // so every load and store is coalesced):
-//   aft_full_p_rows_kernel  forward row block: row max, then P (the row is read
-//                           twice; the second read comes from L2);
+//   aft_full_p_rows_kernel  forward row block: row max, then P and its row sum
+//                           (the row is read twice; the second read from L2);
 //   aft_full_p_cols_kernel  backward column block: P with the saved m;
 //   aft_full_dw_kernel      backward column block: the product written straight
 //                           into dw's slab (rows above the block written as 0),
@@ -64,6 +65,17 @@ __device__ float block_max(float x) {
   return x;
 }
 
+// The sum over the CTA, valid in thread 0.
+__device__ float block_sum(float x) {
+  __shared__ float warp_sum[kThreads / 32];
+  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  if (threadIdx.x % 32 == 0) warp_sum[threadIdx.x / 32] = x;
+  __syncthreads();
+  x = 0.f;
+  for (int i = 0; i < kThreads / 32; ++i) x += warp_sum[i];
+  return x;
+}
+
 // One CTA per row r = row0 + blockIdx.x; columns [0, col1).
 template <typename W, typename T>
 __global__ void __launch_bounds__(kThreads) aft_full_p_rows_kernel(const AftFullTileParams p) {
@@ -74,9 +86,16 @@ __global__ void __launch_bounds__(kThreads) aft_full_p_rows_kernel(const AftFull
   float mx = -FLT_MAX;
   for (int c = threadIdx.x; c < n; c += kThreads) mx = fmaxf(mx, to_float(w[c]));
   mx = block_max(mx);
-  if (threadIdx.x == 0) p.m[r] = mx;
+  float sum = 0.f;
   for (int c = threadIdx.x; c < p.col1; c += kThreads) {
-    out[c] = from_float<T>(c < n ? __expf(to_float(w[c]) - mx) : 0.f);
+    const float e = c < n ? __expf(to_float(w[c]) - mx) : 0.f;
+    sum += e;
+    out[c] = from_float<T>(e);
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) {
+    p.m[r] = mx;
+    p.s[r] = sum;
   }
 }
 
@@ -105,9 +124,9 @@ __global__ void __launch_bounds__(kThreads) aft_full_dw_kernel(const AftFullTile
   const W* w = static_cast<const W*>(p.w) + static_cast<int64_t>(r) * p.w_stride;
   const T* dp = static_cast<const T*>(p.dp) + static_cast<int64_t>(r - p.row0) * p.dp_stride;
   const int n = unmasked_end(p, r);
-  const float mx = p.m[r];
+  const float mx = p.m[r], corr = p.dcorr[r];
   for (int c = p.col0 + threadIdx.x; c < p.col1; c += kThreads) {
-    dw[c] = from_float<W>(c < n ? __expf(to_float(w[c]) - mx) * to_float(dp[c - p.col0]) : 0.f);
+    dw[c] = from_float<W>(c < n ? __expf(to_float(w[c]) - mx) * (to_float(dp[c - p.col0]) - corr) : 0.f);
   }
 }
 
@@ -160,7 +179,9 @@ void dispatch(Step step, const AftFullTileParams& p, AftFullWDType w, AftDType o
 
 void aft_full_p_rows(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream) {
   check_tile("aft_full_p_rows", p);
-  if (p.col0 != 0 || p.p == nullptr) throw std::invalid_argument("aft_full_p_rows: needs col0 = 0 and an output P");
+  if (p.col0 != 0 || p.p == nullptr || p.s == nullptr) {
+    throw std::invalid_argument("aft_full_p_rows: needs col0 = 0, an output P and row sums s");
+  }
   dispatch(Step::kRows, p, w, op, stream);
 }
 
@@ -172,8 +193,8 @@ void aft_full_p_cols(const AftFullTileParams& p, AftFullWDType w, AftDType op, v
 
 void aft_full_dw(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream) {
   check_tile("aft_full_dw", p);
-  if (p.row1 != p.L || p.dp == nullptr || p.dw == nullptr) {
-    throw std::invalid_argument("aft_full_dw: needs row1 = L, dP and dw");
+  if (p.row1 != p.L || p.dp == nullptr || p.dw == nullptr || p.dcorr == nullptr) {
+    throw std::invalid_argument("aft_full_dw: needs row1 = L, dP, dcorr and dw");
   }
   dispatch(Step::kDw, p, w, op, stream);
 }

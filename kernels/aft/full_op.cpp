@@ -22,13 +22,20 @@
 //   P_c = p_cols(w, m)        [L−c0, c1−c0]
 //   dAE[c0:c1] = P_cᵀ @ G[c0:L]           fp32 out, written once (no accumulation)
 //   dP = G[c0:L] @ AE[c0:c1]ᵀ              operand dtype (summed over the batch)
-//   dw[:, c0:c1] = P_c ⊙ dP (0 masked / above)
+//   dw[:, c0:c1] = P_c ⊙ (dP − corr) (0 masked / above)
 // then dv = dA ⊙ E, dk = (dA ⊙ v + dE) ⊙ E, dq = dy ⊙ num/den ⊙ σ'(q).
+// corr_r = Σ_h G_rh ND_rh / Σ_c P_rc: each row of the true dw sums to zero
+// (y does not change when a constant is added to a row of w), i.e.
+// Σ_c P_rc dP_rc = Σ_h dnum_rh (num_rh − R_rh den_rh) = 0; with dnum, dden
+// rounded to the operand dtype it is not, and a row of few terms (row 0: one)
+// keeps that rounding whole — dw[0, 0] of order 2^-9 |dnum·A| where the truth
+// is 0. corr_r (the residual from the forward's fp32 ND, O(L·d)) restores the
+// zero row sum, and the rounding left is that of the bf16 dP itself.
 // The backward runs by columns so each dAE row block is one GEMM output rather
 // than a read-modify-write per row block (2.3 GB more traffic at 16K).
 //
-// Memory beyond w and dw: O(L·d) (AE and G in the operand dtype; ND, num/den,
-// den, dAE in fp32) plus one tile P and one dP of [block, L]. Nothing else is
+// Memory beyond w and dw: O(L·d) (AE and G in the operand dtype; ND, dAE and
+// elementwise temporaries in fp32; m, s, corr: [L]) plus one tile P and one dP of [block, L]. Nothing else is
 // L×L. FLOPs: three GEMMs of about L²/2 · 2d multiply-adds each (causal).
 //
 // Numerics: the GEMM operands are rounded to the inputs' dtype (as in the
@@ -114,13 +121,15 @@ AftFullTileParams tile_params(const Tensor& w, const Tensor& m, int64_t row0, in
 void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 #endif
 
-// Forward row block: P of rows [r0, r1) x columns [0, c1); writes m[r0:r1].
-Tensor p_rows(const Tensor& w, Tensor& m, int64_t r0, int64_t r1, int64_t c1, bool causal,
+// Forward row block: P of rows [r0, r1) x columns [0, c1); writes m[r0:r1] and
+// the row sums s[r0:r1] (of P before rounding).
+Tensor p_rows(const Tensor& w, Tensor& m, Tensor& s, int64_t r0, int64_t r1, int64_t c1, bool causal,
               torch::ScalarType op) {
   auto p = tile(r1 - r0, c1, w.options().dtype(op));
 #ifdef LONGTRAIN_WITH_CUDA
   if (w.is_cuda()) {
     AftFullTileParams tp = tile_params(w, m, r0, r1, 0, c1, causal);
+    tp.s = s.data_ptr<float>();
     tp.p = p.data_ptr();
     tp.p_stride = p.stride(0);
     aft_full_p_rows(tp, w_dtype_of(w), op == torch::kBFloat16 ? AftDType::kBFloat16 : AftDType::kFloat16, stream());
@@ -130,7 +139,9 @@ Tensor p_rows(const Tensor& w, Tensor& m, int64_t r0, int64_t r1, int64_t c1, bo
   auto wb = masked_bias(w, r0, r1 - r0, 0, c1, causal, m.scalar_type());
   auto mx = std::get<0>(wb.max(1, /*keepdim=*/true));  // column 0 is never masked: finite
   m.narrow(0, r0, r1 - r0).copy_(mx.squeeze(1));
-  p.copy_(torch::exp(wb - mx));
+  auto e = torch::exp(wb - mx);
+  s.narrow(0, r0, r1 - r0).copy_(e.sum(1));
+  p.copy_(e);
   return p;
 }
 
@@ -153,13 +164,14 @@ Tensor p_cols(const Tensor& w, const Tensor& m, int64_t r0, int64_t c0, int64_t 
   return p;
 }
 
-// dw[:, c0:c1]: exp(w − m) ⊙ dP on rows [r0, L), 0 above and where masked.
-void write_dw(Tensor& dw, const Tensor& w, const Tensor& m, const Tensor& dp, int64_t r0, int64_t c0, int64_t c1,
-              bool causal) {
+// dw[:, c0:c1]: exp(w − m) ⊙ (dP − corr) on rows [r0, L), 0 above and where masked.
+void write_dw(Tensor& dw, const Tensor& w, const Tensor& m, const Tensor& corr, const Tensor& dp, int64_t r0,
+              int64_t c0, int64_t c1, bool causal) {
   const int64_t L = w.size(0);
 #ifdef LONGTRAIN_WITH_CUDA
   if (w.is_cuda()) {
     AftFullTileParams tp = tile_params(w, m, r0, L, c0, c1, causal);
+    tp.dcorr = corr.data_ptr<float>();
     tp.dp = dp.data_ptr();
     tp.dp_stride = dp.stride(0);
     tp.dw = dw.data_ptr();
@@ -171,7 +183,8 @@ void write_dw(Tensor& dw, const Tensor& w, const Tensor& m, const Tensor& dp, in
   auto slab = dw.narrow(1, c0, c1 - c0);
   slab.narrow(0, 0, r0).zero_();
   auto wb = masked_bias(w, r0, L - r0, c0, c1 - c0, causal, m.scalar_type());
-  slab.narrow(0, r0, L - r0).copy_(torch::exp(wb - m.narrow(0, r0, L - r0).unsqueeze(1)) * dp.to(m.scalar_type()));
+  auto rows = [&](const Tensor& t) { return t.narrow(0, r0, L - r0).unsqueeze(1); };
+  slab.narrow(0, r0, L - r0).copy_(torch::exp(wb - rows(m)) * (dp.to(m.scalar_type()) - rows(corr)));
 }
 
 // a @ b of operand-dtype tensors, into `out` (acc dtype): cuBLAS with an fp32
@@ -220,15 +233,15 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
     auto ae = pair_rows(e * va, e, op);        // [L, B·2d]
     auto nd = torch::empty({L, B * 2 * d}, q.options().dtype(acc));
     auto m = torch::empty({L}, q.options().dtype(acc));
+    auto row_sums = torch::empty({L}, q.options().dtype(acc));
     for (int64_t r0 = 0; r0 < L; r0 += block) {
       const int64_t r1 = std::min(L, r0 + block), c1 = causal ? r1 : L;
-      auto p = p_rows(w, m, r0, r1, c1, causal, op);
+      auto p = p_rows(w, m, row_sums, r0, r1, c1, causal, op);
       gemm_acc(nd.narrow(0, r0, r1 - r0), p, ae.narrow(0, 0, c1));
     }
     auto [num, den] = unpair_rows(nd, B, d);
-    auto ratio = num / den;  // [B, L, d]
-    auto y = (torch::sigmoid(q.to(acc)) * ratio).to(q.scalar_type());
-    ctx->save_for_backward({q, k, v, w, ae, ratio, den.contiguous(), ref, m});
+    auto y = (torch::sigmoid(q.to(acc)) * (num / den)).to(q.scalar_type());
+    ctx->save_for_backward({q, k, v, w, ae, nd, ref, m, row_sums});
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["block"] = block;
     return y;
@@ -236,8 +249,8 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto s = ctx->get_saved_variables();
-    const auto &q = s[0], &k = s[1], &v = s[2], &w = s[3], &ae = s[4], &ratio = s[5], &den = s[6], &ref = s[7],
-               &m = s[8];
+    const auto &q = s[0], &k = s[1], &v = s[2], &w = s[3], &ae = s[4], &nd = s[5], &ref = s[6], &m = s[7],
+               &row_sums = s[8];
     const bool causal = ctx->saved_data["causal"].toBool();
     const int64_t block = ctx->saved_data["block"].toInt();
     if (!grads[0].defined()) {
@@ -250,11 +263,14 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
     std::optional<c10::cuda::CUDAGuard> guard;
     if (q.is_cuda()) guard.emplace(q.device());
 #endif
+    auto [num, den] = unpair_rows(nd, B, d);
+    auto ratio = num / den;  // [B, L, d]
     auto dy = grads[0].to(acc);
     auto sig = torch::sigmoid(q.to(acc));
     auto dq = dy * ratio * sig * (1 - sig);
     auto dnum = dy * sig / den;
     auto g = pair_rows(dnum, -dnum * ratio, op);  // [L, B·2d]: [dnum | dden]
+    auto corr = (g.to(acc) * nd).sum(1) / row_sums;  // [L], see the file comment
     auto dae = torch::empty({L, B * 2 * d}, q.options().dtype(acc));
     auto dw = torch::empty({L, L}, w.options());
     for (int64_t c0 = 0; c0 < L; c0 += block) {
@@ -263,7 +279,7 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
       auto g_rows = g.narrow(0, r0, L - r0);
       gemm_acc(dae.narrow(0, c0, c1 - c0), p.t(), g_rows);
       auto dp = gemm_op(g_rows, ae.narrow(0, c0, c1 - c0).t(), acc);  // [L − r0, c1 − c0]
-      write_dw(dw, w, m, dp, r0, c0, c1, causal);
+      write_dw(dw, w, m, corr, dp, r0, c0, c1, causal);
     }
     auto [da, de] = unpair_rows(dae, B, d);
     auto e = torch::exp(k.to(acc) - ref);

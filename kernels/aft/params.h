@@ -91,6 +91,8 @@ struct AftFullTileParams {
   const void* w = nullptr;
   int64_t w_stride = 0;
   float* m = nullptr;         // [L] row shifts: written by aft_full_p_rows, read by the others
+  float* s = nullptr;         // [L] row sums of exp(w - m) in fp32: written by aft_full_p_rows
+  const float* dcorr = nullptr;  // [L] (dw) per-row shift of dP, see aft_full_dw below
   void* p = nullptr;          // out (p_rows, p_cols): the tile's P
   int64_t p_stride = 0;
   const void* dp = nullptr;   // in (dw): dP of rows [row0, L) x [col0, col1), operand dtype
@@ -103,10 +105,10 @@ struct AftFullTileParams {
 
 // Launchers (full.cu), each on `stream` (a cudaStream_t), checking the launch:
 // - p_rows: rows [row0, row1) x columns [0, col1): m[r] = max of row r's
-//   unmasked w over those columns, then P.
+//   unmasked w over those columns, then P, and s[r] = the row's sum of P (fp32).
 // - p_cols: rows [row0, row1) x columns [col0, col1) with the saved m.
-// - dw: rows [0, L) x columns [col0, col1) of dw: exp(w - m[r]) * dP for
-//   unmasked r >= row0, 0 elsewhere (every element of the column slab written).
+// - dw: rows [0, L) x columns [col0, col1) of dw: exp(w - m[r]) * (dP - dcorr[r])
+//   for unmasked r >= row0, 0 elsewhere (every element of the column slab written).
 void aft_full_p_rows(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
 void aft_full_p_cols(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
 void aft_full_dw(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);

@@ -203,9 +203,14 @@ void check_lowp(const LowpCase& c, const torch::Device& dev) {
 }
 
 // The GPU's rounding points on the CPU: operands rounded to bf16/fp16, products in fp32.
+// L = 1 holds dw = 0 exactly: the op's zero-row-sum correction (full_op.cpp) at work.
 TEST(AftFullBlocked, LowPrecisionOperandsOnCpuWithinTwiceTheMatmulForm) {
   const auto bf16 = torch::kBFloat16, fp16 = torch::kFloat16, f32 = torch::kFloat32;
-  for (const auto& c : std::vector<LowpCase>{{2, 37, 64, 16, bf16, f32, true},
+  for (const auto& c : std::vector<LowpCase>{{1, 1, 64, 0, bf16, f32, true},
+                                             {1, 1, 64, 1, bf16, bf16, true},
+                                             {2, 1, 64, 2, fp16, f32, true},
+                                             {2, 1, 64, 3, bf16, f32, true},
+                                             {2, 37, 64, 16, bf16, f32, true},
                                              {1, 37, 64, 10, fp16, fp16, true},
                                              {2, 300, 64, 128, bf16, bf16, true},
                                              {2, 129, 32, 50, bf16, f32, false}}) {
