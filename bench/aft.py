@@ -3,7 +3,11 @@
 Peers (../shared/ANCHORS.md): the anchor's cumsum form of AFT-simple in bf16
 (exp(k - max over L), two cumsums, a division; what a user writes), and for
 AFT-conv (window 64, 16 heads) the same form plus the band as 64 shifted
-multiply-adds of (e^u - 1). Width 1024, B = 1, L = 4K and 16K, bf16. Times are medians of triton.testing.do_bench;
+multiply-adds of (e^u - 1); for AFT-full (a learned [L, L] bias w, causal)
+the anchor's run_torch_aft form exactly (exp(w) masked, L x L, times
+e^(k - max) v and e^(k - max) by matmul), against torch.ops.longtrain.aft_full
+(blocked GEMMs, kernels/aft/full_op.cpp) on the same q, k, v, w. Width 1024,
+B = 1, L = 4K and 16K, bf16. Times are medians of triton.testing.do_bench;
 inputs rotate over enough sets to exceed the L2 cache. GB/s counts the fewest
 bytes the op must move (fwd: read q, k, v, write y; fwd+bwd: that plus read
 q, k, v, dy and write dq, dk, dv); `kernel_bytes` is what longtrain's kernels
@@ -57,6 +61,34 @@ def torch_aft_conv(q, k, v, u, window):
     return torch.sigmoid(q) * num / den
 
 
+def torch_aft_full(q, k, v, w):
+    # ../shared/bench/peers_reference.py run_torch_aft's aft_full, as written there.
+    L = q.shape[1]
+    mask = torch.ones(L, L, device=q.device, dtype=torch.bool).tril()
+    kmax = k.amax(dim=1, keepdim=True).detach()
+    ew = torch.exp(w).masked_fill(~mask, 0)        # T x T
+    ek = torch.exp(k - kmax)
+    num = ew @ (ek * v)
+    den = ew @ ek
+    return torch.sigmoid(q) * num / den
+
+
+def full_reference64(q, k, v, w):
+    # Row blocks in fp64 on the GPU (an fp64 [L, L] would be 2 GiB at 16K).
+    q, k, v, w = (t.detach().double() for t in (q, k, v, w))
+    L = q.shape[1]
+    ek = torch.exp(k - k.amax(dim=1, keepdim=True))
+    ekv = ek * v
+    out = torch.empty_like(q)
+    for r0 in range(0, L, 2048):
+        r1 = min(L, r0 + 2048)
+        wb = w[r0:r1, :r1].masked_fill(torch.arange(r1, device=w.device)[None, :] >
+                                       torch.arange(r0, r1, device=w.device)[:, None], float("-inf"))
+        p = torch.exp(wb - wb.amax(1, keepdim=True))
+        out[:, r0:r1] = torch.sigmoid(q[:, r0:r1]) * (p @ ekv[:, :r1]) / (p @ ek[:, :r1])
+    return out
+
+
 def conv_reference64(q, k, v, u, window):
     q, k, v, u = (t.detach().double() for t in (q, k, v, u))
     B, L, d = q.shape
@@ -76,20 +108,57 @@ def reference64(q, k, v):
     return torch.sigmoid(q) * torch.cumsum(ek * v, 1) / torch.cumsum(ek, 1)
 
 
-def rotating(sets, fn, backward):
+def rotating(sets, fn, backward, extra=()):
     state = {"i": 0}
 
     def step():
         q, k, v, g = sets[state["i"] % len(sets)]
         state["i"] += 1
         if backward:
-            for t in (q, k, v):
+            for t in (q, k, v, *extra):
                 t.grad = None
             fn(q, k, v).backward(g)
         else:
             with torch.no_grad():
                 fn(q, k, v)
     return step
+
+
+def run_full_case(L, d=1024, B=1, block=0):
+    # The bias is one [L, L] bf16 leaf, as in run_torch_aft, the same tensor
+    # for both. The peer's own memory is O(L^2) several times over, so both
+    # are timed with one input set: w alone (0.5 GiB at 16K) exceeds the L2
+    # cache, and the GEMMs re-read their operands anyway.
+    q, k, v = (torch.randn(B, L, d, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+    g = torch.randn(B, L, d, device=dev, dtype=dt)
+    w = (torch.randn(L, L, device=dev) * 0.5).to(dt).requires_grad_()
+    sets = [(q, k, v, g)]
+    rec = dict(case="aft_full_causal" + (f"_block{block}" if block else ""), B=B, L=L, d=d, dtype="bf16",
+               w_dtype="bf16", input_sets=1, block=block or 1024)
+    ref = full_reference64(q, k, v, w)
+    ours = lambda q, k, v: torch.ops.longtrain.aft_full(q, k, v, w, True, block)
+    peer = lambda q, k, v: torch_aft_full(q, k, v, w)
+    for name, fn in (("longtrain", ours), ("torch", peer)):
+        with torch.no_grad():
+            out = fn(q, k, v).double()
+        err = ((out - ref).norm() / ref.norm()).item()
+        del out
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        f_ms = bench(rotating(sets, fn, False), rep=50)
+        fb_ms = bench(rotating(sets, fn, True, extra=(w,)), rep=50)
+        rec[name] = dict(fwd_ms=f_ms, fwdbwd_ms=fb_ms, rel_err_vs_fp64=err,
+                         fwd_tflops=2 * L * L * d * 2 / 2 / f_ms / 1e9,
+                         fwdbwd_tflops=6 * L * L * d * 2 / 2 / fb_ms / 1e9,
+                         peak_mib=torch.cuda.max_memory_allocated() / 2**20,
+                         peak_above_inputs_mib=(torch.cuda.max_memory_allocated() - base) / 2**20)
+    # By design (kernels/aft/NOTES.md): 3 GEMMs of L^2/2 x 2d multiply-adds.
+    rec["gemm_flops_fwdbwd"] = 3 * 2 * (L * L / 2) * 2 * d
+    rec["speedup_fwd"] = rec["torch"]["fwd_ms"] / rec["longtrain"]["fwd_ms"]
+    rec["speedup_fwdbwd"] = rec["torch"]["fwdbwd_ms"] / rec["longtrain"]["fwdbwd_ms"]
+    print(json.dumps(rec), flush=True)
+    return rec
 
 
 def run_case(L, d=1024, B=1, window=0, heads=16):
@@ -150,6 +219,16 @@ def main():
             torch.cuda.empty_cache()
         with open(a.out, "w") as f:
             json.dump(result, f, indent=1)
+    # AFT-full: the default block, then the block sizes around it at 16K.
+    for L, block in ((4096, 0), (16384, 0), (16384, 512), (16384, 2048)):
+        try:
+            result["cases"].append(run_full_case(L, block=block))
+        except Exception as e:
+            result["cases"].append(dict(case=f"aft_full_block{block}", L=L, error=repr(e)[:500]))
+            print("ERROR full", L, block, repr(e)[:500], flush=True)
+        torch.cuda.empty_cache()
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
     print(f"\n{'case':24} {'L':>6} {'ours f/fb ms':>16} {'torch f/fb ms':>16} {'x fwd':>7} {'x fb':>7} "
           f"{'GB/s f/fb':>11} {'rel err ours/torch':>19}")
     for r in result["cases"]:
@@ -157,9 +236,12 @@ def main():
             print(f"{r['case']:24} {r['L']:>6} ERROR {r['error'][:80]}")
             continue
         o, t = r["longtrain"], r["torch"]
+        rate = (f"{o['fwd_gbps']:5.0f}/{o['fwdbwd_gbps']:5.0f}" if "fwd_gbps" in o else
+                f"{o['fwd_tflops']:4.0f}T/{o['fwdbwd_tflops']:4.0f}T")
+        mem = f" peak MiB {o['peak_mib']:.0f}/{t['peak_mib']:.0f}" if "peak_above_inputs_mib" in o else ""
         print(f"{r['case']:24} {r['L']:>6} {o['fwd_ms']:7.3f}/{o['fwdbwd_ms']:7.3f} {t['fwd_ms']:7.2f}/{t['fwdbwd_ms']:7.2f} "
-              f"{r['speedup_fwd']:7.1f} {r['speedup_fwdbwd']:7.1f} {o['fwd_gbps']:5.0f}/{o['fwdbwd_gbps']:5.0f} "
-              f"{o['rel_err_vs_fp64']:9.1e}/{t['rel_err_vs_fp64']:8.1e}")
+              f"{r['speedup_fwd']:7.1f} {r['speedup_fwdbwd']:7.1f} {rate:>11} "
+              f"{o['rel_err_vs_fp64']:9.1e}/{t['rel_err_vs_fp64']:8.1e}{mem}")
 
 
 if __name__ == "__main__":

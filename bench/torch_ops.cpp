@@ -16,6 +16,8 @@
 //     q, k, v: [B, L, d] bf16/fp16 CUDA (bench/aft.py).
 //   torch.ops.longtrain.aft_band(q, k, v, u, window) -> causal AFT-local/conv,
 //     u: [H, window] the banded relative bias (bench/aft.py).
+//   torch.ops.longtrain.aft_full(q, k, v, w, causal, block) -> AFT-full, blocked
+//     GEMMs (kernels/aft/full_op.cpp), w: [P, P] the pairwise bias (bench/aft.py).
 #include <torch/library.h>
 #include <torch/torch.h>
 #include <map>
@@ -96,6 +98,11 @@ torch::Tensor aft_band_op(const torch::Tensor& q, const torch::Tensor& k, const 
   return kernels::aft_band_cuda(q, k, v, u, window);
 }
 
+torch::Tensor aft_full_op(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& w, bool causal, int64_t block) {
+  return kernels::aft_full_blocked(q, k, v, w, causal, block);
+}
+
 }  // namespace
 }  // namespace longtrain
 
@@ -107,6 +114,7 @@ TORCH_LIBRARY(longtrain, m) {
   m.def("linear_attention(Tensor q, Tensor k, Tensor v, Tensor? decay=None, bool normalize=True, float eps=1e-6) -> Tensor");
   m.def("aft_simple(Tensor q, Tensor k, Tensor v) -> Tensor");
   m.def("aft_band(Tensor q, Tensor k, Tensor v, Tensor u, int window) -> Tensor");
+  m.def("aft_full(Tensor q, Tensor k, Tensor v, Tensor w, bool causal=True, int block=0) -> Tensor");
 }
 
 // Composite: autograd runs through the op's own torch::autograd::Function.
@@ -115,4 +123,5 @@ TORCH_LIBRARY_IMPL(longtrain, CompositeImplicitAutograd, m) {
   m.impl("linear_attention", longtrain::linear_attention_op);
   m.impl("aft_simple", longtrain::aft_simple_op);
   m.impl("aft_band", longtrain::aft_band_op);
+  m.impl("aft_full", longtrain::aft_full_op);
 }

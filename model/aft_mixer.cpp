@@ -20,9 +20,12 @@
 //
 // Kernels: causal simple, local and conv run kernels/aft (a fused chunked scan,
 // plus the band for local/conv) when the inputs are on CUDA in bf16/fp16 with
-// an even width (per head for conv); `auto` takes it then and the reference
-// otherwise, `cuda` insists (an error says why it cannot). full and
-// bidirectional AFT have no kernel yet and run the reference.
+// an even width (per head for conv); full (causal or bidirectional, rank 0 or
+// the factorised bias formed by aft_full_bias first) runs kernels/aft's blocked
+// GEMM form (aft_full_blocked) on CUDA in bf16/fp16. `auto` takes a kernel when
+// it can and the reference otherwise, `cuda` insists (an error says why it
+// cannot). Bidirectional simple, local and conv have no kernel yet and run the
+// reference.
 // RoPE is rejected: AFT has
 // no query-key product for it to rotate. Global tokens (MixerContext) are
 // ignored: every variant already reaches every allowed position through its
@@ -136,7 +139,7 @@ class AftMixerImpl : public MixerImpl {
         y = kernel ? kernels::aft_band_cuda(q, k, v, u, o_.window) : aft_conv(q, k, v, u, o_.window, causal);
       } else {
         auto w = o_.rank == 0 ? full_bias_ : aft_full_bias(full_u_, full_v_, L);
-        y = aft_full(q, k, v, w, causal);
+        y = kernel ? kernels::aft_full_blocked(q, k, v, w, causal) : aft_full(q, k, v, w, causal);
       }
     }
     return out_->forward(y);
@@ -147,9 +150,9 @@ class AftMixerImpl : public MixerImpl {
     if (o_.impl == SparseImpl::kReference) return false;
     std::string why;
     if (o_.variant == "full") {
-      why = "variant full has no CUDA kernel yet (simple, local and conv have)";
+      why = kernels::aft_full_kernel_unsupported(q, o_.rank == 0 ? full_bias_ : full_u_);
     } else if (!dims_.causal) {
-      why = "bidirectional AFT has no CUDA kernel yet (only causal)";
+      why = "bidirectional AFT-" + o_.variant + " has no CUDA kernel yet (only causal; full has both)";
     } else if (o_.variant == "simple") {
       why = kernels::aft_simple_kernel_unsupported(q);
     } else {

@@ -1,4 +1,4 @@
-// Causal AFT-simple on CUDA: the LibTorch entry point.
+// AFT on CUDA: the LibTorch entry points (simple, local/conv, full).
 //
 //   y = aft_simple_cuda(q, k, v)
 //   q, k, v: [B, L, d] bf16 or fp16 on one CUDA device, one dtype, d even, the
@@ -18,7 +18,18 @@
 //   (2 fp32 tensors of [B, L, d]). Matches model/aft.cpp aft_local / aft_conv
 //   (causal = true).
 //
-// AFT-full and bidirectional AFT have no kernel yet: the mixer runs their references.
+//   y = aft_full_blocked(q, k, v, w, causal, block)
+//   AFT-full (full_op.cpp), causal or bidirectional: w: [P0, P1] with P0, P1 >= L
+//   (the top-left L x L is used; fp32, bf16 or fp16). Tiles of `block` query
+//   rows (forward) / key columns (backward) of P = exp(w - rowmax) times
+//   [e^(k-ref) v | e^(k-ref)] as GEMMs (cuBLAS on CUDA), so memory beyond w and
+//   dw is O(L·d) plus one [block, L] tile. CUDA: q, k, v bf16 or fp16 (the GEMM
+//   operands are in that dtype, accumulation fp32). CPU: any floating dtype, the
+//   same steps in torch ops (operands rounded to the input dtype, products in
+//   fp32, or fp64 for fp64) — the algorithm's test bed. Differentiable in q, k,
+//   v and w. Matches model/aft.cpp aft_full to the operand dtype's rounding.
+//
+// Bidirectional AFT-simple/local/conv have no kernel yet: the mixer runs their references.
 #pragma once
 
 #include <torch/torch.h>
@@ -44,5 +55,13 @@ std::string aft_band_kernel_unsupported(const torch::Tensor& q, int64_t heads);
 
 torch::Tensor aft_band_cuda(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                             const torch::Tensor& u, int64_t window, int64_t chunk = 0);
+
+// Why aft_full_blocked cannot take q and w on CUDA ("" when it can).
+std::string aft_full_kernel_unsupported(const torch::Tensor& q, const torch::Tensor& w);
+
+// block: query rows / key columns per tile, >= 1; 0 takes kAftFullBlock.
+constexpr int64_t kAftFullBlock = 1024;
+torch::Tensor aft_full_blocked(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& w, bool causal, int64_t block = 0);
 
 }  // namespace longtrain::kernels

@@ -79,4 +79,38 @@ void aft_simple_bwd(const AftSimpleBwdParams& p, AftDType dtype, void* stream);
 void aft_band_fwd(const AftBandParams& p, AftDType dtype, void* stream);    // band.cu
 void aft_band_bwd(const AftBandBwdParams& p, AftDType dtype, void* stream);
 
+// AFT-full's elementwise tile steps (full.cu); the GEMMs are cuBLAS's (full_op.cpp).
+// w: the [L, L] bias (a view of the learned table, row stride w_stride) in
+// fp32, bf16 or fp16. A tile covers rows [row0, row1) and columns [col0, col1)
+// of the pair matrix; element (r, c) is masked (exactly 0) when causal and c > r.
+// P = exp(w - m[r]) of the tile goes out row-major with row stride p_stride in
+// the GEMM operand dtype (the inputs' dtype).
+enum class AftFullWDType { kFloat32, kBFloat16, kFloat16 };
+
+struct AftFullTileParams {
+  const void* w = nullptr;
+  int64_t w_stride = 0;
+  float* m = nullptr;         // [L] row shifts: written by aft_full_p_rows, read by the others
+  float* s = nullptr;         // [L] row sums of exp(w - m) in fp32: written by aft_full_p_rows
+  const float* dcorr = nullptr;  // [L] (dw) per-row shift of dP, see aft_full_dw below
+  void* p = nullptr;          // out (p_rows, p_cols): the tile's P
+  int64_t p_stride = 0;
+  const void* dp = nullptr;   // in (dw): dP of rows [row0, L) x [col0, col1), operand dtype
+  int64_t dp_stride = 0;
+  void* dw = nullptr;         // out (dw): the [L, L] bias gradient in w's dtype
+  int64_t dw_stride = 0;
+  int row0 = 0, row1 = 0, col0 = 0, col1 = 0, L = 0;
+  bool causal = true;
+};
+
+// Launchers (full.cu), each on `stream` (a cudaStream_t), checking the launch:
+// - p_rows: rows [row0, row1) x columns [0, col1): m[r] = max of row r's
+//   unmasked w over those columns, then P, and s[r] = the row's sum of P (fp32).
+// - p_cols: rows [row0, row1) x columns [col0, col1) with the saved m.
+// - dw: rows [0, L) x columns [col0, col1) of dw: exp(w - m[r]) * (dP - dcorr[r])
+//   for unmasked r >= row0, 0 elsewhere (every element of the column slab written).
+void aft_full_p_rows(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
+void aft_full_p_cols(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
+void aft_full_dw(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
+
 }  // namespace longtrain::kernels

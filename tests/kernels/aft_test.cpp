@@ -1,5 +1,6 @@
-// Causal AFT kernels (kernels/aft: simple, and the banded local/conv) against
-// the references, output and every gradient (the bias's included), by the rule
+// Causal AFT kernels (kernels/aft: simple, and the banded local/conv; full has
+// its own file, aft_full_test.cpp) against the references, output and every
+// gradient (the bias's included), by the rule
 //   err(kernel, ref_fp64) <= 2 * err(ref_lowp, ref_fp64) + atol
 // where ref_fp64 is model/aft.cpp's aft_simple / aft_conv on the (rounded) inputs in fp64
 // and ref_lowp the same reference run on the bf16 / fp16 inputs (fp32 inside,
@@ -68,11 +69,11 @@ TEST(AftKernel, MixerImplCudaRefusesWhatTheKernelCannotRun) {
     EXPECT_NE(std::string(e.what()).find("impl: cuda cannot run"), std::string::npos) << e.what();
   }
   auto full = make_mixer("{type: aft, variant: full, impl: cuda}", true);
-  EXPECT_THROW(full->forward(x, ctx), c10::Error) << "full has no kernel";
+  EXPECT_THROW(full->forward(x, ctx), c10::Error) << "full on CPU";
   auto conv = make_mixer("{type: aft, variant: conv, window: 4, impl: cuda}", true);
   EXPECT_THROW(conv->forward(x, ctx), c10::Error) << "conv on CPU";
   auto bidir = make_mixer("{type: aft, impl: cuda}", false);
-  EXPECT_THROW(bidir->forward(x, ctx), c10::Error) << "bidirectional has no kernel";
+  EXPECT_THROW(bidir->forward(x, ctx), c10::Error) << "bidirectional simple has no kernel";
   auto a = make_mixer("{type: aft, variant: simple, impl: auto}", true);
   auto r = make_mixer("{type: aft, variant: simple, impl: reference}", true);
   EXPECT_EQ(a->forward(x, ctx).sizes(), x.sizes());
@@ -319,12 +320,15 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AftBandKernelVsReference, ::testing::ValuesIn(b
 
 // impl: cuda under bf16 autocast computes what impl: reference computes (to
 // bf16 noise), forward and backward (input and every parameter gradient), for
-// simple, local and conv; impl: cuda refuses fp32 with a reason.
+// simple, local, conv and full (its bias whole and factorised; the kernel is
+// kernels/aft/full_op.cpp, tested on its own in aft_full_test.cpp); impl: cuda
+// refuses fp32 with a reason.
 TEST(AftKernel, MixersUnderBf16AutocastMatchTheReference) {
   SKIP_WITHOUT_CUDA();
   const auto dev = torch::Device(torch::kCUDA);
   for (const std::string variant : {"{type: aft, variant: simple", "{type: aft, variant: local, window: 16",
-                                    "{type: aft, variant: conv, window: 32"}) {
+                                    "{type: aft, variant: conv, window: 32", "{type: aft, variant: full",
+                                    "{type: aft, variant: full, rank: 8"}) {
     torch::manual_seed(5);
     auto fast = make_mixer(variant + ", impl: cuda}", true);
     auto ref = make_mixer(variant + ", impl: reference}", true);
