@@ -41,6 +41,11 @@ struct ModelConfig {
   double rope_base = 10000.0;
   double rope_scale = 1.0;            // > 1: position interpolation
   std::string norm = "layernorm";     // layernorm | rmsnorm
+  // fp32 | bf16. Under bf16 autocast, bf16 keeps the residual stream, the norms'
+  // inputs and outputs and the MLP in bf16 (as torchtitan's bf16 parameters and
+  // llm.c do); fp32 keeps the stream in fp32 and lets autocast cast at every
+  // matmul. Without autocast both are the same.
+  std::string residual = "fp32";
   bool tie_embeddings = true;
   double dropout = 0.0;
   double init_std = 0.02;

@@ -3,7 +3,10 @@
 
 #include <cmath>
 
+#include <ATen/autocast_mode.h>
+
 #include "model/chunked_cross_entropy.h"
+#include "model/no_autocast.h"
 
 namespace longtrain {
 
@@ -15,12 +18,21 @@ NormImpl::NormImpl(const std::string& kind, int64_t dim) : rms_(kind == "rmsnorm
 }
 
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
-  if (!rms_) return torch::layer_norm(x, {x.size(-1)}, weight_, bias_, 1e-5);
+  // A bf16 stream (model.residual: bf16) stays bf16: autocast would run
+  // layer_norm in fp32 and hand every following matmul an fp32 copy to cast.
+  // The statistics are accumulated in fp32 either way (LibTorch's kernel; the
+  // rms path below), and the fp32 weights are cast (d_model elements).
+  const bool reduced = x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kHalf;
+  if (!rms_) {
+    if (!reduced) return torch::layer_norm(x, {x.size(-1)}, weight_, bias_, 1e-5);
+    NoAutocast no_autocast;
+    return torch::layer_norm(x, {x.size(-1)}, weight_.to(x.scalar_type()), bias_.to(x.scalar_type()), 1e-5);
+  }
   // Statistics in fp32 even under bf16 autocast: a bf16 mean of squares over
   // d_model elements loses the small ones.
   auto xf = x.to(torch::kFloat32);
   auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + 1e-6);
-  return y.to(x.scalar_type()) * weight_;
+  return y.to(x.scalar_type()) * (reduced ? weight_.to(x.scalar_type()) : weight_);
 }
 
 BlockImpl::BlockImpl(const ModelConfig& cfg, int64_t layer) : dropout_(cfg.dropout) {
@@ -170,6 +182,10 @@ torch::Tensor LanguageModelImpl::hidden(const torch::Tensor& tokens, const Mixer
   auto x = tok_emb_->forward(tokens);  // [B, L, D]
   if (pos_emb_) x = x + pos_emb_->forward(torch::arange(L, tokens.options()));
   if (is_training() && cfg_.dropout > 0) x = torch::dropout(x, cfg_.dropout, true);
+  if (cfg_.residual == "bf16" && at::autocast::is_autocast_enabled(x.device().type()) &&
+      at::autocast::get_autocast_dtype(x.device().type()) == at::kBFloat16) {
+    x = x.to(torch::kBFloat16);  // the stream stays bf16 from here (model.residual)
+  }
   for (const auto& block : *blocks_) x = block->as<BlockImpl>()->forward(x, ctx);
   return final_norm_->forward(x);
 }

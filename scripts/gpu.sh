@@ -161,17 +161,21 @@ step_e2e() {
 # Where the 134M model's training step spends its time (trainer/profile.h):
 # PROFILE_CONFIGS (default "full-4k sliding-4k linear-4k") of bench/e2e/recipes,
 # 3 steps recorded after 5; the summaries land in $OUT/profile/<config>.txt and
-# .json (the traces stay on the machine: tens of MB each).
+# .json (the traces stay on the machine: tens of MB each). PROFILE_SET="k=v ..."
+# adds recipe overrides, PROFILE_TAG a suffix to the file names.
 step_profile() {
-  local c rc=0 dir
+  local c rc=0 dir kv sets=()
+  for kv in ${PROFILE_SET:-}; do sets+=(--set "$kv"); done
   mkdir -p "$OUT/profile"
   for c in ${PROFILE_CONFIGS:-full-4k sliding-4k linear-4k}; do
     dir="$(mktemp -d)"
+    local name="$c${PROFILE_TAG:-}"
     "$BUILD_DIR/longtrain" train "$ROOT/bench/e2e/recipes/$c.yaml" --set run.dir="$dir/run" --set train.steps=8 \
-      --set checkpoint.every=0 --profile "$dir/profile" --profile-steps 3 --profile-warmup 5 \
-      > "$OUT/profile/$c.log" 2>&1 || { echo "profile $c: exit $?"; tail -n 20 "$OUT/profile/$c.log"; rc=1; }
-    cp "$dir/profile/summary.txt" "$OUT/profile/$c.txt" 2>/dev/null && cat "$OUT/profile/$c.txt"
-    cp "$dir/profile/summary.json" "$OUT/profile/$c.json" 2>/dev/null
+      --set checkpoint.every=0 "${sets[@]}" --profile "$dir/profile" --profile-steps 3 --profile-warmup 5 \
+      > "$OUT/profile/$name.log" 2>&1 || { echo "profile $name: exit $?"; tail -n 20 "$OUT/profile/$name.log"; rc=1; }
+    echo "== profile $name ${PROFILE_SET:-}"
+    cp "$dir/profile/summary.txt" "$OUT/profile/$name.txt" 2>/dev/null && head -n 12 "$OUT/profile/$name.txt"
+    cp "$dir/profile/summary.json" "$OUT/profile/$name.json" 2>/dev/null
     rm -rf "$dir"
   done
   return $rc

@@ -88,6 +88,7 @@ void parse_model(Section s, ModelConfig& c) {
   s.get("vocab_size", c.vocab_size).get("d_model", c.d_model).get("n_layers", c.n_layers);
   s.get("n_heads", c.n_heads).get("mlp_ratio", c.mlp_ratio).get("max_positions", c.max_positions);
   s.get("positions", c.positions).get("norm", c.norm).get("tie_embeddings", c.tie_embeddings);
+  s.get("residual", c.residual);
   s.get("dropout", c.dropout).get("init_std", c.init_std).get("causal", c.causal);
   s.get("rope_base", c.rope_base).get("rope_scale", c.rope_scale);
   s.check(c.vocab_size >= 0, "vocab_size", "must be >= 0 (0 takes the tokenizer's)");
@@ -105,6 +106,7 @@ void parse_model(Section s, ModelConfig& c) {
   s.check(c.positions != "rope" || (c.d_model / c.n_heads) % 2 == 0, "positions",
           "rope needs an even head dimension (d_model / n_heads)");
   choice(s, "norm", c.norm, {"layernorm", "rmsnorm"});
+  choice(s, "residual", c.residual, {"fp32", "bf16"});
   s.check(c.dropout >= 0 && c.dropout < 1, "dropout", "must be in [0, 1)");
   s.check(c.init_std > 0, "init_std", "must be > 0");
   Section mixer = s.sub("mixer");
