@@ -174,7 +174,7 @@ step_profile() {
       --set checkpoint.every=0 "${sets[@]}" --profile "$dir/profile" --profile-steps 3 --profile-warmup 5 \
       > "$OUT/profile/$name.log" 2>&1 || { echo "profile $name: exit $?"; tail -n 20 "$OUT/profile/$name.log"; rc=1; }
     echo "== profile $name ${PROFILE_SET:-}"
-    cp "$dir/profile/summary.txt" "$OUT/profile/$name.txt" 2>/dev/null && head -n 12 "$OUT/profile/$name.txt"
+    cp "$dir/profile/summary.txt" "$OUT/profile/$name.txt" 2>/dev/null && grep -v "^    .* ms .*x  void\|^    .* ms .*x  nvjet\|^    .* ms .*x  cudnn" "$OUT/profile/$name.txt"
     cp "$dir/profile/summary.json" "$OUT/profile/$name.json" 2>/dev/null
     rm -rf "$dir"
   done

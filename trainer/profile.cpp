@@ -63,6 +63,53 @@ std::vector<const kp::KinetoEvent*> busy_events(const std::vector<kp::KinetoEven
   return out;
 }
 
+// GPU time by the ATen operator that launched each kernel (the innermost
+// aten:: op around its launch on the CPU), with the autograd node for work
+// launched in the backward: "AddBackward0 > aten::add_". On CPU: empty.
+std::map<std::string, Entry> by_launching_op(const std::vector<kp::KinetoEvent>& events, int64_t steps) {
+  std::map<std::string, Entry> out;
+  struct Span {
+    uint64_t start, end;
+    std::string name;
+  };
+  std::map<uint64_t, std::vector<Span>> ops;      // thread -> aten ops and autograd nodes
+  std::map<uint64_t, const kp::KinetoEvent*> launch;  // correlation id -> runtime call
+  for (const auto& e : events) {
+    if (e.deviceType() != c10::DeviceType::CPU) continue;
+    const std::string n = e.name();
+    if (n.rfind("cuda", 0) == 0 || n.rfind("cu", 0) == 0) {
+      if (e.correlationId() != 0) launch[e.correlationId()] = &e;
+    } else if (n.rfind("aten::", 0) == 0 || n.rfind("autograd::engine::evaluate_function: ", 0) == 0) {
+      ops[e.startThreadId()].push_back({e.startNs(), e.endNs(), n});
+    }
+  }
+  for (auto& [thread, spans] : ops) {
+    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.start < b.start; });
+  }
+  for (const auto& e : events) {
+    if (e.deviceType() != c10::DeviceType::CUDA || e.durationNs() == 0) continue;
+    auto l = launch.find(e.correlationId());
+    std::string name = "(unattributed)";
+    if (l != launch.end()) {
+      const auto& spans = ops[l->second->startThreadId()];
+      const uint64_t t = l->second->startNs();
+      std::string inner, node;
+      for (const auto& s : spans) {  // spans sorted by start: the last container is the innermost
+        if (s.start > t) break;
+        if (s.end < t) continue;
+        if (s.name.rfind("autograd::", 0) == 0) node = s.name.substr(37);
+        else inner = s.name;
+      }
+      name = node.empty() ? inner : node + " > " + inner;
+      if (name.empty()) name = "(no aten op)";
+    }
+    Entry& x = out[name];
+    x.ms += static_cast<double>(e.durationNs()) / 1e6 / static_cast<double>(steps);
+    x.count += 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string profile_category(const std::string& name) {
@@ -185,6 +232,18 @@ void StepProfiler::stop_and_write(int64_t recorded) {
     j["top"].push_back({{"name", name}, {"ms_per_step", e.ms}, {"calls_per_step", e.count / recorded}});
     txt << "    " << std::setw(9) << e.ms << " ms " << std::setw(5) << e.count / recorded << "x  "
         << name.substr(0, 110) << "\n";
+  }
+  if (cuda) {
+    const auto ops = by_launching_op(result->events(), recorded);
+    std::vector<std::pair<std::string, Entry>> top_ops(ops.begin(), ops.end());
+    std::sort(top_ops.begin(), top_ops.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+    if (top_ops.size() > 25) top_ops.resize(25);
+    txt << "  top " << top_ops.size() << " launching operators by GPU time:\n";
+    for (const auto& [name, e] : top_ops) {
+      j["top_ops"].push_back({{"op", name}, {"ms_per_step", e.ms}, {"kernels_per_step", e.count / recorded}});
+      txt << "    " << std::setw(9) << e.ms << " ms " << std::setw(5) << e.count / recorded << "x  "
+          << name.substr(0, 110) << "\n";
+    }
   }
   std::ofstream(dir_ + "/summary.json") << j.dump(1) << "\n";
   std::ofstream(dir_ + "/summary.txt") << txt.str();
