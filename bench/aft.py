@@ -209,26 +209,23 @@ def main():
     result = dict(device=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(),
                   torch=torch.__version__, command=" ".join(sys.argv), peaks=peaks(), cases=[])
     print(json.dumps(result["peaks"]), flush=True)
-    for window in (0, 64):
-        for L in (4096, 16384):
-            try:
-                result["cases"].append(run_case(L, window=window))
-            except Exception as e:
-                result["cases"].append(dict(case=f"aft_w{window}", L=L, error=repr(e)[:500]))
-                print("ERROR", L, window, repr(e)[:500], flush=True)
-            torch.cuda.empty_cache()
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
-    # AFT-full: the default block, then the block sizes around it at 16K.
-    for L, block in ((4096, 0), (16384, 0), (16384, 512), (16384, 2048)):
+    def attempt(case, L, run):
+        # One case; an error is recorded and the rest still run. The JSON is rewritten after each.
         try:
-            result["cases"].append(run_full_case(L, block=block))
+            result["cases"].append(run())
         except Exception as e:
-            result["cases"].append(dict(case=f"aft_full_block{block}", L=L, error=repr(e)[:500]))
-            print("ERROR full", L, block, repr(e)[:500], flush=True)
+            result["cases"].append(dict(case=case, L=L, error=repr(e)[:500]))
+            print("ERROR", case, L, repr(e)[:500], flush=True)
         torch.cuda.empty_cache()
         with open(a.out, "w") as f:
             json.dump(result, f, indent=1)
+
+    for window in (0, 64):
+        for L in (4096, 16384):
+            attempt(f"aft_w{window}", L, lambda: run_case(L, window=window))
+    # AFT-full: the default block, then the block sizes around it at 16K.
+    for L, block in ((4096, 0), (16384, 0), (16384, 512), (16384, 2048)):
+        attempt(f"aft_full_block{block}", L, lambda: run_full_case(L, block=block))
     print(f"\n{'case':24} {'L':>6} {'ours f/fb ms':>16} {'torch f/fb ms':>16} {'x fwd':>7} {'x fb':>7} "
           f"{'GB/s f/fb':>11} {'rel err ours/torch':>19}")
     for r in result["cases"]:

@@ -292,13 +292,7 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
 }  // namespace
 
 std::string aft_full_kernel_unsupported(const torch::Tensor& q, const torch::Tensor& w) {
-  if (!aft_cuda_built()) return "this build has no CUDA kernels";
-  if (!q.is_cuda()) return "inputs are not on a CUDA device";
-  if (q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kFloat16) {
-    return "the kernel takes bf16 or fp16 (train.dtype bf16 on CUDA), got " +
-           std::string(c10::toString(q.scalar_type()));
-  }
-  if (q.dim() != 3) return "inputs must be [B, L, d]";
+  if (std::string why = aft_inputs_unsupported(q); !why.empty()) return why;
   if (w.device() != q.device()) return "the bias is not on the inputs' device";
   if (w.scalar_type() != torch::kFloat32 && w.scalar_type() != torch::kBFloat16 &&
       w.scalar_type() != torch::kFloat16) {

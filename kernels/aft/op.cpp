@@ -13,7 +13,7 @@
 
 namespace longtrain::kernels {
 
-std::string aft_simple_kernel_unsupported(const torch::Tensor& q) {
+std::string aft_inputs_unsupported(const torch::Tensor& q) {
   if (!aft_cuda_built()) return "this build has no CUDA kernels";
   if (!q.is_cuda()) return "inputs are not on a CUDA device";
   if (q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kFloat16) {
@@ -21,6 +21,11 @@ std::string aft_simple_kernel_unsupported(const torch::Tensor& q) {
            std::string(c10::toString(q.scalar_type()));
   }
   if (q.dim() != 3) return "inputs must be [B, L, d]";
+  return "";
+}
+
+std::string aft_simple_kernel_unsupported(const torch::Tensor& q) {
+  if (std::string why = aft_inputs_unsupported(q); !why.empty()) return why;
   if (q.size(2) % 2 != 0) return "the width d must be even, got " + std::to_string(q.size(2));
   return "";
 }

@@ -41,6 +41,10 @@ namespace longtrain::kernels {
 // Whether this build has the CUDA kernels.
 bool aft_cuda_built();
 
+// Why no AFT kernel can take q (build, device, dtype, rank; "" when one can):
+// the checks every variant shares.
+std::string aft_inputs_unsupported(const torch::Tensor& q);
+
 // Why aft_simple_cuda cannot take these inputs ("" when it can).
 std::string aft_simple_kernel_unsupported(const torch::Tensor& q);
 
