@@ -17,10 +17,8 @@ against an fp64 reference.
 Usage: python3 bench/aft.py --lib build-gpu/liblongtrain_torch_ops.so --out results.json
 """
 import argparse
-import datetime
 import json
 import math
-import sys
 
 import torch
 
@@ -32,10 +30,6 @@ dt = torch.bfloat16
 
 def bench(fn, rep=200):
     return timing.bench(fn, rep)
-
-
-def peaks():
-    return timing.peaks(matmul=False)
 
 
 def torch_aft_simple(q, k, v):
@@ -206,9 +200,7 @@ def main():
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.ops.load_library(a.lib)
-    result = dict(device=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(),
-                  torch=torch.__version__, command=" ".join(sys.argv), peaks=peaks(), cases=[])
-    print(json.dumps(result["peaks"]), flush=True)
+    result = timing.results_head(matmul=False)
     def attempt(case, L, run):
         # One case; an error is recorded and the rest still run. The JSON is rewritten after each.
         try:

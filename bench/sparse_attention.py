@@ -10,16 +10,14 @@ also checks that longtrain and FlexAttention agree on the output.
 Usage: python3 bench/sparse_attention.py --lib build-gpu/liblongtrain_torch_ops.so --out results.json [--quick]
 """
 import argparse
-import datetime
 import faulthandler
 import json
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
 
-from timing import bench, fwd_bwd, peaks
+from timing import bench, fwd_bwd, results_head
 
 dev = "cuda"
 
@@ -159,9 +157,7 @@ def main():
         cases.append(dict(name="bigbird_128_3_2_3", pattern="bigbird", causal=False, L=L, D=64))
         if L == 16384:
             cases.append(dict(name="sliding_causal_w512", pattern="sliding", window=512, causal=True, L=L, D=128))
-    result = dict(device=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(),
-                  torch=torch.__version__, command=" ".join(sys.argv), peaks=peaks(), cases=[])
-    print(json.dumps(result["peaks"]), flush=True)
+    result = results_head()
     def save():  # after every case: a run cut short still leaves its results
         with open(a.out, "w") as f:
             json.dump(result, f, indent=1)

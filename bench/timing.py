@@ -1,6 +1,11 @@
 """Timing helpers shared by the GPU benchmarks (sparse_attention.py,
 linear_attention.py, aft.py): medians of triton.testing.do_bench, a
-forward+backward step, and the machine's matmul / copy ceilings."""
+forward+backward step, the machine's matmul / copy ceilings and the JSON head
+every result file starts with."""
+import datetime
+import json
+import sys
+
 import torch
 from triton.testing import do_bench
 
@@ -29,3 +34,11 @@ def peaks(matmul=True):
     y = torch.empty_like(x)
     out["copy_tbps"] = 2 * x.numel() / bench(lambda: y.copy_(x)) / 1e9
     return out
+
+
+def results_head(matmul=True):
+    """device, date, torch, command and the ceilings (printed); cases follow."""
+    head = dict(device=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(),
+                torch=torch.__version__, command=" ".join(sys.argv), peaks=peaks(matmul), cases=[])
+    print(json.dumps(head["peaks"]), flush=True)
+    return head

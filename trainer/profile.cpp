@@ -23,6 +23,13 @@ namespace kp = torch::autograd::profiler;
 namespace pi = torch::profiler::impl;
 using nlohmann::json;
 
+// What Kineto records: the host, and the GPU when the run is on one.
+std::set<pi::ActivityType> activities(const torch::Device& device) {
+  std::set<pi::ActivityType> out{pi::ActivityType::CPU};
+  if (device.is_cuda()) out.insert(pi::ActivityType::CUDA);
+  return out;
+}
+
 void synchronize(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index());
 }
@@ -136,9 +143,7 @@ StepProfiler::StepProfiler(std::string dir, int64_t steps, int64_t warmup, torch
                                 std::to_string(steps_) + " and " + std::to_string(warmup_));
   }
   std::filesystem::create_directories(dir_);
-  std::set<pi::ActivityType> activities{pi::ActivityType::CPU};
-  if (device_.is_cuda()) activities.insert(pi::ActivityType::CUDA);
-  kp::prepareProfiler(pi::ProfilerConfig(pi::ProfilerState::KINETO), activities);
+  kp::prepareProfiler(pi::ProfilerConfig(pi::ProfilerState::KINETO), activities(device_));
 }
 
 StepProfiler::~StepProfiler() {
@@ -153,9 +158,7 @@ StepProfiler::~StepProfiler() {
 void StepProfiler::before_step(int64_t steps_done) {
   if (dir_.empty() || done_ || recording_ || steps_done != warmup_) return;
   synchronize(device_);
-  std::set<pi::ActivityType> activities{pi::ActivityType::CPU};
-  if (device_.is_cuda()) activities.insert(pi::ActivityType::CUDA);
-  kp::enableProfiler(pi::ProfilerConfig(pi::ProfilerState::KINETO), activities);
+  kp::enableProfiler(pi::ProfilerConfig(pi::ProfilerState::KINETO), activities(device_));
   recording_ = true;
   first_ = steps_done;
   t0_ = std::chrono::steady_clock::now();

@@ -13,10 +13,13 @@ Usage: python3 peer_lm.py --peers .carry/peers_reference.py --out peers.jsonl \
 Each config prints and appends one JSON line: tokens/s over the timed steps,
 peak memory (torch.cuda.max_memory_allocated), or the error.
 """
-import argparse, importlib.util, json, math, sys, time, traceback
+import argparse, importlib.util, json, os, sys, time, traceback
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_peers import chunked_linear_attn  # noqa: E402 (bench/)
 
 V, D, LAYERS, H = 32000, 768, 12, 12
 TOKENS_PER_STEP = 65536
@@ -35,18 +38,6 @@ def rope(x, cos, sin):  # x: [B, H, L, Dh]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
 
 
-def torch_linear_attn(q, k, v, C=64):  # [B, H, L, Dh], causal, chunked (peers_reference.run_torch_linear)
-    B, Hh, L, Dh = q.shape
-    n = L // C
-    qc, kc, vc = (t.reshape(B, Hh, n, C, Dh) for t in (q, k, v))
-    kv = torch.einsum("bhncd,bhnce->bhnde", kc, vc)
-    kv = torch.cumsum(kv, dim=2) - kv
-    inter = torch.einsum("bhncd,bhnde->bhnce", qc, kv)
-    s = torch.einsum("bhncd,bhnkd->bhnck", qc, kc).tril()
-    intra = torch.einsum("bhnck,bhnke->bhnce", s, vc)
-    return (inter + intra).reshape(B, Hh, L, Dh)
-
-
 class Attention(nn.Module):
     def __init__(self, kind, ctx):
         super().__init__()
@@ -63,7 +54,7 @@ class Attention(nn.Module):
                 y = self.ctx["fla"](q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), normalize=False)[0]
                 y = y.transpose(1, 2)
             else:
-                y = torch_linear_attn(q, k, v)
+                y = chunked_linear_attn(q, k, v)
         else:
             q, k = rope(q, *self.ctx["rope"]), rope(k, *self.ctx["rope"])
             if self.kind == "full":

@@ -1,6 +1,7 @@
 // Runs the `longtrain` binary as a user would, for the tests that drive the CLI.
 #pragma once
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -46,6 +47,14 @@ inline pid_t spawn_quiet(std::vector<std::string> argv_s) {
     _exit(127);
   }
   return pid;
+}
+
+// Sends SIGTERM to a spawned child and waits for it; returns waitpid's status.
+inline int terminate_and_wait(pid_t pid) {
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return status;
 }
 
 }  // namespace longtrain

@@ -78,9 +78,7 @@ TEST(Cli, SigtermLeavesALoadableCheckpoint) {
     for (std::string l; std::getline(in, l);) ++lines;
     if (lines >= 4) break;
   }
-  kill(pid, SIGTERM);
-  int status = 0;
-  waitpid(pid, &status, 0);
+  const int status = terminate_and_wait(pid);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   auto ckpts = list_checkpoints(dir);

@@ -211,9 +211,7 @@ TEST(Finetune, SigtermLeavesAnEvaluableCheckpoint) {
   for (int i = 0; i < 600 && step_records(dir).size() < 3; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  kill(pid, SIGTERM);
-  int status = 0;
-  waitpid(pid, &status, 0);
+  const int status = terminate_and_wait(pid);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   auto ckpts = list_checkpoints(dir);
