@@ -192,23 +192,30 @@ class LinearAttentionFunction : public torch::autograd::Function<LinearAttention
     auto dout = grads[0].defined() ? grads[0].to(q.scalar_type()) : torch::zeros_like(o);
 
     // g = dO / (den + eps), h = −(dO·O) / (den + eps): the gradient with
-    // respect to the numerator and (per row) the denominator.
-    auto g = torch::empty({B, H, L, D}, q.options());
-    auto h = normalize ? torch::empty({B * H, L}, q.options().dtype(torch::kFloat32)) : torch::Tensor();
-    linear_attention::PrepParams pp;
-    pp.dout = operand(dout);
-    pp.out = operand(o);
-    pp.rden = normalize ? rden.data_ptr<float>() : nullptr;
-    pp.g = g.data_ptr();
-    pp.h = normalize ? h.data_ptr<float>() : nullptr;
-    pp.B = static_cast<int>(B);
-    pp.H = static_cast<int>(H);
-    pp.L = static_cast<int>(L);
-    pp.D = static_cast<int>(D);
-    linear_attention::linear_attention_prep(pp, DType::kBFloat16, stream());
+    // respect to the numerator and (per row) the denominator. Without the
+    // normaliser g is dO itself and h is not used: no preparation pass
+    // (it cost 0.063 ms of 0.625 at 16K on the H100).
+    torch::Tensor g, h;
+    if (!normalize) {
+      g = rows_aligned(dout);
+    } else {
+      g = torch::empty({B, H, L, D}, q.options());
+      h = torch::empty({B * H, L}, q.options().dtype(torch::kFloat32));
+      linear_attention::PrepParams pp;
+      pp.dout = operand(dout);
+      pp.out = operand(o);
+      pp.rden = rden.data_ptr<float>();
+      pp.g = g.data_ptr();
+      pp.h = h.data_ptr<float>();
+      pp.B = static_cast<int>(B);
+      pp.H = static_cast<int>(H);
+      pp.L = static_cast<int>(L);
+      pp.D = static_cast<int>(D);
+      linear_attention::linear_attention_prep(pp, DType::kBFloat16, stream());
+    }
 
     const auto lg = log2_of(decay);
-    auto dq = bhld_output(q), dk = bhld_output(k), dv = bhld_output(v);
+    auto dq = grad_like(q), dk = grad_like(k), dv = grad_like(v);
     // dφq_t = Σ_{s≤t} (g_t·v_s + h_t) φk_s, on the forward's block prefixes
     run_pass(g, v, k, dq, h, {}, lg, /*reverse=*/false, false, 0, {}, nullptr, &fwd_states);
     if (fused_backward()) {

@@ -215,9 +215,7 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     const int64_t B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
     torch::Tensor dout = grads[0].defined() ? rows_aligned(grads[0].to(q.scalar_type())) : torch::zeros_like(o);
     torch::Tensor dlse = grads[1].defined() ? grads[1].to(torch::kFloat32).contiguous() : torch::Tensor();
-    auto dq = torch::empty({B, L, H, D}, q.options()).transpose(1, 2);
-    auto dk = torch::empty({B, L, H, D}, q.options()).transpose(1, 2);
-    auto dv = torch::empty({B, L, H, D}, q.options()).transpose(1, 2);
+    auto dq = grad_like(q), dk = grad_like(k), dv = grad_like(v);
     auto delta = torch::empty({B, H, L}, q.options().dtype(torch::kFloat32));
 
     SparseAttentionBwdParams p;
