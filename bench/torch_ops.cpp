@@ -12,7 +12,7 @@
 //     layout above, so the peer runs the same pattern.
 //   torch.ops.longtrain.linear_attention(φq, φk, v, decay=None, normalize=True, eps=1e-6)
 //     causal chunked linear attention (kernels/linear_attention/op.h), [B, H, L, D] bf16.
-//   torch.ops.longtrain.aft_simple(q, k, v) -> causal AFT-simple (kernels/aft),
+//   torch.ops.longtrain.aft_simple(q, k, v, chunk=0) -> causal AFT-simple (kernels/aft; chunk 0: its choice),
 //     q, k, v: [B, L, d] bf16/fp16 CUDA (bench/aft.py).
 //   torch.ops.longtrain.aft_band(q, k, v, u, window) -> causal AFT-local/conv,
 //     u: [H, window] the banded relative bias (bench/aft.py).
@@ -89,8 +89,8 @@ torch::Tensor linear_attention_op(const torch::Tensor& q, const torch::Tensor& k
   return kernels::linear_attention_cuda(q, k, v, decay ? *decay : torch::Tensor(), normalize, eps);
 }
 
-torch::Tensor aft_simple_op(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  return kernels::aft_simple_cuda(q, k, v);
+torch::Tensor aft_simple_op(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t chunk) {
+  return kernels::aft_simple_cuda(q, k, v, chunk);
 }
 
 torch::Tensor aft_band_op(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -112,7 +112,7 @@ TORCH_LIBRARY(longtrain, m) {
       "Tensor? gq=None, Tensor? gk=None, Tensor? gv=None) -> Tensor");
   m.def("bigbird_blocks(int L, bool causal) -> Tensor", longtrain::bigbird_blocks_op);
   m.def("linear_attention(Tensor q, Tensor k, Tensor v, Tensor? decay=None, bool normalize=True, float eps=1e-6) -> Tensor");
-  m.def("aft_simple(Tensor q, Tensor k, Tensor v) -> Tensor");
+  m.def("aft_simple(Tensor q, Tensor k, Tensor v, int chunk=0) -> Tensor");
   m.def("aft_band(Tensor q, Tensor k, Tensor v, Tensor u, int window) -> Tensor");
   m.def("aft_full(Tensor q, Tensor k, Tensor v, Tensor w, bool causal=True, int block=0) -> Tensor");
 }

@@ -128,6 +128,7 @@ __global__ void __launch_bounds__(kThreads) aft_band_bwd_summary_kernel(const Af
   for (int h = 0; h < 2; ++h) {
     bp.wsum[chunk_at(p, dm, 0, th.b, th.chunk, th.c + h)] = W[h];
     bp.wsum[chunk_at(p, dm, 1, th.b, th.chunk, th.c + h)] = Wr[h];
+    store_decay(bp, dm, th.b, th.chunk, th.c + h);
   }
 }
 

@@ -95,12 +95,13 @@ __global__ void __launch_bounds__(kThreads) aft_simple_bwd_summary_kernel(const 
   for (int h = 0; h < 2; ++h) {
     bp.wsum[chunk_at(p, dm, 0, th.b, th.chunk, th.c + h)] = w[h];
     bp.wsum[chunk_at(p, dm, 1, th.b, th.chunk, th.c + h)] = wr[h];
+    store_decay(bp, dm, th.b, th.chunk, th.c + h);
   }
 }
 
 // X_j for every chunk (both sums): the affine recurrence X_{i-1} = D_i X_i + W_i,
-// D_i = exp(ref_i - ref_{i+1}) (0 for the last chunk), X_{n-1} = 0, scanned from
-// the right. CTA (32 channels, kAftSegments segments); grid (d / 32, B).
+// D_i = exp(ref_i - ref_{i+1}) (0 for the last chunk; stored by the summary
+// kernel), X_{n-1} = 0, scanned from the right. CTA (32 channels, kAftSegments segments); grid (d / 32, B).
 __global__ void __launch_bounds__(32 * kAftSegments) aft_simple_bwd_carry_kernel(const AftSimpleBwdParams bp) {
   const AftSimpleParams& p = bp.fwd;
   const Dims dm = dims_of(p);
@@ -113,9 +114,9 @@ __global__ void __launch_bounds__(32 * kAftSegments) aft_simple_bwd_carry_kernel
   float* __restrict__ xc = bp.xcarry;
   float A = 1.f, C = 0.f, Cr = 0.f;
   if (c < p.d) {
-#pragma unroll 2
+#pragma unroll 4
     for (int i = j1 - 1; i >= j0; --i) {
-      const float D = decay(p, dm, b, i, c);
+      const float D = __ldg(ws + chunk_at(p, dm, 2, b, i, c));
       A *= D;
       C = fmaf(D, C, __ldg(ws + chunk_at(p, dm, 0, b, i, c)));
       Cr = fmaf(D, Cr, __ldg(ws + chunk_at(p, dm, 1, b, i, c)));
@@ -131,11 +132,11 @@ __global__ void __launch_bounds__(32 * kAftSegments) aft_simple_bwd_carry_kernel
     X = fmaf(seg_map[z][0][lane], X, seg_map[z][1][lane]);
     Xr = fmaf(seg_map[z][0][lane], Xr, seg_map[z][2][lane]);
   }
-#pragma unroll 2
+#pragma unroll 4
   for (int i = j1 - 1; i >= j0; --i) {
     xc[chunk_at(p, dm, 0, b, i, c)] = X;
     xc[chunk_at(p, dm, 1, b, i, c)] = Xr;
-    const float D = decay(p, dm, b, i, c);
+    const float D = __ldg(ws + chunk_at(p, dm, 2, b, i, c));
     X = fmaf(D, X, __ldg(ws + chunk_at(p, dm, 0, b, i, c)));
     Xr = fmaf(D, Xr, __ldg(ws + chunk_at(p, dm, 1, b, i, c)));
   }

@@ -32,6 +32,7 @@ using namespace aft;
 constexpr int kThreads = 256;
 
 int n_chunks_of(const AftSimpleParams& p) { return (p.L + p.chunk - 1) / p.chunk; }
+int n_summaries_of(const AftSimpleParams& p) { return (p.L + aft_summary_chunk(p) - 1) / aft_summary_chunk(p); }
 
 __device__ __forceinline__ int64_t carry_at(const AftSimpleParams& p, int n_chunks, int a, int b, int j, int c) {
   return ((static_cast<int64_t>(a) * p.B + b) * n_chunks + j) * p.d + c;
@@ -39,10 +40,10 @@ __device__ __forceinline__ int64_t carry_at(const AftSimpleParams& p, int n_chun
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) aft_simple_summary_kernel(const AftSimpleParams p) {
-  const int n_chunks = (p.L + p.chunk - 1) / p.chunk;
+  const int sc = aft_summary_chunk(p), n_chunks = (p.L + sc - 1) / sc;
   const ChunkThread th = chunk_thread(p.B, n_chunks, p.d);
   if (!th.valid) return;
-  const int t0 = th.chunk * p.chunk, t1 = min(t0 + p.chunk, p.L);
+  const int t0 = th.chunk * sc, t1 = min(t0 + sc, p.L);
   const int64_t kb = th.b * p.k_strides[0] + th.c, vb = th.b * p.v_strides[0] + th.c;
   ScanState s0 = empty_state(), s1 = empty_state();
   for (int t = t0; t < t1; t += kAftSub) {
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) aft_simple_summary_kernel(const AftS
 // keep several loads in flight (the loop is latency-bound, not bandwidth-bound).
 __global__ void __launch_bounds__(32 * kAftSegments) aft_simple_carry_kernel(const AftSimpleParams p) {
   __shared__ ScanState seg_total[kAftSegments][32];
-  const int n_chunks = (p.L + p.chunk - 1) / p.chunk;
+  const int n_chunks = (p.L + aft_summary_chunk(p) - 1) / aft_summary_chunk(p);
   const int lane = threadIdx.x, seg = threadIdx.y, c = blockIdx.x * 32 + lane, b = blockIdx.y;
   const int per_seg = (n_chunks + kAftSegments - 1) / kAftSegments;
   const int j0 = min(seg * per_seg, n_chunks), j1 = min(j0 + per_seg, n_chunks);
@@ -114,12 +115,13 @@ __global__ void __launch_bounds__(kThreads) aft_simple_fwd_kernel(const AftSimpl
   const ChunkThread th = chunk_thread(p.B, n_chunks, p.d);
   if (!th.valid) return;
   const int t0 = th.chunk * p.chunk, t1 = min(t0 + p.chunk, p.L);
+  // The carry into this chunk is the one into its first summary chunk.
+  const int sc = aft_summary_chunk(p), n_sum = (p.L + sc - 1) / sc, js = t0 / sc;
   ScanState st[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    st[h] = {p.carry[carry_at(p, n_chunks, 0, th.b, th.chunk, th.c + h)],
-             p.carry[carry_at(p, n_chunks, 1, th.b, th.chunk, th.c + h)],
-             p.carry[carry_at(p, n_chunks, 2, th.b, th.chunk, th.c + h)]};
+    st[h] = {p.carry[carry_at(p, n_sum, 0, th.b, js, th.c + h)], p.carry[carry_at(p, n_sum, 1, th.b, js, th.c + h)],
+             p.carry[carry_at(p, n_sum, 2, th.b, js, th.c + h)]};
   }
   const int64_t qb = th.b * p.q_strides[0] + th.c, kb = th.b * p.k_strides[0] + th.c,
                 vb = th.b * p.v_strides[0] + th.c, yb = th.b * p.y_strides[0] + th.c;
@@ -160,10 +162,12 @@ __global__ void __launch_bounds__(kThreads) aft_simple_fwd_kernel(const AftSimpl
 
 template <typename T>
 void launch_fwd(const AftSimpleParams& p, cudaStream_t stream) {
-  const int n_chunks = n_chunks_of(p);
-  const int64_t threads = static_cast<int64_t>(p.B) * n_chunks * (p.d / 2);
-  const int blocks = static_cast<int>((threads + kThreads - 1) / kThreads);
-  aft_simple_summary_kernel<T><<<blocks, kThreads, 0, stream>>>(p);
+  auto blocks_for = [&](int n_chunks) {
+    const int64_t threads = static_cast<int64_t>(p.B) * n_chunks * (p.d / 2);
+    return static_cast<int>((threads + kThreads - 1) / kThreads);
+  };
+  const int blocks = blocks_for(n_chunks_of(p));
+  aft_simple_summary_kernel<T><<<blocks_for(n_summaries_of(p)), kThreads, 0, stream>>>(p);
   check_launch("aft_simple_summary_kernel");
   aft_simple_carry_kernel<<<dim3((p.d + 31) / 32, p.B), dim3(32, kAftSegments), 0, stream>>>(p);
   check_launch("aft_simple_carry_kernel");
@@ -177,6 +181,10 @@ void aft_simple_fwd(const AftSimpleParams& p, AftDType dtype, void* stream) {
   if (p.d % 2 != 0 || p.chunk % kAftSub != 0 || p.L < 1 || p.B < 1) {
     throw std::invalid_argument("aft_simple_fwd: needs even d, L >= 1, B >= 1 and a chunk that is a multiple of " +
                                 std::to_string(kAftSub));
+  }
+  if (aft_summary_chunk(p) % kAftSub != 0 || p.chunk % aft_summary_chunk(p) != 0) {
+    throw std::invalid_argument("aft_simple_fwd: the summary chunk must be a multiple of " + std::to_string(kAftSub) +
+                                " that divides the chunk");
   }
   auto s = static_cast<cudaStream_t>(stream);
   dtype == AftDType::kBFloat16 ? launch_fwd<__nv_bfloat16>(p, s) : launch_fwd<__half>(p, s);

@@ -98,6 +98,19 @@ AftSimpleParams params_of(const torch::Tensor& q, const torch::Tensor& k, const 
 
 int64_t n_chunks_of(const AftSimpleParams& p) { return (p.L + p.chunk - 1) / p.chunk; }
 
+// AFT-simple's chunking: `chunk` > 0 fixes every pass's chunk (the tests);
+// 0 takes aft_pass_chunk_size for the chunk passes and aft_chunk_size for the
+// forward's summaries (params.h).
+AftSimpleParams simple_params_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                 const torch::Tensor& state, int64_t chunk, bool forward) {
+  AftSimpleParams p = params_of(q, k, v, state, chunk);
+  if (chunk == 0) {
+    p.chunk = aft_pass_chunk_size(p.B, p.L, p.d);
+    if (forward) p.summary_chunk = aft_chunk_size(p.B, p.L, p.d);
+  }
+  return p;
+}
+
 class AftSimpleFunction : public torch::autograd::Function<AftSimpleFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor q, torch::Tensor k, torch::Tensor v,
@@ -109,8 +122,9 @@ class AftSimpleFunction : public torch::autograd::Function<AftSimpleFunction> {
     const auto f32 = q.options().dtype(torch::kFloat32);
     auto y = torch::empty({B, L, d}, q.options());
     auto state = torch::empty({3, B, n_sub, d}, f32);
-    AftSimpleParams p = params_of(q, k, v, state, chunk);
-    auto work = torch::empty({2, 3, B, n_chunks_of(p), d}, f32);  // summaries, carries
+    AftSimpleParams p = simple_params_of(q, k, v, state, chunk, /*forward=*/true);
+    const int64_t n_summaries = (L + aft_summary_chunk(p) - 1) / aft_summary_chunk(p);
+    auto work = torch::empty({2, 3, B, n_summaries, d}, f32);  // summaries, carries
     p.y = y.data_ptr();
     set_strides(p.y_strides, y);
     p.summary = work[0].data_ptr<float>();
@@ -132,9 +146,9 @@ class AftSimpleFunction : public torch::autograd::Function<AftSimpleFunction> {
     auto dk = torch::empty({B, L, d}, q.options());
     auto dv = torch::empty({B, L, d}, q.options());
     AftSimpleBwdParams bp;
-    bp.fwd = params_of(q, k, v, state, ctx->saved_data["chunk"].toInt());
+    bp.fwd = simple_params_of(q, k, v, state, ctx->saved_data["chunk"].toInt(), /*forward=*/false);
     const auto f32 = q.options().dtype(torch::kFloat32);
-    auto wsum = torch::empty({2, B, n_chunks_of(bp.fwd), d}, f32);
+    auto wsum = torch::empty({3, B, n_chunks_of(bp.fwd), d}, f32);
     auto xcarry = torch::empty({2, B, n_chunks_of(bp.fwd), d}, f32);
     bp.dy = dy.data_ptr();
     bp.dq = dq.data_ptr();
@@ -202,7 +216,8 @@ class AftBandFunction : public torch::autograd::Function<AftBandFunction> {
     AftSimpleBwdParams& bp = bb.scan;
     bp.fwd = params_of(q, k, v, state, ctx->saved_data["chunk"].toInt());
     const auto f32 = q.options().dtype(torch::kFloat32);
-    auto work = torch::empty({2, 2, B, n_chunks_of(bp.fwd), d}, f32);  // summaries, carries
+    auto wsum = torch::empty({3, B, n_chunks_of(bp.fwd), d}, f32);    // summaries and decays
+    auto xcarry = torch::empty({2, B, n_chunks_of(bp.fwd), d}, f32);  // carries
     bp.dy = dy.data_ptr();
     bp.dq = dq.data_ptr();
     bp.dk = dk.data_ptr();
@@ -211,8 +226,8 @@ class AftBandFunction : public torch::autograd::Function<AftBandFunction> {
     set_strides(bp.dq_strides, dq);
     set_strides(bp.dk_strides, dk);
     set_strides(bp.dv_strides, dv);
-    bp.wsum = work[0].data_ptr<float>();
-    bp.xcarry = work[1].data_ptr<float>();
+    bp.wsum = wsum.data_ptr<float>();
+    bp.xcarry = xcarry.data_ptr<float>();
     bb.u = u.data_ptr<float>();
     bb.H = static_cast<int>(u.size(0));
     bb.window = static_cast<int>(ctx->saved_data["window"].toInt());

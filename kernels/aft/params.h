@@ -14,12 +14,13 @@
 // chosen per launch by aft_chunk_size) for the two-level scan.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace longtrain::kernels {
 
 constexpr int kAftSub = 8;        // positions per sub-chunk (saved state granularity)
-constexpr int kAftSegments = 8;   // segments of the scan across chunk summaries
+constexpr int kAftSegments = 32;  // segments of the scan across chunk summaries (one CTA of 32 x 32)
 
 struct AftSimpleParams {
   const void* q = nullptr;
@@ -28,10 +29,12 @@ struct AftSimpleParams {
   void* y = nullptr;        // null: run the scan for the saved state only
   int64_t q_strides[2], k_strides[2], v_strides[2], y_strides[2];  // batch, row
   float* state = nullptr;  // [3, B, n_sub, d] saved (max, num, den) before each sub-chunk
-  float* summary = nullptr; // [3, B, n_chunks, d] workspace: each chunk's own state
-  float* carry = nullptr;   // [3, B, n_chunks, d] workspace: exclusive carries into each chunk
+  float* summary = nullptr; // [3, B, n_summaries, d] workspace: each summary chunk's own state
+  float* carry = nullptr;   // [3, B, n_summaries, d] workspace: exclusive carries into each
   int B = 0, L = 0, d = 0;
   int chunk = 0;           // positions per chunk, a multiple of kAftSub
+  int summary_chunk = 0;   // forward: positions per summary of the cross-chunk scan, dividing
+                           // chunk (the summaries want more threads than the chunk pass); 0: chunk
 };
 
 struct AftSimpleBwdParams {
@@ -41,7 +44,7 @@ struct AftSimpleBwdParams {
   void* dk = nullptr;
   void* dv = nullptr;
   int64_t dy_strides[2], dq_strides[2], dk_strides[2], dv_strides[2];
-  float* wsum = nullptr;   // [2, B, n_chunks, d] workspace: per-chunk suffix-sum summaries
+  float* wsum = nullptr;   // [3, B, n_chunks, d] workspace: per-chunk suffix-sum summaries and decays
   float* xcarry = nullptr; // [2, B, n_chunks, d] workspace: suffix carries entering each chunk
 };
 
@@ -71,6 +74,18 @@ inline int aft_chunk_size(int64_t B, int64_t L, int64_t d) {
   while (c > kAftSub && B * (d / 2) * ((L + c - 1) / c) < 128 * 1024) c /= 2;
   return c;
 }
+
+// The chunk passes (forward chunk kernel, backward summary and chunk kernels)
+// run chunks of twice that, while the forward's summaries keep aft_chunk_size:
+// measured on the H100 at B = 1, L = 16K, d = 1024 (kernels/aft/NOTES.md), the
+// summaries are fastest at 64 positions and the chunk passes at 128.
+inline int aft_pass_chunk_size(int64_t B, int64_t L, int64_t d) { return std::min(256, 2 * aft_chunk_size(B, L, d)); }
+
+// Positions per forward summary (host and device: the kernels chunk by it).
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+inline int aft_summary_chunk(const AftSimpleParams& p) { return p.summary_chunk > 0 ? p.summary_chunk : p.chunk; }
 
 // Launchers (fwd.cu, bwd.cu): check the last CUDA error and throw with the
 // kernel name on failure. `stream` is a cudaStream_t.

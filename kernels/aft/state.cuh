@@ -59,4 +59,12 @@ __device__ __forceinline__ int64_t chunk_at(const AftSimpleParams& p, const Dims
   return ((static_cast<int64_t>(a) * p.B + b) * dm.n_chunks + j) * p.d + c;
 }
 
+// The summary kernels store D_j beside W_j (plane 2 of wsum), so that the
+// carry's sequential chain is loads and FMAs only (computing D there, from two
+// saved states, a log and an exp per step, made it 46 of 354 us at 16K).
+// Chunk 0's D is never used (nothing precedes it).
+__device__ __forceinline__ void store_decay(const AftSimpleBwdParams& bp, const Dims& dm, int b, int j, int c) {
+  bp.wsum[chunk_at(bp.fwd, dm, 2, b, j, c)] = j > 0 ? decay(bp.fwd, dm, b, j, c) : 0.f;
+}
+
 }  // namespace longtrain::kernels::aft

@@ -27,7 +27,7 @@ int main() {
     auto y = nanbf((size_t)B * L * d), dq = nanbf((size_t)B * L * d), dk = dq, dv = dq;
     const int nsub = (L + 7) / 8, nch = (L + chunk - 1) / chunk;
     std::vector<float> state((size_t)3 * B * nsub * d, nanf), summ((size_t)3 * B * nch * d, nanf), carry = summ,
-        wsum((size_t)2 * B * nch * d, nanf), xc = wsum, rows((size_t)2 * B * L * d, nanf), du((size_t)H * win, 0.f);
+        wsum((size_t)3 * B * nch * d, nanf), xc((size_t)2 * B * nch * d, nanf), rows((size_t)2 * B * L * d, nanf), du((size_t)H * win, 0.f);
     AftBandParams bp;
     AftSimpleParams& p = bp.scan;
     p.q = q.data(); p.k = k.data(); p.v = v.data(); p.y = y.data();

@@ -9,10 +9,11 @@ using namespace longtrain::kernels;
 static std::mt19937 rng(1);
 float bfround(float f) { return bf2f(f2bf(f)); }
 int main() {
-  struct Cfg { int B, L, d, chunk; float kscale; int row_mult; };
+  struct Cfg { int B, L, d, chunk; float kscale; int row_mult; int summary = 0; };  // summary: forward summary chunk (0: chunk)
   Cfg cfgs[] = {{1, 1, 2, 8, 1, 1}, {2, 37, 6, 8, 1, 1}, {2, 37, 6, 16, 1, 3}, {1, 100, 4, 32, 1, 1},
                 {2, 203, 4, 8, 1, 1}, {1, 203, 4, 64, 30, 1}, {1, 300, 66, 256, 1, 3}, {1, 1000, 2, 8, 1, 1},
-                {3, 77, 4, 16, 5, 1}, {1, 129, 70, 0, 1, 1}, {2, 600, 130, 8, 1, 3}, {2, 600, 130, 0, 3, 1}};
+                {3, 77, 4, 16, 5, 1}, {1, 129, 70, 0, 1, 1}, {2, 600, 130, 8, 1, 3}, {2, 600, 130, 0, 3, 1},
+                {1, 300, 66, 64, 1, 1, 16}, {2, 203, 4, 32, 30, 1, 8}, {1, 1000, 2, 64, 1, 3, 32}};
   int fails = 0;
   for (auto c : cfgs) {
     const int B = c.B, L = c.L, d = c.d;
@@ -24,17 +25,18 @@ int main() {
     const float nanf = std::numeric_limits<float>::quiet_NaN();
     auto nanbf = [&](size_t n) { return std::vector<__nv_bfloat16>(n, f2bf(nanf)); };
     auto y = nanbf((size_t)B * L * d), dq = nanbf((size_t)B * L * d), dk = dq, dv = dq;
-    const int nsub = (L + 7) / 8, nch = (L + chunk - 1) / chunk;
-    std::vector<float> state((size_t)3 * B * nsub * d, nanf), summ((size_t)3 * B * nch * d, nanf), carry = summ,
-        wsum((size_t)2 * B * nch * d, nanf), xc = wsum;
+    const int nsub = (L + 7) / 8, nch = (L + chunk - 1) / chunk, sc = c.summary ? c.summary : chunk,
+              nsum = (L + sc - 1) / sc;
+    std::vector<float> state((size_t)3 * B * nsub * d, nanf), summ((size_t)3 * B * nsum * d, nanf), carry = summ,
+        wsum((size_t)3 * B * nch * d, nanf), xc((size_t)2 * B * nch * d, nanf);
     AftSimpleParams p;
     p.q = q.data(); p.k = k.data(); p.v = v.data(); p.y = y.data();
     for (auto* s : {p.q_strides, p.k_strides, p.v_strides}) { s[0] = (int64_t)L * rs; s[1] = rs; }
     p.y_strides[0] = (int64_t)L * d; p.y_strides[1] = d;
     p.state = state.data(); p.summary = summ.data(); p.carry = carry.data();
-    p.B = B; p.L = L; p.d = d; p.chunk = chunk;
+    p.B = B; p.L = L; p.d = d; p.chunk = chunk; p.summary_chunk = c.summary;
     aft_simple_fwd(p, AftDType::kBFloat16, nullptr);
-    AftSimpleBwdParams bp; bp.fwd = p; bp.dy = dy.data(); bp.dq = dq.data(); bp.dk = dk.data(); bp.dv = dv.data();
+    AftSimpleBwdParams bp; bp.fwd = p; bp.fwd.summary_chunk = 0; bp.dy = dy.data(); bp.dq = dq.data(); bp.dk = dk.data(); bp.dv = dv.data();
     bp.dy_strides[0] = (int64_t)L * rs; bp.dy_strides[1] = rs;
     for (auto* s : {bp.dq_strides, bp.dk_strides, bp.dv_strides}) { s[0] = (int64_t)L * d; s[1] = d; }
     bp.wsum = wsum.data(); bp.xcarry = xc.data();
