@@ -29,15 +29,9 @@ class FullAttentionImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, const MixerContext&) override {
     const int64_t B = x.size(0), L = x.size(1), D = x.size(2), H = dims_.n_heads;
-    // [B, L, 3D] -> [3, B, H, L, Dh]
-    auto qkv = qkv_->forward(x).view({B, L, 3, H, D / H}).permute({2, 0, 3, 1, 4});
+    auto [q, k, v] = split_qkv(qkv_->forward(x), H, dims_.rope);  // [B, H, L, Dh] each
     const double p = is_training() ? dims_.dropout : 0.0;
-    auto q = qkv[0], k = qkv[1];
-    if (dims_.rope.enabled) {
-      q = apply_rope(q, dims_.rope);
-      k = apply_rope(k, dims_.rope);
-    }
-    auto y = at::scaled_dot_product_attention(q, k, qkv[2], /*attn_mask=*/{}, p,
+    auto y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, p,
                                               /*is_causal=*/dims_.causal);
     // [B, H, L, Dh] -> [B, L, D]
     return out_->forward(y.transpose(1, 2).reshape({B, L, D}));

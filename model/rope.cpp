@@ -1,18 +1,39 @@
 // See rope.h.
 #include "model/rope.h"
 
+#include "kernels/rope/op.h"
+
 namespace longtrain {
 
-torch::Tensor apply_rope(const torch::Tensor& x, const RopeSpec& spec, int64_t offset) {
-  const int64_t L = x.size(2), Dh = x.size(3), half = Dh / 2;
+std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t L, int64_t Dh, const RopeSpec& spec, int64_t offset,
+                                                    const torch::Device& device) {
   TORCH_CHECK(Dh % 2 == 0, "rope needs an even head dimension, got ", Dh);
-  auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(x.device());
+  const int64_t half = Dh / 2;
+  auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
   auto inv_freq = torch::pow(spec.base, -torch::arange(half, f32) * (2.0 / static_cast<double>(Dh)));  // [half]
   auto pos = (torch::arange(L, f32) + static_cast<double>(offset)) / spec.scale;                     // [L]
   auto angles = torch::outer(pos, inv_freq);                                                          // [L, half]
-  auto cos = angles.cos().to(x.scalar_type()), sin = angles.sin().to(x.scalar_type());
+  return {angles.cos(), angles.sin()};
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x, const RopeSpec& spec, int64_t offset) {
+  const int64_t L = x.size(2), Dh = x.size(3), half = Dh / 2;
+  auto [cos32, sin32] = rope_tables(L, Dh, spec, offset, x.device());
+  auto cos = cos32.to(x.scalar_type()), sin = sin32.to(x.scalar_type());
   auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
   return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> split_qkv(const torch::Tensor& fused, int64_t heads,
+                                                                 const RopeSpec& spec) {
+  const int64_t B = fused.size(0), L = fused.size(1), Dh = fused.size(2) / (3 * heads);
+  if (spec.enabled && kernels::qkv_rope_kernel_unsupported(fused, heads).empty()) {
+    auto [cos, sin] = rope_tables(L, Dh, spec, 0, fused.device());
+    return kernels::qkv_rope_cuda(fused, heads, cos, sin);
+  }
+  auto t = fused.view({B, L, 3, heads, Dh}).permute({2, 0, 3, 1, 4}).unbind(0);  // 3 x [B, H, L, Dh]
+  if (!spec.enabled) return {t[0], t[1], t[2]};
+  return {apply_rope(t[0], spec), apply_rope(t[1], spec), t[2]};
 }
 
 }  // namespace longtrain

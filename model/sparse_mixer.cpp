@@ -106,15 +106,7 @@ torch::Tensor SparseAttentionMixerImpl::global_mask(const torch::Tensor& x, cons
 torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const MixerContext& ctx) {
   const int64_t B = x.size(0), L = x.size(1), D = x.size(2), H = dims_.n_heads;
   // [B, L, 3D] -> 3 x [B, H, L, Dh]
-  auto split = [&](const torch::Tensor& fused) {
-    auto t = fused.view({B, L, 3, H, D / H}).permute({2, 0, 3, 1, 4});
-    auto q = t[0], k = t[1];
-    if (dims_.rope.enabled) {
-      q = apply_rope(q, dims_.rope);
-      k = apply_rope(k, dims_.rope);
-    }
-    return std::make_tuple(q, k, t[2]);
-  };
+  auto split = [&](const torch::Tensor& fused) { return split_qkv(fused, H, dims_.rope); };
   auto [q, k, v] = split(qkv_->forward(x));
   const bool kernel = use_kernel(q);
   const std::vector<const LayoutTensors*> per_head = kernel ? std::vector<const LayoutTensors*>() : layouts(L, x.device());
