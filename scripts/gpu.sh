@@ -6,7 +6,7 @@
 #
 #   scripts/gpu.sh all          # deps build test train
 #   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
-#                               # e2e_sparse, bench_linear, e2e_linear, bench_aft, e2e,
+#                               # e2e_sparse, bench_linear, e2e_linear, bench_aft, e2e_aft, breakdown, e2e,
 #                               # bench_cpu, compare, dist)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,11 +59,11 @@ step_train() {
 # The kernel tests in one process (each ctest process would pay ~2 s of CUDA
 # start-up), then compute-sanitizer memcheck and racecheck on a small case.
 step_kernels() {
-  local filter="${KERNEL_TESTS:-*SparseKernel*:TileLayout*:*LinearKernel*:*Aft*Kernel*:*AftFull*}"
+  local filter="${KERNEL_TESTS:-*SparseKernel*:TileLayout*:*LinearKernel*:*Aft*Kernel*:*AftFull*:*QkvRope*}"
   "$BUILD_DIR/longtrain_tests" --gtest_filter="$filter" > "$OUT/kernels.log" 2>&1
   local rc=$?
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|Failure|error" "$OUT/kernels.log" | head -n 40
-  local small="${SANITIZE_TESTS:-Patterns/SparseKernelVsReference.*sliding_w8_short*:Cases/LinearKernelVsReference.*B2_H2_L37*:Shapes/AftKernelVsReference.*B2_L37_d*:Shapes/AftBandKernelVsReference.*B2_L37_d64_H4*:Shapes/AftFullOnCuda.*B2_L37_d64_block16*}"
+  local small="${SANITIZE_TESTS:-Patterns/SparseKernelVsReference.*sliding_w8_short*:Cases/LinearKernelVsReference.*B2_H2_L37*:Shapes/AftKernelVsReference.*B2_L37_d*:Shapes/AftBandKernelVsReference.*B2_L37_d64_H4*:Shapes/AftFullOnCuda.*B2_L37_d64_block16*:Shapes/QkvRopeKernel.*B2_L37_H3_D64_bf16*}"
   for tool in ${SANITIZERS-memcheck racecheck}; do
     timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$BUILD_DIR/longtrain_tests" \
       --gtest_filter="$small" > "$OUT/sanitizer_$tool.log" 2>&1
@@ -146,6 +146,22 @@ step_e2e_sparse() {
 step_e2e_linear() {
   e2e_pair linear linear.yaml --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 \
     --set model.n_heads=4 --set model.mixer.decay=fixed --set train.batch_size=8 --set data.synthetic.filler=40
+}
+
+# The AFT recipe (local, window 64) at L = 4096, d_model 256, 4 heads.
+step_e2e_aft() {
+  e2e_pair aft aft.yaml --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 \
+    --set model.n_heads=4 --set train.batch_size=8 --set data.synthetic.filler=40
+}
+
+# Per-kernel time of each op's forward+backward at the benchmark shapes
+# (bench/kernel_breakdown.py; BREAKDOWN_CASES, comma-separated).
+step_breakdown() {
+  python3 "$ROOT/bench/kernel_breakdown.py" --lib "$BUILD_DIR/liblongtrain_torch_ops.so" \
+    ${BREAKDOWN_CASES:+--cases "$BREAKDOWN_CASES"} --out "$OUT/breakdown_$(date +%F).json" > "$OUT/breakdown.log" 2>&1
+  local rc=$?
+  cat "$OUT/breakdown.log"
+  return $rc
 }
 
 # bench/e2e: the 134M model, longtrain beside the PyTorch peer, and the

@@ -24,6 +24,9 @@ namespace pi = torch::profiler::impl;
 using nlohmann::json;
 
 // What Kineto records: the host, and the GPU when the run is on one.
+// Input shapes are recorded for the launching-operator table.
+pi::ProfilerConfig config() { return pi::ProfilerConfig(pi::ProfilerState::KINETO, /*report_input_shapes=*/true); }
+
 std::set<pi::ActivityType> activities(const torch::Device& device) {
   std::set<pi::ActivityType> out{pi::ActivityType::CPU};
   if (device.is_cuda()) out.insert(pi::ActivityType::CUDA);
@@ -79,6 +82,16 @@ std::map<std::string, Entry> by_launching_op(const std::vector<kp::KinetoEvent>&
     uint64_t start, end;
     std::string name;
   };
+  // The innermost op's first input, so that launches of one op on different
+  // tensors stay apart: "aten::add_ (BFloat16[65536, 3072])".
+  auto first_input = [](const kp::KinetoEvent& e) {
+    const auto shapes = e.shapes();
+    const auto dtypes = e.dtypes();
+    if (shapes.empty() || dtypes.empty() || dtypes[0].empty()) return std::string();
+    std::string s = " (" + dtypes[0] + "[";
+    for (size_t i = 0; i < shapes[0].size(); ++i) s += (i ? ", " : "") + std::to_string(shapes[0][i]);
+    return s + "])";
+  };
   std::map<uint64_t, std::vector<Span>> ops;      // thread -> aten ops and autograd nodes
   std::map<uint64_t, const kp::KinetoEvent*> launch;  // correlation id -> runtime call
   for (const auto& e : events) {
@@ -87,7 +100,7 @@ std::map<std::string, Entry> by_launching_op(const std::vector<kp::KinetoEvent>&
     if (n.rfind("cuda", 0) == 0 || n.rfind("cu", 0) == 0) {
       if (e.correlationId() != 0) launch[e.correlationId()] = &e;
     } else if (n.rfind("aten::", 0) == 0 || n.rfind("autograd::engine::evaluate_function: ", 0) == 0) {
-      ops[e.startThreadId()].push_back({e.startNs(), e.endNs(), n});
+      ops[e.startThreadId()].push_back({e.startNs(), e.endNs(), n.rfind("aten::", 0) == 0 ? n + first_input(e) : n});
     }
   }
   for (auto& [thread, spans] : ops) {
@@ -143,7 +156,7 @@ StepProfiler::StepProfiler(std::string dir, int64_t steps, int64_t warmup, torch
                                 std::to_string(steps_) + " and " + std::to_string(warmup_));
   }
   std::filesystem::create_directories(dir_);
-  kp::prepareProfiler(pi::ProfilerConfig(pi::ProfilerState::KINETO), activities(device_));
+  kp::prepareProfiler(config(), activities(device_));
 }
 
 StepProfiler::~StepProfiler() {
@@ -158,7 +171,7 @@ StepProfiler::~StepProfiler() {
 void StepProfiler::before_step(int64_t steps_done) {
   if (dir_.empty() || done_ || recording_ || steps_done != warmup_) return;
   synchronize(device_);
-  kp::enableProfiler(pi::ProfilerConfig(pi::ProfilerState::KINETO), activities(device_));
+  kp::enableProfiler(config(), activities(device_));
   recording_ = true;
   first_ = steps_done;
   t0_ = std::chrono::steady_clock::now();

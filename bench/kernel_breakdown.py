@@ -1,0 +1,99 @@
+"""Where a kernel op's forward+backward time goes, launch by launch.
+
+For each case (the benchmark shapes of bench/linear_attention.py, aft.py and
+sparse_attention.py) this runs N forward+backward steps under torch.profiler
+and prints every CUDA kernel's mean time per step, largest first, with the
+step's wall time: the numbers the kernel NOTES.md predictions are held to.
+
+Usage: python3 bench/kernel_breakdown.py --lib build-gpu/liblongtrain_torch_ops.so \
+           [--cases linear16k,linear64k,aft16k,sliding16k] [--out breakdown.json]
+"""
+import argparse
+import json
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import timing
+
+dev = "cuda"
+bf16 = torch.bfloat16
+
+
+def linear_case(L, B=1, H=16, D=64):
+    g = torch.Generator(device=dev).manual_seed(L)
+    q, k = [(torch.nn.functional.elu(torch.randn(B, H, L, D, device=dev, generator=g)) + 1).to(bf16) for _ in range(2)]
+    v = torch.randn(B, H, L, D, device=dev, generator=g).to(bf16)
+    grad = torch.randn(B, H, L, D, device=dev, generator=g).to(bf16)
+    ins = [t.requires_grad_() for t in (q, k, v)]
+    return (lambda: torch.ops.longtrain.linear_attention(q, k, v, None, False)), ins, grad
+
+
+def aft_case(L, d=1024, chunk=0):
+    g = torch.Generator(device=dev).manual_seed(L)
+    q, k, v, grad = [torch.randn(1, L, d, device=dev, generator=g).to(bf16) for _ in range(4)]
+    ins = [t.requires_grad_() for t in (q, k, v)]
+    return (lambda: torch.ops.longtrain.aft_simple(q, k, v, chunk)), ins, grad
+
+
+def sliding_case(L, B=1, H=16, D=64, window=512):
+    torch.manual_seed(0)
+    q, k, v = [torch.randn(B, H, L, D, device=dev, dtype=bf16, requires_grad=True) for _ in range(3)]
+    grad = torch.randn(B, H, L, D, device=dev, dtype=bf16)
+    return (lambda: torch.ops.longtrain.sparse_attention(q, k, v, "sliding", window, 0, True)), [q, k, v], grad
+
+
+CASES = {
+    "linear4k": lambda: linear_case(4096),
+    "linear16k": lambda: linear_case(16384),
+    "linear64k": lambda: linear_case(65536),
+    "aft4k": lambda: aft_case(4096),
+    "aft16k": lambda: aft_case(16384),
+    # the scan's chunk (positions per thread) forced, for tuning aft_chunk_size
+    **{f"aft16k_chunk{c}": (lambda c=c: aft_case(16384, chunk=c)) for c in (32, 64, 128, 256)},
+    "sliding16k": lambda: sliding_case(16384),
+}
+
+
+def breakdown(name, steps=20):
+    fn, ins, grad = CASES[name]()
+    step = timing.fwd_bwd(fn, ins, grad)
+    wall = timing.bench(step)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    per = defaultdict(lambda: [0.0, 0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per[e.name][0] += e.device_time_total / 1000.0 / steps  # ms per step
+            per[e.name][1] += 1
+    rows = sorted(({"kernel": k[:120], "ms": v[0], "launches_per_step": v[1] / steps} for k, v in per.items()),
+                  key=lambda r: -r["ms"])
+    busy = sum(r["ms"] for r in rows)
+    print(f"== {name}: fwd+bwd {wall:.3f} ms (median), kernels {busy:.3f} ms per step", flush=True)
+    for r in rows[:14]:
+        print(f"  {r['ms']:8.4f} ms  x{r['launches_per_step']:4.1f}  {r['kernel']}", flush=True)
+    return {"case": name, "fwdbwd_ms": wall, "kernel_ms": busy, "kernels": rows}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--cases", default="linear16k,linear64k,aft16k,sliding16k")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    torch.ops.load_library(args.lib)
+    out = timing.results_head(matmul=False)
+    out["cases"] = [breakdown(c) for c in args.cases.split(",")]
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
