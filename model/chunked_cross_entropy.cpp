@@ -23,6 +23,7 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
     auto loss_sum = torch::zeros({}, f32);
     auto grad_hidden = torch::empty_like(hidden);                 // [N, D]
     auto grad_weight = torch::zeros(weight.sizes(), weight.options().dtype(acc));  // [V, D]
+    torch::Tensor weight_c;  // the weight in the matmuls' dtype, cast once (not once per chunk)
     for (int64_t start = 0; start < n; start += chunk) {
       const int64_t rows = std::min(chunk, n - start);
       const auto h = hidden.narrow(0, start, rows);               // [C, D]
@@ -42,7 +43,8 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
       dlogits.scatter_add_(1, safe_t, -torch::ones_like(safe_t, f32));
       dlogits.mul_(keep_f.unsqueeze(1));
       const auto dl = dlogits.to(compute);
-      grad_hidden.narrow(0, start, rows).copy_(torch::mm(dl, weight.to(compute)));  // [C, D]
+      if (!weight_c.defined()) weight_c = weight.to(compute);
+      grad_hidden.narrow(0, start, rows).copy_(torch::mm(dl, weight_c));  // [C, D]
       grad_weight.add_(torch::mm(dl.t(), h.to(compute)));                          // [V, D]
     }
     const auto inv = count.reciprocal();

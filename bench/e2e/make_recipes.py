@@ -32,6 +32,7 @@ model:
   n_heads: 12
   positions: rope            # no position table: 134M parameters as in the anchors
   tie_embeddings: false
+  residual: bf16             # residual stream, norms and MLP in bf16, as torchtitan and llm.c train
 {mixer_block}data:
   source: synthetic
 train:
