@@ -36,8 +36,9 @@
 
 #include "kernels/aft/op.h"
 #include "model/aft.h"
-#include "model/no_autocast.h"
+#include "model/linear.h"
 #include "model/mixer.h"
+#include "model/no_autocast.h"
 #include "model/sparse_mixer.h"
 #include "trainer/recipe_section.h"
 
@@ -122,7 +123,7 @@ class AftMixerImpl : public MixerImpl {
                 " exceeds the learned bias table (model.max_positions = ", dims_.max_positions,
                 "); raise max_positions or use variant simple, local or conv");
     // [B, L, 3D] -> 3 x [B, L, D]
-    auto qkv = qkv_->forward(x).chunk(3, -1);
+    auto qkv = linear(qkv_, x).chunk(3, -1);
     const auto &q = qkv[0], &k = qkv[1], &v = qkv[2];
     const bool causal = dims_.causal;
     torch::Tensor y;
@@ -142,7 +143,7 @@ class AftMixerImpl : public MixerImpl {
         y = kernel ? kernels::aft_full_blocked(q, k, v, w, causal) : aft_full(q, k, v, w, causal);
       }
     }
-    return out_->forward(y);
+    return linear(out_, y);
   }
 
   // Whether forward() takes the kernel for q (throws for impl: cuda when it cannot).
@@ -181,14 +182,14 @@ class AftMixerImpl : public MixerImpl {
   torch::Tensor step(const torch::Tensor& x, MixerState& base) override {
     auto& s = dynamic_cast<AftState&>(base);
     TORCH_CHECK(x.dim() == 3 && x.size(1) == 1, "aft step: x must be [B, 1, D], got ", x.sizes());
-    auto qkv = qkv_->forward(x.squeeze(1)).chunk(3, -1);  // 3 x [B, D]
+    auto qkv = linear(qkv_, x.squeeze(1)).chunk(3, -1);  // 3 x [B, D]
     torch::Tensor y;
     {
       NoAutocast no_autocast;
       y = aft_simple_step(qkv[0], qkv[1], qkv[2], s.aft);
     }
     s.position += 1;
-    return out_->forward(y.unsqueeze(1));
+    return linear(out_, y.unsqueeze(1));
   }
 
  private:

@@ -41,11 +41,14 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
       // mean's 1/count is applied once below.
       auto dlogits = logp.exp_();                                          // [C, V]
       dlogits.scatter_add_(1, safe_t, -torch::ones_like(safe_t, f32));
-      dlogits.mul_(keep_f.unsqueeze(1));
       const auto dl = dlogits.to(compute);
       if (!weight_c.defined()) weight_c = weight.to(compute);
-      grad_hidden.narrow(0, start, rows).copy_(torch::mm(dl, weight_c));  // [C, D]
-      grad_weight.add_(torch::mm(dl.t(), h.to(compute)));                          // [V, D]
+      // Uncounted rows are zeroed on the [C, D] side of both products, not
+      // in the [C, V] dlogits (a full pass over them: 7 ms of a 205 ms step
+      // of the 134M model on the H100); the products are the same.
+      const auto keep_c = keep_f.unsqueeze(1).to(compute);                 // [C, 1]
+      grad_hidden.narrow(0, start, rows).copy_(torch::mm(dl, weight_c).mul_(keep_c));  // [C, D]
+      grad_weight.add_(torch::mm(dl.t(), h.to(compute) * keep_c));                    // [V, D]
     }
     const auto inv = count.reciprocal();
     grad_hidden.mul_(inv.to(grad_hidden.scalar_type()));

@@ -6,6 +6,7 @@
 // Generation: a KV cache of every earlier position's k, v ([B, H, n, Dh]),
 // O(n) work per token.
 // Options: none. Limits: quadratic in L, as the method is.
+#include "model/linear.h"
 #include "model/mixer.h"
 #include "trainer/recipe_section.h"
 
@@ -29,12 +30,12 @@ class FullAttentionImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, const MixerContext&) override {
     const int64_t B = x.size(0), L = x.size(1), D = x.size(2), H = dims_.n_heads;
-    auto [q, k, v] = split_qkv(qkv_->forward(x), H, dims_.rope);  // [B, H, L, Dh] each
+    auto [q, k, v] = split_qkv(linear(qkv_, x), H, dims_.rope);  // [B, H, L, Dh] each
     const double p = is_training() ? dims_.dropout : 0.0;
     auto y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, p,
                                               /*is_causal=*/dims_.causal);
     // [B, H, L, Dh] -> [B, L, D]
-    return out_->forward(y.transpose(1, 2).reshape({B, L, D}));
+    return linear(out_, y.transpose(1, 2).reshape({B, L, D}));
   }
 
   std::string step_unsupported() const override {
@@ -55,7 +56,7 @@ class FullAttentionImpl : public MixerImpl {
     const int64_t B = x.size(0), D = x.size(2), H = dims_.n_heads;
     TORCH_CHECK(x.dim() == 3 && x.size(1) == 1, "full attention step: x must be [B, 1, D], got ", x.sizes());
     // [B, 1, 3D] -> [3, B, H, 1, Dh]
-    auto qkv = qkv_->forward(x).view({B, 1, 3, H, D / H}).permute({2, 0, 3, 1, 4});
+    auto qkv = linear(qkv_, x).view({B, 1, 3, H, D / H}).permute({2, 0, 3, 1, 4});
     auto q = qkv[0], k = qkv[1];
     if (dims_.rope.enabled) {
       q = apply_rope(q, dims_.rope, s.position);
@@ -66,7 +67,7 @@ class FullAttentionImpl : public MixerImpl {
     s.position += 1;
     // Every cached position is earlier than this one: no mask.
     auto y = at::scaled_dot_product_attention(q, s.k, s.v);  // [B, H, 1, Dh]
-    return out_->forward(y.transpose(1, 2).reshape({B, 1, D}));
+    return linear(out_, y.transpose(1, 2).reshape({B, 1, D}));
   }
 
  private:

@@ -35,6 +35,7 @@
 #include <string>
 
 #include "kernels/linear_attention/op.h"
+#include "model/linear.h"
 #include "model/linear_attention.h"
 #include "model/mixer.h"
 #include "model/sparse_mixer.h"
@@ -153,9 +154,7 @@ class LinearMixerImpl : public MixerImpl {
                 "], got ", x.sizes());
     const int64_t B = x.size(0), L = x.size(1), D = x.size(2), H = dims_.n_heads, Dh = D / H;
     if (favor_proj_.defined() && is_training() && opts_.redraw_interval > 0) advance_redraw_schedule();
-    // [B, L, 3D] -> [3, B, H, L, Dh]
-    auto qkv = qkv_->forward(x).view({B, L, 3, H, Dh}).permute({2, 0, 3, 1, 4});
-    auto q = qkv[0], k = qkv[1];
+    auto [q, k, v] = split_qkv(linear(qkv_, x), H, RopeSpec{});  // views: [B, H, L, Dh] each
     if (map_ == FeatureMap::kFavor) {
       // Dh^(-1/4) on each side: φ(q)·φ(k) then estimates exp(q·k / sqrt(Dh)),
       // the softmax kernel at the usual temperature.
@@ -170,15 +169,15 @@ class LinearMixerImpl : public MixerImpl {
     const auto spec = feature_spec(L);
     auto phi_q = apply_feature_map(q, spec), phi_k = apply_feature_map(k, spec);
     torch::Tensor y;
-    if (use_kernel(phi_q, qkv[2])) {
+    if (use_kernel(phi_q, v)) {
       const auto gamma = decay();
-      y = kernels::linear_attention_cuda(phi_q.to(torch::kBFloat16), phi_k.to(torch::kBFloat16), qkv[2],
+      y = kernels::linear_attention_cuda(phi_q.to(torch::kBFloat16), phi_k.to(torch::kBFloat16), v,
                                          gamma.defined() ? gamma.detach() : gamma, opts_.normalize, opts_.eps);
     } else {
-      y = linear_attention_chunked(phi_q, phi_k, qkv[2], attention_options());
+      y = linear_attention_chunked(phi_q, phi_k, v, attention_options());
     }
     // [B, H, L, Dh] -> [B, L, D]
-    return out_->forward(y.transpose(1, 2).reshape({B, L, D}));
+    return linear(out_, y.transpose(1, 2).reshape({B, L, D}));
   }
 
   std::string step_unsupported() const override {
@@ -203,7 +202,7 @@ class LinearMixerImpl : public MixerImpl {
                 "linear attention (cosformer, causal): position ", s.position,
                 " is beyond the horizon M = max_positions = ", dims_.max_positions);
     // [B, 1, 3D] -> [3, B, H, 1, Dh]
-    auto qkv = qkv_->forward(x).view({B, 1, 3, H, Dh}).permute({2, 0, 3, 1, 4});
+    auto qkv = linear(qkv_, x).view({B, 1, 3, H, Dh}).permute({2, 0, 3, 1, 4});
     auto q = qkv[0], k = qkv[1];
     if (map_ == FeatureMap::kFavor) {
       const double sc = std::pow(static_cast<double>(Dh), -0.25);  // as in forward()
@@ -221,7 +220,7 @@ class LinearMixerImpl : public MixerImpl {
       y = linear_attention_step(phi_q, phi_k, qkv[2], s.la, attention_options());
     }
     s.position += 1;
-    return out_->forward(y.transpose(1, 2).reshape({B, 1, D}));
+    return linear(out_, y.transpose(1, 2).reshape({B, 1, D}));
   }
 
   int64_t max_seq_len() const override {

@@ -6,6 +6,7 @@
 #include <ATen/autocast_mode.h>
 
 #include "model/chunked_cross_entropy.h"
+#include "model/linear.h"
 #include "model/no_autocast.h"
 
 namespace longtrain {
@@ -86,13 +87,13 @@ torch::Tensor BlockImpl::block(const torch::Tensor& x, const MixerContext& ctx, 
     h = mixer_branch(x, ctx);
   }
   auto y = x + (drop ? torch::dropout(h, dropout_, true) : h);
-  auto m = proj_->forward(torch::gelu(fc_->forward(norm2_->forward(y)), "tanh"));
+  auto m = linear(proj_, torch::gelu(linear(fc_, norm2_->forward(y)), "tanh"));
   return y + (drop ? torch::dropout(m, dropout_, true) : m);
 }
 
 torch::Tensor BlockImpl::step(const torch::Tensor& x, MixerState& state) {
   auto y = x + mixer_->step(norm1_->forward(x), state);
-  return y + proj_->forward(torch::gelu(fc_->forward(norm2_->forward(y)), "tanh"));
+  return y + linear(proj_, torch::gelu(linear(fc_, norm2_->forward(y)), "tanh"));
 }
 
 LanguageModelImpl::LanguageModelImpl(const ModelConfig& cfg) : cfg_(cfg) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "model/linear.h"
 #include "model/sparse_attention_fast.h"
 
 namespace longtrain {
@@ -107,14 +108,14 @@ torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const Mi
   const int64_t B = x.size(0), L = x.size(1), D = x.size(2), H = dims_.n_heads;
   // [B, L, 3D] -> 3 x [B, H, L, Dh]
   auto split = [&](const torch::Tensor& fused) { return split_qkv(fused, H, dims_.rope); };
-  auto [q, k, v] = split(qkv_->forward(x));
+  auto [q, k, v] = split(linear(qkv_, x));
   const bool kernel = use_kernel(q);
   const std::vector<const LayoutTensors*> per_head = kernel ? std::vector<const LayoutTensors*>() : layouts(L, x.device());
   torch::Tensor y;
   const bool use_global = (global_.enabled() || ctx.global_mask.defined()) && global_qkv_;
   torch::Tensor mask = use_global ? global_mask(x, ctx) : torch::Tensor();
   if (use_global && mask.any().item<bool>()) {
-    auto [gq, gk, gv] = split(global_qkv_->forward(x));
+    auto [gq, gk, gv] = split(linear(global_qkv_, x));
     GlobalAttention g;
     std::tie(g.index, g.valid) = global_positions(mask);
     g.q = gq;
@@ -130,7 +131,7 @@ torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const Mi
                : sparse_attention(q, k, v, per_head, dims_.causal);
   }
   // [B, H, L, Dh] -> [B, L, D]
-  return out_->forward(y.transpose(1, 2).reshape({B, L, D}));
+  return linear(out_, y.transpose(1, 2).reshape({B, L, D}));
 }
 
 namespace {
@@ -172,7 +173,7 @@ torch::Tensor SparseAttentionMixerImpl::step(const torch::Tensor& x, MixerState&
   TORCH_CHECK(x.dim() == 3 && x.size(1) == 1, "sliding attention step: x must be [B, 1, D], got ", x.sizes());
   const int64_t B = x.size(0), D = x.size(2), H = dims_.n_heads, W = s.k.size(2), t = s.position;
   // [B, 1, 3D] -> [3, B, H, 1, Dh]
-  auto qkv = qkv_->forward(x).view({B, 1, 3, H, D / H}).permute({2, 0, 3, 1, 4});
+  auto qkv = linear(qkv_, x).view({B, 1, 3, H, D / H}).permute({2, 0, 3, 1, 4});
   auto q = qkv[0], k = qkv[1];
   if (dims_.rope.enabled) {
     q = apply_rope(q, dims_.rope, t);
@@ -188,7 +189,7 @@ torch::Tensor SparseAttentionMixerImpl::step(const torch::Tensor& x, MixerState&
   auto age = t - s.slot_pos.view({1, W});                                                 // [1, W]
   auto mask = ((s.slot_pos.view({1, W}) >= 0) & (age < windows)).view({1, H, 1, W});      // [1, H, 1, W]
   auto y = at::scaled_dot_product_attention(q, s.k, s.v, mask);                           // [B, H, 1, Dh]
-  return out_->forward(y.transpose(1, 2).reshape({B, 1, D}));
+  return linear(out_, y.transpose(1, 2).reshape({B, 1, D}));
 }
 
 PerLayerHead parse_per_layer_head(const std::string& key, const YAML::Node& value) {
