@@ -32,21 +32,28 @@ struct Pair<__half> {
   static __device__ V from(float2 f) { return __float22half2_rn(f); }
 };
 
-struct Index {
+// This thread's (row, head, pair j) and the cos / sin of its two channels.
+struct Site {
   int64_t row;  // b * L + l
-  int b, l, h, j;
+  int b, l, h, c0, half;
+  int64_t hd;  // H * Dh
+  float2 c, s;
 };
 
-__device__ __forceinline__ bool index_of(const QkvRopeParams& p, Index& ix) {
+__device__ __forceinline__ bool site_of(const QkvRopeParams& p, Site& x) {
   const int pairs = p.Dh / 4;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= static_cast<int64_t>(p.B) * p.L * p.H * pairs) return false;
-  ix.j = static_cast<int>(idx % pairs);
+  x.c0 = 2 * static_cast<int>(idx % pairs);
   const int64_t rest = idx / pairs;
-  ix.h = static_cast<int>(rest % p.H);
-  ix.row = rest / p.H;
-  ix.l = static_cast<int>(ix.row % p.L);
-  ix.b = static_cast<int>(ix.row / p.L);
+  x.h = static_cast<int>(rest % p.H);
+  x.row = rest / p.H;
+  x.l = static_cast<int>(x.row % p.L);
+  x.b = static_cast<int>(x.row / p.L);
+  x.half = p.Dh / 2;
+  x.hd = static_cast<int64_t>(p.H) * p.Dh;
+  x.c = *reinterpret_cast<const float2*>(p.cos + static_cast<int64_t>(x.l) * x.half + x.c0);
+  x.s = *reinterpret_cast<const float2*>(p.sin + static_cast<int64_t>(x.l) * x.half + x.c0);
   return true;
 }
 
@@ -60,43 +67,35 @@ __device__ __forceinline__ void rotate(float2& x1, float2& x2, float2 c, float2 
 template <typename T>
 __global__ void qkv_rope_fwd_kernel(const QkvRopeParams p) {
   using V = typename Pair<T>::V;
-  Index ix;
-  if (!index_of(p, ix)) return;
-  const int half = p.Dh / 2, c0 = 2 * ix.j;
-  const float2 c = *reinterpret_cast<const float2*>(p.cos + static_cast<int64_t>(ix.l) * half + c0);
-  const float2 s = *reinterpret_cast<const float2*>(p.sin + static_cast<int64_t>(ix.l) * half + c0);
-  const int64_t hd = static_cast<int64_t>(p.H) * p.Dh;
+  Site x;
+  if (!site_of(p, x)) return;
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
-    const V* in = static_cast<const V*>(p.fused) + ((ix.row * 3 + t) * hd + ix.h * p.Dh + c0) / 2;
-    float2 x1 = Pair<T>::to(in[0]), x2 = Pair<T>::to(in[half / 2]);
-    rotate(x1, x2, c, s, 1.f);
-    V* out = static_cast<V*>(t == 0 ? p.q : p.k) + (ix.row * hd + ix.h * p.Dh + c0) / 2;
+    const V* in = static_cast<const V*>(p.fused) + ((x.row * 3 + t) * x.hd + x.h * p.Dh + x.c0) / 2;
+    float2 x1 = Pair<T>::to(in[0]), x2 = Pair<T>::to(in[x.half / 2]);
+    rotate(x1, x2, x.c, x.s, 1.f);
+    V* out = static_cast<V*>(t == 0 ? p.q : p.k) + (x.row * x.hd + x.h * p.Dh + x.c0) / 2;
     out[0] = Pair<T>::from(x1);
-    out[half / 2] = Pair<T>::from(x2);
+    out[x.half / 2] = Pair<T>::from(x2);
   }
 }
 
 template <typename T>
 __global__ void qkv_rope_bwd_kernel(const QkvRopeParams p) {
   using V = typename Pair<T>::V;
-  Index ix;
-  if (!index_of(p, ix)) return;
-  const int half = p.Dh / 2, c0 = 2 * ix.j;
-  const float2 c = *reinterpret_cast<const float2*>(p.cos + static_cast<int64_t>(ix.l) * half + c0);
-  const float2 s = *reinterpret_cast<const float2*>(p.sin + static_cast<int64_t>(ix.l) * half + c0);
-  const int64_t hd = static_cast<int64_t>(p.H) * p.Dh;
+  Site x;
+  if (!site_of(p, x)) return;
   const void* grads[3] = {p.dq, p.dk, p.dv};
   const int64_t* strides[3] = {p.dq_strides, p.dk_strides, p.dv_strides};
 #pragma unroll
   for (int t = 0; t < 3; ++t) {
-    const int64_t at = ix.b * strides[t][0] + ix.h * strides[t][1] + ix.l * strides[t][2] + c0;
+    const int64_t at = x.b * strides[t][0] + x.h * strides[t][1] + x.l * strides[t][2] + x.c0;
     const V* in = static_cast<const V*>(grads[t]) + at / 2;
-    float2 g1 = Pair<T>::to(in[0]), g2 = Pair<T>::to(in[half / 2]);
-    if (t < 2) rotate(g1, g2, c, s, -1.f);
-    V* out = static_cast<V*>(p.dfused) + ((ix.row * 3 + t) * hd + ix.h * p.Dh + c0) / 2;
+    float2 g1 = Pair<T>::to(in[0]), g2 = Pair<T>::to(in[x.half / 2]);
+    if (t < 2) rotate(g1, g2, x.c, x.s, -1.f);
+    V* out = static_cast<V*>(p.dfused) + ((x.row * 3 + t) * x.hd + x.h * p.Dh + x.c0) / 2;
     out[0] = Pair<T>::from(g1);
-    out[half / 2] = Pair<T>::from(g2);
+    out[x.half / 2] = Pair<T>::from(g2);
   }
 }
 
