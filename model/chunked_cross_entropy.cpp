@@ -1,6 +1,8 @@
 // See chunked_cross_entropy.h.
 #include "model/chunked_cross_entropy.h"
 
+#include "kernels/xent/op.h"
+
 namespace longtrain {
 namespace {
 
@@ -32,16 +34,25 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
       // Autocast (still in force inside Function::forward) picks the matmul dtype, as for the plain head.
       const auto raw = torch::linear(h, weight);                          // [C, V]
       const auto compute = raw.scalar_type();  // the gradient matmuls run in it too, as autocast's would
-      const auto logits = raw.to(acc);
-      const auto logp = torch::log_softmax(logits, -1);                   // [C, V]
-      const auto safe_t = torch::where(keep, t, torch::zeros_like(t)).unsqueeze(1);  // [C, 1]
       const auto keep_f = keep.to(acc);
-      loss_sum -= (logp.gather(1, safe_t).squeeze(1) * keep_f).sum();
-      // d(sum of losses)/d logits = softmax - onehot, on counted rows; the
-      // mean's 1/count is applied once below.
-      auto dlogits = logp.exp_();                                          // [C, V]
-      dlogits.scatter_add_(1, safe_t, -torch::ones_like(safe_t, f32));
-      const auto dl = dlogits.to(compute);
+      torch::Tensor dl;  // d(sum of losses)/d logits in the matmuls' dtype, uncounted rows not yet zeroed
+      if (kernels::softmax_xent_kernel_unsupported(raw).empty()) {
+        // CUDA, bf16/fp16 logits: one kernel for the rows' losses and
+        // softmax - onehot (kernels/xent; the -100 targets count nothing).
+        auto [row_loss, d] = kernels::softmax_xent_cuda(raw, t);
+        loss_sum += row_loss.sum();
+        dl = d;
+      } else {
+        const auto logits = raw.to(acc);
+        const auto logp = torch::log_softmax(logits, -1);                   // [C, V]
+        const auto safe_t = torch::where(keep, t, torch::zeros_like(t)).unsqueeze(1);  // [C, 1]
+        loss_sum -= (logp.gather(1, safe_t).squeeze(1) * keep_f).sum();
+        // d(sum of losses)/d logits = softmax - onehot, on counted rows; the
+        // mean's 1/count is applied once below.
+        auto dlogits = logp.exp_();                                          // [C, V]
+        dlogits.scatter_add_(1, safe_t, -torch::ones_like(safe_t, f32));
+        dl = dlogits.to(compute);
+      }
       if (!weight_c.defined()) weight_c = weight.to(compute);
       // Uncounted rows are zeroed on the [C, D] side of both products, not
       // in the [C, V] dlogits (a full pass over them: 7 ms of a 205 ms step
