@@ -31,9 +31,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> split_qkv(const torch::T
     auto [cos, sin] = rope_tables(L, Dh, spec, 0, fused.device());
     return kernels::qkv_rope_cuda(fused, heads, cos, sin);
   }
-  auto t = fused.view({B, L, 3, heads, Dh}).permute({2, 0, 3, 1, 4}).unbind(0);  // 3 x [B, H, L, Dh]
-  if (!spec.enabled) return {t[0], t[1], t[2]};
-  return {apply_rope(t[0], spec), apply_rope(t[1], spec), t[2]};
+  // Unbound along the fused dim before the transpose: the backward's stack
+  // then lands in [B, L, 3, H, Dh], fused's own layout, with no further copy.
+  auto t = fused.view({B, L, 3, heads, Dh}).unbind(2);  // 3 x [B, L, H, Dh]
+  auto q = t[0].transpose(1, 2), k = t[1].transpose(1, 2), v = t[2].transpose(1, 2);
+  if (!spec.enabled) return {q, k, v};
+  return {apply_rope(q, spec), apply_rope(k, spec), v};
 }
 
 }  // namespace longtrain
