@@ -9,9 +9,11 @@
 // chunks of `chunk` rows; for each it computes the chunk's logits (under
 // autocast in its dtype, the softmax in fp32), its loss sum, and right away the
 // gradients: d hidden for those rows and the chunk's share of d weight, summed
+// in fp32. On CUDA with bf16/fp16 logits the softmax, loss and softmax - onehot
+// of a chunk are one kernel (kernels/xent, fp32 inside); elsewhere torch ops
 // in fp32. Backward only scales the stored gradients by the incoming one. Peak
-// extra memory: a few [chunk, V] fp32 buffers plus the [N, D] and [V, D]
-// gradients. Semantics (ignore_index -100, mean over the counted targets, NaN
+// extra memory: a few [chunk, V] buffers (fp32, or the logits' dtype with the
+// kernel) plus the [N, D] and [V, D] gradients. Semantics (ignore_index -100, mean over the counted targets, NaN
 // when none counts) are torch::nn::functional::cross_entropy's; loss and
 // gradients equal the plain path (tests/model/chunked_cross_entropy_test.cpp).
 // Without grad mode (evaluation) it only sums the chunks' losses.
