@@ -64,6 +64,19 @@ using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// Makes t's CUDA device current for the op's work (nothing on CPU or in a
+// build without CUDA); the forward and the backward both hold one.
+struct DeviceOf {
+#ifdef LONGTRAIN_WITH_CUDA
+  explicit DeviceOf(const Tensor& t) {
+    if (t.is_cuda()) guard.emplace(t.device());
+  }
+  std::optional<c10::cuda::CUDAGuard> guard;
+#else
+  explicit DeviceOf(const Tensor&) {}
+#endif
+};
+
 torch::ScalarType accumulation_type(const Tensor& t) {
   return t.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
 }
@@ -223,10 +236,7 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
   static Tensor forward(AutogradContext* ctx, Tensor q, Tensor k, Tensor v, Tensor w, bool causal, int64_t block) {
     const int64_t B = q.size(0), L = q.size(1), d = q.size(2);
     const auto acc = accumulation_type(q), op = q.scalar_type();
-#ifdef LONGTRAIN_WITH_CUDA
-    std::optional<c10::cuda::CUDAGuard> guard;
-    if (q.is_cuda()) guard.emplace(q.device());
-#endif
+    const DeviceOf guard(q);
     auto ka = k.to(acc), va = v.to(acc);
     auto ref = ka.amax(1, /*keepdim=*/true);  // [B, 1, d]; no grad inside a Function
     auto e = torch::exp(ka - ref);             // [B, L, d], <= 1
@@ -259,10 +269,7 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
     }
     const int64_t B = q.size(0), L = q.size(1), d = q.size(2);
     const auto acc = accumulation_type(q), op = q.scalar_type();
-#ifdef LONGTRAIN_WITH_CUDA
-    std::optional<c10::cuda::CUDAGuard> guard;
-    if (q.is_cuda()) guard.emplace(q.device());
-#endif
+    const DeviceOf guard(q);
     auto [num, den] = unpair_rows(nd, B, d);
     auto ratio = num / den;  // [B, L, d]
     auto dy = grads[0].to(acc);
