@@ -44,6 +44,38 @@ def sliding_case(L, B=1, H=16, D=64, window=512):
     return (lambda: torch.ops.longtrain.sparse_attention(q, k, v, "sliding", window, 0, True)), [q, k, v], grad
 
 
+def add_norm_case(aten, rows=65536, d=768):
+    """The 134M model's residual add + LayerNorm: kernels/norm, or LibTorch's add and layer_norm."""
+    torch.manual_seed(0)
+    x, b = [torch.randn(rows, d, device=dev, dtype=bf16, requires_grad=True) for _ in range(2)]
+    w = torch.ones(d, device=dev, requires_grad=True)
+    bias = torch.zeros(d, device=dev, requires_grad=True)
+    grad = torch.randn(rows, d, device=dev, dtype=bf16)
+    if aten:
+        fn = lambda: torch.nn.functional.layer_norm(x + b, (d,), w.to(bf16), bias.to(bf16), 1e-5)
+    else:
+        fn = lambda: torch.ops.longtrain.add_norm(x, b, w, bias)
+    return fn, [x, b, w, bias], grad
+
+
+def mlp_case(aten, rows=65536, d=768, hidden=3072):
+    """The 134M model's MLP: kernels/mlp (cuBLASLt epilogues), or addmm, gelu, addmm."""
+    torch.manual_seed(0)
+    x = torch.randn(rows, d, device=dev, dtype=bf16, requires_grad=True)
+    w1 = (torch.randn(hidden, d, device=dev) * 0.02).requires_grad_()
+    w2 = (torch.randn(d, hidden, device=dev) * 0.02).requires_grad_()
+    b1 = torch.zeros(hidden, device=dev, requires_grad=True)
+    b2 = torch.zeros(d, device=dev, requires_grad=True)
+    grad = torch.randn(rows, d, device=dev, dtype=bf16)
+    if aten:
+        def fn():
+            h = torch.nn.functional.gelu(torch.addmm(b1.to(bf16), x, w1.to(bf16).t()), approximate="tanh")
+            return torch.addmm(b2.to(bf16), h, w2.to(bf16).t())
+    else:
+        fn = lambda: torch.ops.longtrain.gelu_mlp(x, w1, b1, w2, b2)
+    return fn, [x, w1, b1, w2, b2], grad
+
+
 CASES = {
     "linear4k": lambda: linear_case(4096),
     "linear16k": lambda: linear_case(16384),
@@ -53,6 +85,10 @@ CASES = {
     # the scan's chunk (positions per thread) forced, for tuning aft_chunk_size
     **{f"aft16k_chunk{c}": (lambda c=c: aft_case(16384, chunk=c)) for c in (32, 64, 128, 256)},
     "sliding16k": lambda: sliding_case(16384),
+    "addnorm": lambda: add_norm_case(False),
+    "addnorm_aten": lambda: add_norm_case(True),
+    "mlp": lambda: mlp_case(False),
+    "mlp_aten": lambda: mlp_case(True),
 }
 
 

@@ -18,6 +18,10 @@
 //     u: [H, window] the banded relative bias (bench/aft.py).
 //   torch.ops.longtrain.aft_full(q, k, v, w, causal, block) -> AFT-full, blocked
 //     GEMMs (kernels/aft/full_op.cpp), w: [P, P] the pairwise bias (bench/aft.py).
+//   torch.ops.longtrain.add_norm(x, branch, weight, bias) -> LayerNorm(x + branch)
+//     (kernels/norm; bias None: RMSNorm), for bench/kernel_breakdown.py.
+//   torch.ops.longtrain.gelu_mlp(x, w1, b1, w2, b2) -> proj(gelu_tanh(fc(x))) on
+//     cuBLASLt epilogues (kernels/mlp), for bench/kernel_breakdown.py.
 #include <torch/library.h>
 #include <torch/torch.h>
 #include <map>
@@ -27,6 +31,8 @@
 
 #include "kernels/aft/op.h"
 #include "kernels/linear_attention/op.h"
+#include "kernels/mlp/op.h"
+#include "kernels/norm/op.h"
 #include "model/sparse_attention_fast.h"
 
 namespace longtrain {
@@ -103,6 +109,16 @@ torch::Tensor aft_full_op(const torch::Tensor& q, const torch::Tensor& k, const 
   return kernels::aft_full_blocked(q, k, v, w, causal, block);
 }
 
+torch::Tensor add_norm_op(const torch::Tensor& x, const torch::Tensor& branch, const torch::Tensor& weight,
+                          const std::optional<torch::Tensor>& bias) {
+  return kernels::add_norm_cuda(x, branch, weight, bias.value_or(torch::Tensor()), bias ? 1e-5 : 1e-6).first;
+}
+
+torch::Tensor gelu_mlp_op(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1,
+                          const torch::Tensor& w2, const torch::Tensor& b2) {
+  return kernels::gelu_mlp_cuda(x, w1, b1, w2, b2);
+}
+
 }  // namespace
 }  // namespace longtrain
 
@@ -115,6 +131,8 @@ TORCH_LIBRARY(longtrain, m) {
   m.def("aft_simple(Tensor q, Tensor k, Tensor v, int chunk=0) -> Tensor");
   m.def("aft_band(Tensor q, Tensor k, Tensor v, Tensor u, int window) -> Tensor");
   m.def("aft_full(Tensor q, Tensor k, Tensor v, Tensor w, bool causal=True, int block=0) -> Tensor");
+  m.def("add_norm(Tensor x, Tensor branch, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("gelu_mlp(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor");
 }
 
 // Composite: autograd runs through the op's own torch::autograd::Function.
@@ -124,4 +142,6 @@ TORCH_LIBRARY_IMPL(longtrain, CompositeImplicitAutograd, m) {
   m.impl("aft_simple", longtrain::aft_simple_op);
   m.impl("aft_band", longtrain::aft_band_op);
   m.impl("aft_full", longtrain::aft_full_op);
+  m.impl("add_norm", longtrain::add_norm_op);
+  m.impl("gelu_mlp", longtrain::gelu_mlp_op);
 }

@@ -5,6 +5,8 @@
 
 #include <ATen/autocast_mode.h>
 
+#include "kernels/mlp/op.h"
+#include "kernels/norm/op.h"
 #include "model/chunked_cross_entropy.h"
 #include "model/linear.h"
 #include "model/no_autocast.h"
@@ -34,6 +36,16 @@ torch::Tensor NormImpl::forward(const torch::Tensor& x) {
   auto xf = x.to(torch::kFloat32);
   auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + 1e-6);
   return y.to(x.scalar_type()) * (reduced ? weight_.to(x.scalar_type()) : weight_);
+}
+
+std::pair<torch::Tensor, torch::Tensor> NormImpl::add_forward(const torch::Tensor& x, const torch::Tensor& branch) {
+  const torch::Tensor bias = rms_ ? torch::Tensor() : bias_;
+  if (kernels::add_norm_kernel_unsupported(x, branch, weight_, bias).empty()) {
+    auto [y, sum] = kernels::add_norm_cuda(x, branch, weight_, bias, rms_ ? 1e-6 : 1e-5);
+    return {branch.defined() ? sum : x, y};
+  }
+  auto s = branch.defined() ? x + branch : x;
+  return {s, forward(s)};
 }
 
 BlockImpl::BlockImpl(const ModelConfig& cfg, int64_t layer) : dropout_(cfg.dropout) {
@@ -67,33 +79,47 @@ torch::Tensor BlockImpl::mixer_branch(const torch::Tensor& x, const MixerContext
   return mixer_->forward(norm1_->forward(x), ctx);
 }
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, const MixerContext& ctx) {
-  if (checkpointing_ != Checkpointing::kFull) return block(x, ctx, checkpointing_ == Checkpointing::kMixer);
+ResidualStream BlockImpl::forward(const ResidualStream& in, const MixerContext& ctx) {
+  if (checkpointing_ == Checkpointing::kNone) return block(in, ctx, false);
+  // Checkpointed blocks keep one tensor per block (the stream's value) as
+  // their saved input, so the stream is summed here.
+  const torch::Tensor x = in.value();
+  if (checkpointing_ == Checkpointing::kMixer) return block({x, {}}, ctx, true);
   auto fn = [this, ctx](const std::vector<torch::Tensor>& in) {
-    return std::vector<torch::Tensor>{block(in[0], ctx, false)};
+    return std::vector<torch::Tensor>{block({in[0], {}}, ctx, false).value()};
   };
-  return checkpoint(fn, {x}, parameters())[0];
+  return {checkpoint(fn, {x}, parameters())[0], {}};
 }
 
-torch::Tensor BlockImpl::block(const torch::Tensor& x, const MixerContext& ctx, bool checkpoint_mixer) {
+ResidualStream BlockImpl::block(const ResidualStream& in, const MixerContext& ctx, bool checkpoint_mixer) {
   const bool drop = is_training() && dropout_ > 0;
-  torch::Tensor h;
-  if (checkpoint_mixer) {
+  torch::Tensor x, h;
+  if (checkpoint_mixer) {  // recomputes norm1 too: the checkpoint keeps x, as without it
+    x = in.value();
     auto fn = [this, ctx](const std::vector<torch::Tensor>& in) {
       return std::vector<torch::Tensor>{mixer_branch(in[0], ctx)};
     };
     h = checkpoint(fn, {x}, parameters_of({norm1_.get(), mixer_.get()}))[0];
   } else {
-    h = mixer_branch(x, ctx);
+    torch::Tensor normed;
+    std::tie(x, normed) = norm1_->add_forward(in.residual, in.branch);
+    h = mixer_->forward(normed, ctx);
   }
-  auto y = x + (drop ? torch::dropout(h, dropout_, true) : h);
-  auto m = linear(proj_, torch::gelu(linear(fc_, norm2_->forward(y)), "tanh"));
-  return y + (drop ? torch::dropout(m, dropout_, true) : m);
+  auto [y, normed2] = norm2_->add_forward(x, drop ? torch::dropout(h, dropout_, true) : h);
+  auto m = mlp(normed2);
+  return {y, drop ? torch::dropout(m, dropout_, true) : m};
+}
+
+torch::Tensor BlockImpl::mlp(const torch::Tensor& x) {
+  if (kernels::gelu_mlp_unsupported(x, fc_->weight, fc_->bias, proj_->weight, proj_->bias).empty()) {
+    return kernels::gelu_mlp_cuda(x, fc_->weight, fc_->bias, proj_->weight, proj_->bias);
+  }
+  return linear(proj_, torch::gelu(linear(fc_, x), "tanh"));
 }
 
 torch::Tensor BlockImpl::step(const torch::Tensor& x, MixerState& state) {
   auto y = x + mixer_->step(norm1_->forward(x), state);
-  return y + linear(proj_, torch::gelu(linear(fc_, norm2_->forward(y)), "tanh"));
+  return y + mlp(norm2_->forward(y));
 }
 
 LanguageModelImpl::LanguageModelImpl(const ModelConfig& cfg) : cfg_(cfg) {
@@ -187,8 +213,9 @@ torch::Tensor LanguageModelImpl::hidden(const torch::Tensor& tokens, const Mixer
       at::autocast::get_autocast_dtype(x.device().type()) == at::kBFloat16) {
     x = x.to(torch::kBFloat16);  // the stream stays bf16 from here (model.residual)
   }
-  for (const auto& block : *blocks_) x = block->as<BlockImpl>()->forward(x, ctx);
-  return final_norm_->forward(x);
+  ResidualStream stream{x, {}};
+  for (const auto& block : *blocks_) stream = block->as<BlockImpl>()->forward(stream, ctx);
+  return final_norm_->add_forward(stream.residual, stream.branch).second;
 }
 
 std::string LanguageModelImpl::step_unsupported() const {

@@ -20,6 +20,10 @@ class NormImpl : public torch::nn::Module {
  public:
   NormImpl(const std::string& kind, int64_t dim);
   torch::Tensor forward(const torch::Tensor& x);
+  // {s, norm(s)} for s = x + branch (branch undefined: s = x). On CUDA in
+  // bf16/fp16 one kernel takes the sum and the norm, forward and backward
+  // (kernels/norm); elsewhere the add and forward().
+  std::pair<torch::Tensor, torch::Tensor> add_forward(const torch::Tensor& x, const torch::Tensor& branch);
 
  private:
   bool rms_;
@@ -27,10 +31,18 @@ class NormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Norm);
 
+// The residual stream between pre-norm blocks: its value is residual +
+// branch. A block hands on its MLP branch unsummed, so that the next norm's
+// kernel takes the add with the norm (branch undefined: the value is residual).
+struct ResidualStream {
+  torch::Tensor residual, branch;
+  torch::Tensor value() const { return branch.defined() ? residual + branch : residual; }
+};
+
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const ModelConfig& cfg, int64_t layer);
-  torch::Tensor forward(const torch::Tensor& x, const MixerContext& ctx);
+  ResidualStream forward(const ResidualStream& x, const MixerContext& ctx);
   // x_t: [B, 1, D] -> [B, 1, D] through the mixer's incremental form.
   torch::Tensor step(const torch::Tensor& x_t, MixerState& state);
   const Mixer& mixer() const { return mixer_; }
@@ -39,7 +51,10 @@ class BlockImpl : public torch::nn::Module {
 
  private:
   torch::Tensor mixer_branch(const torch::Tensor& x, const MixerContext& ctx);
-  torch::Tensor block(const torch::Tensor& x, const MixerContext& ctx, bool checkpoint_mixer);
+  // proj(gelu_tanh(fc(x))): on CUDA in bf16/fp16 four cuBLASLt GEMMs with the
+  // GELU and the bias gradients in their epilogues (kernels/mlp).
+  torch::Tensor mlp(const torch::Tensor& x);
+  ResidualStream block(const ResidualStream& x, const MixerContext& ctx, bool checkpoint_mixer);
   std::vector<torch::Tensor> parameters_of(std::initializer_list<torch::nn::Module*> modules) const;
 
   double dropout_;

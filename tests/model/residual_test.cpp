@@ -1,9 +1,12 @@
 // model.residual: bf16 keeps the residual stream in bf16 under bf16 autocast
 // (fp32 keeps it fp32). Without autocast the two are bit-identical; under
 // autocast the stream's dtype differs, the loss and every gradient stay within
-// bf16 noise of the fp32 stream, and bad values are recipe errors.
+// bf16 noise of the fp32 stream, and bad values are recipe errors. On CUDA
+// the bf16 stream runs its adds and norms through the fused kernel
+// (kernels/norm) and the fp32 stream through LibTorch: the same bounds hold.
 #include <gtest/gtest.h>
 
+#include "kernels/norm/op.h"
 #include "model/lm.h"
 #include "tests/trainer/test_recipes.h"
 #include "trainer/device.h"
@@ -29,12 +32,14 @@ struct Outcome {
   std::vector<torch::Tensor> grads;
 };
 
-Outcome run(const std::string& residual, const std::string& norm, bool autocast) {
+Outcome run(const std::string& residual, const std::string& norm, bool autocast,
+            torch::Device device = torch::kCPU) {
   torch::manual_seed(3);
   LanguageModel m(config(residual, norm));
-  auto tokens = torch::randint(0, 61, {2, 40}, torch::kInt64);
-  auto targets = torch::randint(0, 61, {2, 40}, torch::kInt64);
-  AutocastGuard guard(torch::Device(torch::kCPU), autocast);
+  m->to(device);
+  auto tokens = torch::randint(0, 61, {2, 40}, torch::kInt64).to(device);
+  auto targets = torch::randint(0, 61, {2, 40}, torch::kInt64).to(device);
+  AutocastGuard guard(device, autocast);
   Outcome r;
   r.stream = m->hidden(tokens, MixerContext{}).scalar_type();
   auto loss = m->loss(tokens, targets, /*loss_chunk=*/0, MixerContext{});
@@ -44,10 +49,10 @@ Outcome run(const std::string& residual, const std::string& norm, bool autocast)
   return r;
 }
 
-TEST(Residual, Bf16StreamUnderAutocastTracksTheFp32Stream) {
+void expect_bf16_tracks_fp32(torch::Device device) {
   for (const std::string norm : {"layernorm", "rmsnorm"}) {
     SCOPED_TRACE(norm);
-    const Outcome f = run("fp32", norm, true), b = run("bf16", norm, true);
+    const Outcome f = run("fp32", norm, true, device), b = run("bf16", norm, true, device);
     EXPECT_EQ(f.stream, torch::kFloat32);
     EXPECT_EQ(b.stream, torch::kBFloat16);
     EXPECT_NEAR(b.loss, f.loss, 0.01 * f.loss);
@@ -59,6 +64,18 @@ TEST(Residual, Bf16StreamUnderAutocastTracksTheFp32Stream) {
       EXPECT_LT((b.grads[i] - f.grads[i]).abs().max().item<double>(), 0.1 * scale + 1e-6) << "parameter " << i;
     }
   }
+}
+
+TEST(Residual, Bf16StreamUnderAutocastTracksTheFp32Stream) { expect_bf16_tracks_fp32(torch::kCPU); }
+
+TEST(Residual, Bf16StreamOnCudaThroughTheNormKernelTracksTheFp32Stream) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const auto bf = torch::dtype(torch::kBFloat16).device(torch::kCUDA);
+  ASSERT_EQ(kernels::add_norm_kernel_unsupported(torch::zeros({2, 40, 32}, bf), torch::zeros({2, 40, 32}, bf),
+                                                 torch::ones({32}, torch::kCUDA), torch::zeros({32}, torch::kCUDA)),
+            "")
+      << "the model's shapes must take the kernel";
+  expect_bf16_tracks_fp32(torch::kCUDA);
 }
 
 TEST(Residual, WithoutAutocastBothAreTheSame) {
