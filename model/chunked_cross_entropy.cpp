@@ -59,7 +59,15 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
       // of the 134M model on the H100); the products are the same.
       const auto keep_c = keep_f.unsqueeze(1).to(compute);                 // [C, 1]
       grad_hidden.narrow(0, start, rows).copy_(torch::mm(dl, weight_c).mul_(keep_c));  // [C, D]
-      grad_weight.add_(torch::mm(dl.t(), h.to(compute) * keep_c));                    // [V, D]
+      const auto hk = h.to(compute) * keep_c;                                         // [C, D]
+      if (compute != acc && grad_weight.is_cuda()) {
+        // bf16 products summed into the fp32 gradient by the GEMM itself
+        // (beta = 1): no [V, D] bf16 product and fp32 add per chunk (0.8 ms
+        // of the 134M model's step on the H100).
+        at::addmm_out(grad_weight, grad_weight, dl.t(), hk, acc);                    // [V, D]
+      } else {
+        grad_weight.add_(torch::mm(dl.t(), hk));
+      }
     }
     const auto inv = count.reciprocal();
     grad_hidden.mul_(inv.to(grad_hidden.scalar_type()));
