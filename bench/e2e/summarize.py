@@ -16,6 +16,7 @@ import datetime, glob, json, os, statistics, subprocess, sys
 
 D, LAYERS, H, V = 768, 12, 12, 32000
 WINDOW = 512
+AFT_WINDOW = 256
 PEAK_FLOPS = 989e12
 WARMUP_STEPS = 5  # run.sh logs every 5 steps; the first interval holds the warm-up
 
@@ -28,9 +29,11 @@ def matmul_params():
 def attention_flops_per_token(kind, L):
     if kind == "full":
         return 12 * D * (L + 1) / 2
-    if kind == "sliding":
-        w = min(WINDOW, L)
+    if kind in ("sliding", "aftlocal"):  # AFT-local: 4 d per (query, key) pair forward, as attention
+        w = min(WINDOW if kind == "sliding" else AFT_WINDOW, L)
         return 12 * D * (w - w * (w - 1) / (2 * L))
+    if kind == "aft":  # AFT-simple: elementwise, O(d) per token
+        return 0
     return 12 * D * (D // H)  # linear
 
 
