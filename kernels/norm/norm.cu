@@ -24,19 +24,14 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/convert.cuh"
 #include "kernels/norm/params.h"
 
 namespace longtrain::kernels::norm {
 namespace {
 
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+using kernels::from_float;
+using kernels::to_float;
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

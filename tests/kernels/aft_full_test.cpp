@@ -27,15 +27,12 @@
 
 #include "kernels/aft/op.h"
 #include "model/aft.h"
+#include "tests/kernels/max_err.h"
 
 namespace longtrain {
 namespace {
 
 using torch::Tensor;
-
-double max_err(const Tensor& a, const Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
-}
 
 // The matmul form of AFT-full in the inputs' dtype (bench/aft.py's peer, with
 // the row max of exp(w) taken out so that no exp overflows).

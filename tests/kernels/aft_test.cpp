@@ -24,6 +24,7 @@
 #include "model/mixer.h"
 #include "trainer/device.h"
 #include "trainer/recipe_section.h"
+#include "tests/kernels/max_err.h"
 
 namespace longtrain {
 namespace {
@@ -106,10 +107,6 @@ void poison(int64_t B, int64_t L, int64_t d, torch::ScalarType dtype) {
   for (int i = 0; i < 6; ++i) held.push_back(torch::full({B, L, d}, NAN, torch::dtype(dtype).device(torch::kCUDA)));
   for (int i = 0; i < 3; ++i)
     held.push_back(torch::full({3, B, (L + 7) / 8, d}, NAN, torch::dtype(torch::kFloat32).device(torch::kCUDA)));
-}
-
-double max_err(const Tensor& a, const Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
 }
 
 class AftKernelVsReference : public ::testing::TestWithParam<KernelCase> {};

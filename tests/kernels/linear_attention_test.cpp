@@ -23,6 +23,7 @@
 #include "model/mixer.h"
 #include "trainer/device.h"
 #include "trainer/recipe_section.h"
+#include "tests/kernels/max_err.h"
 
 namespace longtrain {
 namespace {
@@ -77,10 +78,6 @@ Tensor plain_reference(const Tensor& q, const Tensor& k, const Tensor& v, const 
   auto w = torch::matmul(q, k.transpose(-1, -2)) * weight;
   auto num = torch::matmul(w, v);
   return normalize ? num / (w.sum(-1, true) + eps) : num;
-}
-
-double max_err(const Tensor& a, const Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
 }
 
 void poison(int64_t B, int64_t H, int64_t L, int64_t D) {

@@ -1,6 +1,6 @@
 // The block MLP on cuBLASLt epilogues (kernels/mlp) against the fp64 truth,
 // by the rule
-//   err(fused, truth) <= 2 * err(bf16/fp16 path, truth) + atol
+//   max_err(fused, truth) <= 2 * max_err(bf16/fp16 path, truth) + atol
 // where the bf16/fp16 path is model/lm.cpp's fallback (addmm, gelu tanh,
 // addmm) in the inputs' dtype, for the output and every gradient: dx, dW1,
 // db1, dW2, db2 (fp32 parameters, as in the model). Rows from 1 to 4096,
@@ -11,15 +11,12 @@
 #include <string>
 
 #include "kernels/mlp/op.h"
+#include "tests/kernels/max_err.h"
 
 namespace longtrain {
 namespace {
 
 using torch::Tensor;
-
-double err(const Tensor& a, const Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
-}
 
 TEST(GeluMlp, SaysWhyItCannotRun) {
   const auto w1 = torch::zeros({32, 16}), b1 = torch::zeros({32}), w2 = torch::zeros({16, 32}), b2 = torch::zeros({16});
@@ -90,7 +87,7 @@ TEST_P(GeluMlpKernel, OutputAndGradientsWithinTwiceTheFallbacksError) {
     ASSERT_TRUE(g.defined()) << name;
     ASSERT_FALSE(g.isnan().any().item<bool>()) << name;
     if (param) EXPECT_EQ(g.scalar_type(), torch::kFloat32) << name << ": in the parameter's dtype";
-    const double e = err(g, t), r = err(l, t), atol = 1e-3 * t.abs().max().item<double>() + 1e-6;
+    const double e = max_err(g, t), r = max_err(l, t), atol = 1e-3 * t.abs().max().item<double>() + 1e-6;
     EXPECT_LE(e, 2 * r + atol) << name << ": fused " << e << ", " << torch::toString(c.dtype) << " path " << r;
   };
   check("y", got.y, truth.y, low.y, false);

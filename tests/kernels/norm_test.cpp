@@ -1,6 +1,6 @@
 // The fused residual add + LayerNorm / RMSNorm kernel (kernels/norm) against
 // the fp64 truth on the same rounded inputs, by the rule
-//   err(kernel, truth) <= 2 * err(bf16/fp16 path, truth) + atol
+//   max_err(kernel, truth) <= 2 * max_err(bf16/fp16 path, truth) + atol
 // where the bf16/fp16 path is the unfused fallback of model/lm.cpp run in the
 // inputs' dtype (add, then LibTorch's layer_norm with the weight cast), for
 // the sum, the output and every gradient: dx (= dbranch), dweight, dbias, with
@@ -12,15 +12,12 @@
 #include <string>
 
 #include "kernels/norm/op.h"
+#include "tests/kernels/max_err.h"
 
 namespace longtrain {
 namespace {
 
 using torch::Tensor;
-
-double err(const Tensor& a, const Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
-}
 
 TEST(AddNorm, SaysWhyItCannotRun) {
   const auto w = torch::ones({64});
@@ -110,7 +107,7 @@ TEST_P(AddNormKernel, OutputsAndGradientsWithinTwiceTheFallbacksError) {
   auto check = [&](const char* name, const Tensor& got, const Tensor& ref, const Tensor& fallback) {
     ASSERT_TRUE(got.defined()) << name;
     ASSERT_FALSE(got.isnan().any().item<bool>()) << name;
-    const double e = err(got, ref), r = err(fallback, ref);
+    const double e = max_err(got, ref), r = max_err(fallback, ref);
     const double atol = 1e-3 * ref.abs().max().item<double>() + 1e-6;
     EXPECT_LE(e, 2 * r + atol) << name << ": kernel " << e << ", " << torch::toString(c.dtype) << " path " << r;
   };
@@ -162,8 +159,8 @@ TEST(AddNorm, WeightGradientsOverManyRowsAndBlocks) {
   const auto xhat = (s - s.mean(-1, true)) / torch::sqrt(s.var(-1, false, true) + 1e-5);
   const auto g = gy.to(torch::kFloat64);
   const auto dw = (g * xhat).sum(0), db = g.sum(0);
-  EXPECT_LT(err(w.grad(), dw), 1e-4 * dw.abs().max().item<double>() + 1e-2) << "dweight";
-  EXPECT_LT(err(b.grad(), db), 1e-4 * db.abs().max().item<double>() + 1e-2) << "dbias";
+  EXPECT_LT(max_err(w.grad(), dw), 1e-4 * dw.abs().max().item<double>() + 1e-2) << "dweight";
+  EXPECT_LT(max_err(b.grad(), db), 1e-4 * db.abs().max().item<double>() + 1e-2) << "dbias";
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // The q/k/v split with RoPE (kernels/rope, model/rope.h split_qkv) against the
 // reference (apply_rope on views of the split, autograd for the backward):
 // q, k, v and the fused gradient by the rule
-//   err(kernel, ref_fp64) <= 2 * err(ref_lowp, ref_fp64) + atol
+//   max_err(kernel, ref_fp64) <= 2 * max_err(ref_lowp, ref_fp64) + atol
 // where ref_fp64 is the reference on the rounded input in fp64 and ref_lowp the
 // reference in the input's dtype. Fresh random inputs per case; the kernel's
 // outputs land in memory first filled with NaN (the caching allocator hands
@@ -16,6 +16,7 @@
 
 #include "kernels/rope/op.h"
 #include "model/rope.h"
+#include "tests/kernels/max_err.h"
 
 namespace longtrain {
 namespace {
@@ -29,7 +30,6 @@ std::tuple<Tensor, Tensor, Tensor> reference(const Tensor& fused, int64_t H, con
   return {apply_rope(t[0], spec), apply_rope(t[1], spec), t[2]};
 }
 
-double err(const Tensor& a, const Tensor& b) { return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>(); }
 
 // Outputs of the reference (or split_qkv) and the fused gradient for grads g.
 struct Outputs {
@@ -70,7 +70,7 @@ TEST(QkvRope, CpuPathIsTheReference) {
   EXPECT_TRUE(torch::allclose(a.dfused, b.dfused, 0, 1e-12));
   // The rotation moves q (it is not the identity) and keeps its norm.
   auto t = fused.view({2, 7, 3, 3, 8}).permute({2, 0, 3, 1, 4});
-  EXPECT_GT(err(a.q.narrow(2, 1, 6), t[0].narrow(2, 1, 6)), 1e-3);
+  EXPECT_GT(max_err(a.q.narrow(2, 1, 6), t[0].narrow(2, 1, 6)), 1e-3);
   EXPECT_TRUE(torch::allclose(a.q.norm(2, -1), t[0].norm(2, -1), 1e-6, 1e-6));  // fp32 tables: cos² + sin² = 1 ± 1e-7
 }
 
@@ -134,7 +134,7 @@ TEST_P(QkvRopeKernel, MatchesReferenceWithinTwiceItsError) {
       const auto& [name, pair] = checks[i];
       ASSERT_FALSE(pair.first.isnan().any().item<bool>()) << name << " has NaN";
       const double atol = 1e-3 * truths[i].abs().max().item<double>();
-      const double e_kern = err(pair.first, truths[i]), e_ref = err(pair.second, truths[i]);
+      const double e_kern = max_err(pair.first, truths[i]), e_ref = max_err(pair.second, truths[i]);
       EXPECT_LE(e_kern, 2 * e_ref + atol) << name << ": kernel " << e_kern << ", reference " << e_ref;
     }
     if (rep == 0) first = kern;

@@ -1,6 +1,6 @@
 // The fused softmax cross-entropy (kernels/xent) against the fp64 truth on
 // the same (rounded) logits, by the rule
-//   err(kernel, truth) <= 2 * err(fp32 path, truth) + atol
+//   max_err(kernel, truth) <= 2 * max_err(fp32 path, truth) + atol
 // where the fp32 path is model/chunked_cross_entropy.cpp's own fallback
 // (log_softmax, exp and minus one in fp32, the gradient rounded to the logits'
 // dtype). Rows' losses and the gradient; uncounted targets (-100) give a loss
@@ -14,15 +14,12 @@
 
 #include "kernels/xent/op.h"
 #include "model/chunked_cross_entropy.h"
+#include "tests/kernels/max_err.h"
 
 namespace longtrain {
 namespace {
 
 using torch::Tensor;
-
-double err(const Tensor& a, const Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
-}
 
 TEST(SoftmaxXent, SaysWhyItCannotRun) {
   EXPECT_NE(kernels::softmax_xent_kernel_unsupported(torch::zeros({2, 8})), "");
@@ -67,8 +64,8 @@ TEST_P(SoftmaxXentKernel, LossAndGradientWithinTwiceTheFp32PathsError) {
   ASSERT_FALSE(d.isnan().any().item<bool>());
   EXPECT_TRUE(torch::equal(loss.masked_select(keep.logical_not()), torch::zeros_like(loss.masked_select(keep.logical_not()))));
   const auto krow = keep.unsqueeze(1);  // uncounted rows' gradients are zeroed by the caller
-  const double e_loss = err(loss, loss64), r_loss = err(loss32, loss64);
-  const double e_d = err(d * krow, d64 * krow), r_d = err(d32_rounded * krow, d64 * krow);
+  const double e_loss = max_err(loss, loss64), r_loss = max_err(loss32, loss64);
+  const double e_d = max_err(d * krow, d64 * krow), r_d = max_err(d32_rounded * krow, d64 * krow);
   EXPECT_LE(e_loss, 2 * r_loss + 1e-5 * loss64.abs().max().item<double>()) << "loss " << e_loss << " vs " << r_loss;
   EXPECT_LE(e_d, 2 * r_d + 1e-6) << "dlogits " << e_d << " vs " << r_d;
 }
@@ -102,8 +99,8 @@ TEST(SoftmaxXent, ChunkedLossOnCudaMatchesThePlainLoss) {
   ref.backward();
   EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 2e-3 * ref.item<double>());
   const double gh = h64.grad().abs().max().item<double>(), gw = w64.grad().abs().max().item<double>();
-  EXPECT_LT(err(hidden.grad(), h64.grad()), 2e-2 * gh);
-  EXPECT_LT(err(weight.grad(), w64.grad()), 2e-2 * gw);
+  EXPECT_LT(max_err(hidden.grad(), h64.grad()), 2e-2 * gh);
+  EXPECT_LT(max_err(weight.grad(), w64.grad()), 2e-2 * gw);
   EXPECT_TRUE(torch::equal(hidden.grad().narrow(0, 0, 10), torch::zeros({10, 64}, bf))) << "uncounted rows";
 }
 
