@@ -7,11 +7,14 @@
 
 namespace longtrain::kernels {
 
+// Whether t's data starts on a 16-byte boundary (the kernels' vector loads).
+inline bool aligned16(const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
 // [B, H, L, D] with the head dim contiguous and rows 16-byte aligned, as the
 // kernels' vector copies need: t itself when it already is, else a copy.
 inline torch::Tensor rows_aligned(const torch::Tensor& t) {
   const bool ok = t.stride(3) == 1 && t.stride(2) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(0) % 8 == 0 &&
-                  reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+                  aligned16(t);
   return ok ? t : t.contiguous();
 }
 

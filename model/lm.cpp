@@ -13,7 +13,7 @@
 
 namespace longtrain {
 
-NormImpl::NormImpl(const std::string& kind, int64_t dim) : rms_(kind == "rmsnorm") {
+NormImpl::NormImpl(const std::string& kind, int64_t dim) : rms_(kind == "rmsnorm"), eps_(rms_ ? 1e-6 : 1e-5) {
   TORCH_CHECK(kind == "layernorm" || kind == "rmsnorm", "unknown norm '", kind,
               "' (valid: layernorm, rmsnorm)");
   weight_ = register_parameter("weight", torch::ones({dim}));
@@ -27,21 +27,21 @@ torch::Tensor NormImpl::forward(const torch::Tensor& x) {
   // rms path below), and the fp32 weights are cast (d_model elements).
   const bool reduced = x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kHalf;
   if (!rms_) {
-    if (!reduced) return torch::layer_norm(x, {x.size(-1)}, weight_, bias_, 1e-5);
+    if (!reduced) return torch::layer_norm(x, {x.size(-1)}, weight_, bias_, eps_);
     NoAutocast no_autocast;
-    return torch::layer_norm(x, {x.size(-1)}, weight_.to(x.scalar_type()), bias_.to(x.scalar_type()), 1e-5);
+    return torch::layer_norm(x, {x.size(-1)}, weight_.to(x.scalar_type()), bias_.to(x.scalar_type()), eps_);
   }
   // Statistics in fp32 even under bf16 autocast: a bf16 mean of squares over
   // d_model elements loses the small ones.
   auto xf = x.to(torch::kFloat32);
-  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + 1e-6);
+  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
   return y.to(x.scalar_type()) * (reduced ? weight_.to(x.scalar_type()) : weight_);
 }
 
 std::pair<torch::Tensor, torch::Tensor> NormImpl::add_forward(const torch::Tensor& x, const torch::Tensor& branch) {
-  const torch::Tensor bias = rms_ ? torch::Tensor() : bias_;
-  if (kernels::add_norm_kernel_unsupported(x, branch, weight_, bias).empty()) {
-    auto [y, sum] = kernels::add_norm_cuda(x, branch, weight_, bias, rms_ ? 1e-6 : 1e-5);
+  // bias_ is undefined for RMSNorm, which is how the kernel tells the two apart.
+  if (kernels::add_norm_kernel_unsupported(x, branch, weight_, bias_).empty()) {
+    auto [y, sum] = kernels::add_norm_cuda(x, branch, weight_, bias_, eps_);
     return {branch.defined() ? sum : x, y};
   }
   auto s = branch.defined() ? x + branch : x;

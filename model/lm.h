@@ -27,6 +27,7 @@ class NormImpl : public torch::nn::Module {
 
  private:
   bool rms_;
+  double eps_;  // 1e-5 for LayerNorm, 1e-6 for RMSNorm
   torch::Tensor weight_, bias_;
 };
 TORCH_MODULE(Norm);

@@ -2,6 +2,8 @@
 // tensor is a column-major [C, R] matrix), the autograd Function, checks.
 #include "kernels/mlp/op.h"
 
+#include "kernels/glue.h"
+
 #include <cstdlib>
 #include <string>
 
@@ -188,8 +190,6 @@ class GeluMlpFunction : public torch::autograd::Function<GeluMlpFunction> {
   }
 };
 
-bool aligned(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
-
 }  // namespace
 
 std::string gelu_mlp_unsupported(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1,
@@ -197,7 +197,7 @@ std::string gelu_mlp_unsupported(const torch::Tensor& x, const torch::Tensor& w1
   if (!x.is_cuda()) return "not on a CUDA device";
   if (x.scalar_type() != torch::kBFloat16 && x.scalar_type() != torch::kHalf) return "not bf16 or fp16";
   if (x.dim() < 1 || x.numel() == 0) return "empty";
-  if (!x.is_contiguous() || !aligned(x)) return "x not contiguous and 16-byte aligned";
+  if (!x.is_contiguous() || !aligned16(x)) return "x not contiguous and 16-byte aligned";
   if (!w1.defined() || !b1.defined() || !w2.defined() || !b2.defined()) return "a bias or weight is missing";
   const int64_t K = x.size(-1), N = w1.size(0);
   if (w1.dim() != 2 || w1.size(1) != K || b1.dim() != 1 || b1.size(0) != N || w2.dim() != 2 || w2.size(1) != N ||

@@ -253,9 +253,8 @@ void forward_typed(const NormFwdParams& p, cudaStream_t s) {
 }
 
 template <typename T, int V>
-size_t backward_smem(int D) {
+size_t backward_smem() {
   const size_t smem = static_cast<size_t>(kBwdWarps) * 2 * 256 * V * sizeof(float);
-  (void)D;
   static const bool once = [smem] {  // up to 64 KiB at D = 2048: above the default 48
     cudaFuncSetAttribute(norm_bwd_kernel<T, V>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          static_cast<int>(kBwdWarps * 2 * kMaxD * sizeof(float)));
@@ -266,9 +265,12 @@ size_t backward_smem(int D) {
 }
 
 template <typename T, int V>
-int occupancy(int D) {
-  int per_sm = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, norm_bwd_kernel<T, V>, kBwdWarps * 32, backward_smem<T, V>(D));
+int occupancy() {  // CTAs per SM: fixed per kernel, asked once, not on every backward
+  static const int per_sm = [] {
+    int n = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, norm_bwd_kernel<T, V>, kBwdWarps * 32, backward_smem<T, V>());
+    return n;
+  }();
   return per_sm;
 }
 
@@ -276,7 +278,7 @@ template <typename T>
 int backward_blocks_typed(int D) {
   switch ((D + 255) / 256) {
 #define LT_NORM_OCC(V) \
-  case V: return occupancy<T, V>(D);
+  case V: return occupancy<T, V>();
     LT_NORM_OCC(1) LT_NORM_OCC(2) LT_NORM_OCC(3) LT_NORM_OCC(4)
     LT_NORM_OCC(5) LT_NORM_OCC(6) LT_NORM_OCC(7) LT_NORM_OCC(8)
 #undef LT_NORM_OCC
@@ -288,7 +290,7 @@ template <typename T>
 void backward_typed(const NormBwdParams& p, int blocks, cudaStream_t s) {
   switch ((p.D + 255) / 256) {
 #define LT_NORM_BWD(V) \
-  case V: norm_bwd_kernel<T, V><<<blocks, kBwdWarps * 32, backward_smem<T, V>(p.D), s>>>(p); break;
+  case V: norm_bwd_kernel<T, V><<<blocks, kBwdWarps * 32, backward_smem<T, V>(), s>>>(p); break;
     LT_NORM_BWD(1) LT_NORM_BWD(2) LT_NORM_BWD(3) LT_NORM_BWD(4)
     LT_NORM_BWD(5) LT_NORM_BWD(6) LT_NORM_BWD(7) LT_NORM_BWD(8)
 #undef LT_NORM_BWD

@@ -2,6 +2,7 @@
 // norm.cu, launches on the current CUDA stream.
 #include "kernels/norm/op.h"
 
+#include "kernels/glue.h"
 #include "kernels/norm/params.h"
 
 #ifdef LONGTRAIN_WITH_CUDA
@@ -34,8 +35,6 @@ using torch::autograd::variable_list;
 norm::DType dtype_of(const Tensor& t) {
   return t.scalar_type() == torch::kBFloat16 ? norm::DType::kBFloat16 : norm::DType::kFloat16;
 }
-
-bool aligned(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 // Inputs: x, branch (or an empty tensor), weight, bias (or empty). Outputs:
 // {y, sum} with a branch, {y} without.
@@ -100,7 +99,7 @@ class AddNormFunction : public torch::autograd::Function<AddNormFunction> {
     p.N = N;
     p.D = static_cast<int>(D);
     p.rms = rms;
-    TORCH_CHECK(aligned(dy) && (!dsum.defined() || aligned(dsum)), "add_norm backward: gradients not 16-byte aligned");
+    TORCH_CHECK(aligned16(dy) && (!dsum.defined() || aligned16(dsum)), "add_norm backward: gradients not 16-byte aligned");
     norm::norm_backward(p, dtype_of(x), blocks, c10::cuda::getCurrentCUDAStream().stream());
     return {dx, add ? dx : Tensor(), dweight, dbias, Tensor()};
   }
@@ -117,17 +116,17 @@ std::string add_norm_kernel_unsupported(const torch::Tensor& x, const torch::Ten
   if (D < 8 || D % 8 != 0 || D > norm::kMaxD) {
     return "last dim " + std::to_string(D) + " is not a multiple of 8 in [8, " + std::to_string(norm::kMaxD) + "]";
   }
-  if (!x.is_contiguous() || !aligned(x)) return "x not contiguous and 16-byte aligned";
+  if (!x.is_contiguous() || !aligned16(x)) return "x not contiguous and 16-byte aligned";
   if (branch.defined()) {
     if (branch.sizes() != x.sizes() || branch.scalar_type() != x.scalar_type() || branch.device() != x.device()) {
       return "branch differs from x in shape, dtype or device";
     }
-    if (!branch.is_contiguous() || !aligned(branch)) return "branch not contiguous and 16-byte aligned";
+    if (!branch.is_contiguous() || !aligned16(branch)) return "branch not contiguous and 16-byte aligned";
   }
   for (const Tensor* t : {&weight, &bias}) {
     if (!t->defined()) continue;
     if (t->scalar_type() != torch::kFloat32 || t->dim() != 1 || t->size(0) != D || t->device() != x.device() ||
-        !t->is_contiguous() || !aligned(*t)) {
+        !t->is_contiguous() || !aligned16(*t)) {
       return "weight/bias not fp32 [" + std::to_string(D) + "] on x's device";
     }
   }
