@@ -94,11 +94,25 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bw
 
   load_tile_async<D, kThreads>(qs, q, p.q_strides[2], qt * kTile, p.L, tid);
   load_tile_async<D, kThreads>(dos, dout, bp.do_strides[2], qt * kTile, p.L, tid);
+  cp_async_commit();
   if (v0 < v1) {
     load_tile_async<D, kThreads>(ks, k, p.k_strides[2], lay.cols[v0] * kTile, p.L, tid);
     load_tile_async<D, kThreads>(vs, v, p.v_strides[2], lay.cols[v0] * kTile, p.L, tid);
   }
   cp_async_commit();
+  cp_async_wait<1>();  // Q and dO landed
+  __syncthreads();
+  // v3: the warp's Q and dO A-fragments stay in registers at D = 64 (as in
+  // the forward); at D = 128 they would spill beside the dQ accumulators.
+  constexpr bool kHoldQ = D == 64;
+  uint32_t qa[kHoldQ ? D / 16 : 1][4], da[kHoldQ ? D / 16 : 1][4];
+  if constexpr (kHoldQ) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      load_a<D>(qa[kk], qs, warp * 16, kk * 16, lane);
+      load_a<D>(da[kk], dos, warp * 16, kk * 16, lane);
+    }
+  }
 
   float dq[D / 8][4] = {};
   for (int visit = v0; visit < v1; ++visit) {
@@ -116,25 +130,6 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bw
     const T* kb = ks + buf * Smem<D>::kTileElems;
     const T* vb = vs + buf * Smem<D>::kTileElems;
 
-    // S = Q K^T and dP = dO V^T, 16 rows x 64 keys each.
-    float s[8][4] = {}, dp[8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t qa[4], da[4];
-      load_a<D>(qa, qs, warp * 16, kk * 16, lane);
-      load_a<D>(da, dos, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t bf[4];
-        load_b_nk<D>(bf, kb, np * 16, kk * 16, lane);
-        mma<T>(s[2 * np], qa, bf[0], bf[1]);
-        mma<T>(s[2 * np + 1], qa, bf[2], bf[3]);
-        load_b_nk<D>(bf, vb, np * 16, kk * 16, lane);
-        mma<T>(dp[2 * np], da, bf[0], bf[1]);
-        mma<T>(dp[2 * np + 1], da, bf[2], bf[3]);
-      }
-    }
-
     const int kt = lay.cols[visit];
     const int mask_index = lay.row_mask[visit];
     const uint64_t* mask = mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr;
@@ -142,27 +137,45 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bw
     if (kt == lay.n_tiles - 1 && p.L % kTile) keep = (1ull << (p.L % kTile)) - 1;
     if (lay.exclude) keep &= ~lay.exclude[static_cast<int64_t>(b) * lay.n_tiles + kt];
     const uint64_t words[2] = {mask ? mask[row_a] & keep : keep, mask ? mask[row_b] & keep : keep};
-    // dS = P * (dP - delta), written over s.
+
+    // Keys 16 at a time: S = Q K^T and dP = dO V^T (16 rows x 16 keys),
+    // dS = P * (dP - delta), dQ += dS K.
+#pragma unroll 1
+    for (int k0 = 0; k0 < kTile; k0 += 16) {
+      float s[2][4] = {}, dp[2][4] = {};
 #pragma unroll
-    for (int nb = 0; nb < 8; ++nb) {
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t qf[4], df[4], bf[4];
+        if constexpr (kHoldQ) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int c = nb * 8 + 2 * t + (i & 1), r = i >> 1;
-        const bool ok = (words[r] >> c) & 1ull;
-        const float pr = ok ? exp2f(s[nb][i] * scale_log2 - lse2[r]) : 0.f;
-        s[nb][i] = pr * (dp[nb][i] - delta[r]);
+          for (int j = 0; j < 4; ++j) qf[j] = qa[kk][j], df[j] = da[kk][j];
+        } else {
+          load_a<D>(qf, qs, warp * 16, kk * 16, lane);
+          load_a<D>(df, dos, warp * 16, kk * 16, lane);
+        }
+        load_b_nk<D>(bf, kb, k0, kk * 16, lane);
+        mma<T>(s[0], qf, bf[0], bf[1]);
+        mma<T>(s[1], qf, bf[2], bf[3]);
+        load_b_nk<D>(bf, vb, k0, kk * 16, lane);
+        mma<T>(dp[0], df, bf[0], bf[1]);
+        mma<T>(dp[1], df, bf[2], bf[3]);
       }
-    }
-    // dQ += dS K.
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t a[4] = {Pack<T>::from(s[2 * kk][0], s[2 * kk][1]), Pack<T>::from(s[2 * kk][2], s[2 * kk][3]),
-                             Pack<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             Pack<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int c = k0 + nb * 8 + 2 * t + (i & 1), r = i >> 1;
+          const bool ok = (words[r] >> c) & 1ull;
+          const float pr = ok ? exp2f(s[nb][i] * scale_log2 - lse2[r]) : 0.f;
+          s[nb][i] = pr * (dp[nb][i] - delta[r]);
+        }
+      }
+      const uint32_t a[4] = {Pack<T>::from(s[0][0], s[0][1]), Pack<T>::from(s[0][2], s[0][3]),
+                             Pack<T>::from(s[1][0], s[1][1]), Pack<T>::from(s[1][2], s[1][3])};
 #pragma unroll
       for (int dn = 0; dn < D / 16; ++dn) {
         uint32_t bf[4];
-        load_b_kn<D>(bf, kb, kk * 16, dn * 16, lane);
+        load_b_kn<D>(bf, kb, k0, dn * 16, lane);
         mma<T>(dq[2 * dn], a, bf[0], bf[1]);
         mma<T>(dq[2 * dn + 1], a, bf[2], bf[3]);
       }
@@ -186,11 +199,12 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bw
 }
 
 // dK, dV: one CTA per (key tile, batch * head), 16 keys per warp; the query
-// tiles that visit this key tile come from the transposed layout. Queries are
-// taken 32 at a time to keep S^T and dP^T at 16 registers each beside the
-// dK and dV accumulators.
-// At D = 64 the cap of 3 CTAs per SM (168 registers) spills 20 bytes but
-// lifts occupancy from 2 CTAs; at D = 128 the accumulators need all 255.
+// tiles that visit this key tile come from the transposed layout.
+// v3: the warp's K and V A-fragments stay in registers for the whole kernel
+// (they were re-read from shared memory for every 32 queries), and queries
+// are taken 16 at a time, so S^T and dP^T are 8 registers each. At D = 64
+// this removes the 20-byte spill of v2 at the 3-CTA cap and one fifth of the
+// ldmatrix traffic (64 instead of 80 per visit per warp, for 128 mma).
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bwd_dkdv_kernel(const SparseAttentionBwdParams bp) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -232,8 +246,23 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bw
   };
   load_tile_async<D, kThreads>(ks, k, p.k_strides[2], kt * kTile, p.L, tid);
   load_tile_async<D, kThreads>(vs, v, p.v_strides[2], kt * kTile, p.L, tid);
+  cp_async_commit();
   if (v0 < v1) load_rows(v0, 0);
   cp_async_commit();
+  cp_async_wait<1>();  // K and V landed (the first query tile may still be in flight)
+  __syncthreads();
+  // At D = 128 the fragments (64 registers) beside the dK and dV
+  // accumulators (128) would spill: they are re-read from shared memory.
+  constexpr bool kHoldKV = D == 64;
+  constexpr int kQ = 16;  // queries per step
+  uint32_t ka[kHoldKV ? D / 16 : 1][4], va[kHoldKV ? D / 16 : 1][4];
+  if constexpr (kHoldKV) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      load_a<D>(ka[kk], ks, warp * 16, kk * 16, lane);
+      load_a<D>(va[kk], vs, warp * 16, kk * 16, lane);
+    }
+  }
 
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
   for (int visit = v0; visit < v1; ++visit) {
@@ -253,43 +282,51 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bw
     const int mask_index = lay.col_mask[visit];
     const uint64_t* mask = mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr;
 
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int q0 = half * 32;
-      // S^T = K Q^T and dP^T = V dO^T: 16 keys x 32 queries.
-      float s[4][4] = {}, dp[4][4] = {};
+#pragma unroll 1
+    for (int q0 = 0; q0 < kTile; q0 += kQ) {
+      // S^T = K Q^T and dP^T = V dO^T: 16 keys x kQ queries.
+      float s[kQ / 8][4] = {}, dp[kQ / 8][4] = {};
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t ka[4], va[4];
-        load_a<D>(ka, ks, warp * 16, kk * 16, lane);
-        load_a<D>(va, vs, warp * 16, kk * 16, lane);
+        uint32_t kf[4], vf[4];
+        if constexpr (kHoldKV) {
 #pragma unroll
-        for (int np = 0; np < 2; ++np) {
+          for (int j = 0; j < 4; ++j) kf[j] = ka[kk][j], vf[j] = va[kk][j];
+        } else {
+          load_a<D>(kf, ks, warp * 16, kk * 16, lane);
+          load_a<D>(vf, vs, warp * 16, kk * 16, lane);
+        }
+#pragma unroll
+        for (int np = 0; np < kQ / 16; ++np) {
           uint32_t bf[4];
           load_b_nk<D>(bf, qb, q0 + np * 16, kk * 16, lane);
-          mma<T>(s[2 * np], ka, bf[0], bf[1]);
-          mma<T>(s[2 * np + 1], ka, bf[2], bf[3]);
+          mma<T>(s[2 * np], kf, bf[0], bf[1]);
+          mma<T>(s[2 * np + 1], kf, bf[2], bf[3]);
           load_b_nk<D>(bf, db, q0 + np * 16, kk * 16, lane);
-          mma<T>(dp[2 * np], va, bf[0], bf[1]);
-          mma<T>(dp[2 * np + 1], va, bf[2], bf[3]);
+          mma<T>(dp[2 * np], vf, bf[0], bf[1]);
+          mma<T>(dp[2 * np + 1], vf, bf[2], bf[3]);
         }
       }
-      // P^T (into s) and dS^T (into dp).
+      // P^T (into s) and dS^T (into dp); this thread's queries are c and c + 1.
 #pragma unroll
-      for (int nb = 0; nb < 4; ++nb) {
+      for (int nb = 0; nb < kQ / 8; ++nb) {
+        const int c = q0 + nb * 8 + 2 * t;
+        const float2 lse2 = *reinterpret_cast<const float2*>(lse_b + c);
+        const float2 del2 = *reinterpret_cast<const float2*>(delta_b + c);
+        uint64_t mw0 = ~0ull, mw1 = ~0ull;
+        if (mask) mw0 = mask[c], mw1 = mask[c + 1];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int c = q0 + nb * 8 + 2 * t + (i & 1), r = i >> 1;
-          bool ok = key_ok[r];
-          if (mask) ok = ok && ((mask[c] >> (r ? key_b : key_a)) & 1ull);
-          const float pr = ok ? exp2f(s[nb][i] * scale_log2 - lse_b[c]) : 0.f;
+          const int r = i >> 1, key = r ? key_b : key_a;
+          const bool ok = key_ok[r] && ((((i & 1) ? mw1 : mw0) >> key) & 1ull);
+          const float pr = ok ? exp2f(s[nb][i] * scale_log2 - ((i & 1) ? lse2.y : lse2.x)) : 0.f;
           s[nb][i] = pr;
-          dp[nb][i] = pr * (dp[nb][i] - delta_b[c]);
+          dp[nb][i] = pr * (dp[nb][i] - ((i & 1) ? del2.y : del2.x));
         }
       }
-      // dV += P^T dO and dK += dS^T Q over these 32 queries.
+      // dV += P^T dO and dK += dS^T Q over these kQ queries.
 #pragma unroll
-      for (int kk = 0; kk < 2; ++kk) {
+      for (int kk = 0; kk < kQ / 16; ++kk) {
         const uint32_t pa[4] = {Pack<T>::from(s[2 * kk][0], s[2 * kk][1]), Pack<T>::from(s[2 * kk][2], s[2 * kk][3]),
                                 Pack<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                 Pack<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3])};
