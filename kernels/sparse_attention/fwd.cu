@@ -28,8 +28,11 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr float kLog2e = 1.4426950408889634f;
 
+// At D = 64, 4 CTAs per SM (128 registers, an 8-byte spill outside the hot
+// path) beat 3 (167 registers, no spill): 0.196 vs 0.203 ms at 16K and 0.534
+// vs 0.560 ms at the 134M layer's shape (NOTES.md, v3).
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qs = reinterpret_cast<T*>(smem_raw);
   T* ks = qs + Smem<D>::kTileElems;  // [2] buffers
@@ -78,20 +81,6 @@ __global__ void __launch_bounds__(kThreads) sparse_attention_fwd_kernel(const Sp
     const T* kb = ks + buf * Smem<D>::kTileElems;
     const T* vb = vs + buf * Smem<D>::kTileElems;
 
-    // S = Q K^T for this warp's 16 rows x 64 keys.
-    float s[8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t bf[4];
-        load_b_nk<D>(bf, kb, np * 16, kk * 16, lane);
-        mma<T>(s[2 * np], qf[kk], bf[0], bf[1]);
-        mma<T>(s[2 * np + 1], qf[kk], bf[2], bf[3]);
-      }
-    }
-
-    // Scale to base 2 and mask.
     const int kt = lay.cols[visit];
     const int mask_index = lay.row_mask[visit];
     const uint64_t* mask = mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr;
@@ -101,32 +90,48 @@ __global__ void __launch_bounds__(kThreads) sparse_attention_fwd_kernel(const Sp
     const bool masked = mask != nullptr || keep != ~0ull;
     const uint64_t words[2] = {masked ? (mask ? mask[row_a] & keep : keep) : ~0ull,
                                masked ? (mask ? mask[row_b] & keep : keep) : ~0ull};
+
+    // S = Q K^T for this warp's 16 rows x kTile keys (raw scores; the
+    // scale is folded into the exponent's FMA).
+    float s[kTile / 8][4] = {};
 #pragma unroll
-    for (int nb = 0; nb < 8; ++nb) {
+    for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int c = nb * 8 + 2 * t + (i & 1);
-        const bool ok = !masked || ((words[i >> 1] >> c) & 1ull);
-        s[nb][i] = ok ? s[nb][i] * scale_log2 : -INFINITY;
+      for (int np = 0; np < kTile / 16; ++np) {
+        uint32_t bf[4];
+        load_b_nk<D>(bf, kb, np * 16, kk * 16, lane);
+        mma<T>(s[2 * np], qf[kk], bf[0], bf[1]);
+        mma<T>(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+      }
+    }
+    if (masked) {
+#pragma unroll
+      for (int nb = 0; nb < kTile / 8; ++nb) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int c = nb * 8 + 2 * t + (i & 1);
+          if (!((words[i >> 1] >> c) & 1ull)) s[nb][i] = -INFINITY;
+        }
       }
     }
 
-    // Online softmax: new running max, rescale what was accumulated.
+    // Online softmax (base 2, m in the scaled domain): new running max,
+    // rescale what was accumulated.
     float alpha[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float mx = m[r];
+      float mx = -INFINITY;
 #pragma unroll
-      for (int nb = 0; nb < 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
-      mx = quad_max(mx);
+      for (int nb = 0; nb < kTile / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
+      mx = fmaxf(m[r], quad_max(mx) * scale_log2);
       const float use = mx == -INFINITY ? 0.f : mx;
       alpha[r] = exp2f(m[r] - use);
       m[r] = mx;
       float sum = 0.f;
 #pragma unroll
-      for (int nb = 0; nb < 8; ++nb) {
-        s[nb][2 * r] = exp2f(s[nb][2 * r] - use);
-        s[nb][2 * r + 1] = exp2f(s[nb][2 * r + 1] - use);
+      for (int nb = 0; nb < kTile / 8; ++nb) {
+        s[nb][2 * r] = exp2f(fmaf(s[nb][2 * r], scale_log2, -use));
+        s[nb][2 * r + 1] = exp2f(fmaf(s[nb][2 * r + 1], scale_log2, -use));
         sum += s[nb][2 * r] + s[nb][2 * r + 1];
       }
       l[r] = l[r] * alpha[r] + sum;
@@ -141,7 +146,7 @@ __global__ void __launch_bounds__(kThreads) sparse_attention_fwd_kernel(const Sp
 
     // O += P V, P straight from the S registers.
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
+    for (int kk = 0; kk < kTile / 16; ++kk) {
       const uint32_t a[4] = {Pack<T>::from(s[2 * kk][0], s[2 * kk][1]), Pack<T>::from(s[2 * kk][2], s[2 * kk][3]),
                              Pack<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                              Pack<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3])};
