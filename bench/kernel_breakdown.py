@@ -37,11 +37,20 @@ def aft_case(L, d=1024, chunk=0):
     return (lambda: torch.ops.longtrain.aft_simple(q, k, v, chunk)), ins, grad
 
 
-def sliding_case(L, B=1, H=16, D=64, window=512):
+def sliding_case(L, B=1, H=16, D=64, window=512, pattern="sliding", global_first=0, causal=True):
     torch.manual_seed(0)
     q, k, v = [torch.randn(B, H, L, D, device=dev, dtype=bf16, requires_grad=True) for _ in range(3)]
     grad = torch.randn(B, H, L, D, device=dev, dtype=bf16)
-    return (lambda: torch.ops.longtrain.sparse_attention(q, k, v, "sliding", window, 0, True)), [q, k, v], grad
+    return (lambda: torch.ops.longtrain.sparse_attention(q, k, v, pattern, window, global_first, causal)), [q, k, v], grad
+
+
+def longformer_layer_case(L=16384, hidden=768, heads=12):
+    """bench/sparse_attention.py's Longformer layer (the one timed against HF)."""
+    from sparse_attention import LongformerLayer
+    torch.manual_seed(0)
+    x = torch.randn(1, L, hidden, device=dev, dtype=bf16, requires_grad=True)
+    layer = LongformerLayer(hidden, heads, 512, 64).to(dev, bf16)
+    return (lambda: layer(x)), [x], torch.randn_like(x)
 
 
 def add_norm_case(aten, rows=65536, d=768):
@@ -88,6 +97,10 @@ CASES = {
     "sliding16k_d128": lambda: sliding_case(16384, D=128),
     # one layer of the 134M model's sliding step (bench/e2e: batch 16, 12 heads, L 4096)
     "sliding_e2e": lambda: sliding_case(4096, B=16, H=12),
+    # bench/sparse_attention.py's Longformer (+-256, 64 global tokens) and BigBird cases
+    "longformer16k": lambda: sliding_case(16384, global_first=64, causal=False),
+    "bigbird16k": lambda: sliding_case(16384, pattern="bigbird", causal=False),
+    "longformer_layer": longformer_layer_case,
     "addnorm": lambda: add_norm_case(False),
     "addnorm_aten": lambda: add_norm_case(True),
     "mlp": lambda: mlp_case(False),

@@ -6,9 +6,12 @@
 //   dQ = scale * dS K,  dK = scale * dS^T Q.
 //
 // Three launches: `delta` (one warp per row); the dQ kernel, one CTA per query
-// tile walking the layout's rows; the dK/dV kernel, one CTA per key tile
-// walking its transposed columns. Every gradient is written exactly once, by
-// one CTA, with no atomics: results are deterministic. A gradient of lse
+// tile walking the layout's rows; the dK/dV kernel, one CTA per work item of
+// the transposed columns (make_plan: a key tile, or a piece of a column far
+// longer than the rest). Every gradient is written once, by one CTA, without
+// atomics, except the split columns (global keys), whose pieces add fp32
+// partials atomically and a fourth launch writes them out: only those rows
+// depend on the order of float additions. A gradient of lse
 // (when the caller merges this attention with other keys, e.g. Longformer's
 // global columns) enters through delta, since d lse_i / d S_ij = P_ij.
 //
@@ -216,11 +219,13 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bw
   float* lse_s = reinterpret_cast<float*>(dos + 2 * Smem<D>::kTileElems);  // [2][64], log2 domain
   float* delta_s = lse_s + 2 * kTile;                                      // [2][64]
 
-  const int kt = p.layout.col_order[blockIdx.y], bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const SparseLayoutParams& lay = p.layout;
   const int layout = lay.head_layout[h];
-  const int v0 = lay.col_ptr[layout * (lay.n_tiles + 1) + kt], v1 = lay.col_ptr[layout * (lay.n_tiles + 1) + kt + 1];
+  const int32_t* item = lay.col_items + (static_cast<int64_t>(layout) * lay.n_col_items + blockIdx.y) * 4;
+  const int kt = item[0], v0 = item[1], v1 = item[2];
+  if (kt < 0) return;  // this layout has fewer work items than the grid
   const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
   const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
   const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
@@ -350,11 +355,30 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bw
   }
   cp_async_wait<0>();
 
+  // Re-read here rather than held through the loop (registers are at the cap).
+  const int32_t* item_end = lay.col_items + (static_cast<int64_t>(lay.head_layout[h]) * lay.n_col_items + blockIdx.y) * 4;
+  const int slot = __ldcg(item_end + 3), kt_out = __ldcg(item_end);
+  if (slot >= 0) {  // a piece of a split column: fp32 partials, written out by the finish kernel
+    float* acc = bp.dkv_acc + (static_cast<int64_t>(bh) * lay.n_split + slot) * 2 * kTile * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int key = r ? key_b : key_a;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        float* a = acc + key * D + dn * 8 + 2 * t;
+        atomicAdd(a, dk[dn][2 * r] * p.scale);
+        atomicAdd(a + 1, dk[dn][2 * r + 1] * p.scale);
+        atomicAdd(a + kTile * D, dv[dn][2 * r]);
+        atomicAdd(a + kTile * D + 1, dv[dn][2 * r + 1]);
+      }
+    }
+    return;
+  }
   T* dk_out = static_cast<T*>(bp.dk) + b * bp.dk_strides[0] + h * bp.dk_strides[1];
   T* dv_out = static_cast<T*>(bp.dv) + b * bp.dv_strides[0] + h * bp.dv_strides[1];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int row = kt * kTile + (r ? key_b : key_a);
+    const int row = kt_out * kTile + (r ? key_b : key_a);
     if (row >= p.L) continue;
     T* dkr = dk_out + static_cast<int64_t>(row) * bp.dk_strides[2];
     T* dvr = dv_out + static_cast<int64_t>(row) * bp.dv_strides[2];
@@ -364,6 +388,26 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) sparse_attention_bw
           Pack<T>::from(dk[dn][2 * r] * p.scale, dk[dn][2 * r + 1] * p.scale);
       *reinterpret_cast<uint32_t*>(dvr + dn * 8 + 2 * t) = Pack<T>::from(dv[dn][2 * r], dv[dn][2 * r + 1]);
     }
+  }
+}
+
+// Split columns: the summed fp32 partials -> dK, dV rows (one CTA per slot).
+template <typename T, int D>
+__global__ void __launch_bounds__(256) sparse_attention_bwd_split_finish_kernel(const SparseAttentionBwdParams bp) {
+  const SparseAttentionParams& p = bp.fwd;
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H, slot = blockIdx.y;
+  const int kt = p.layout.split_cols[p.layout.head_layout[h] * p.layout.n_split + slot];
+  if (kt < 0) return;
+  const float* acc = bp.dkv_acc + (static_cast<int64_t>(bh) * p.layout.n_split + slot) * 2 * kTile * D;
+  T* dk_out = static_cast<T*>(bp.dk) + b * bp.dk_strides[0] + h * bp.dk_strides[1];
+  T* dv_out = static_cast<T*>(bp.dv) + b * bp.dv_strides[0] + h * bp.dv_strides[1];
+  for (int e = 2 * threadIdx.x; e < kTile * D; e += 2 * blockDim.x) {
+    const int key = e / D, col = e % D, row = kt * kTile + key;
+    if (row >= p.L) continue;
+    *reinterpret_cast<uint32_t*>(dk_out + static_cast<int64_t>(row) * bp.dk_strides[2] + col) =
+        Pack<T>::from(acc[e], acc[e + 1]);
+    *reinterpret_cast<uint32_t*>(dv_out + static_cast<int64_t>(row) * bp.dv_strides[2] + col) =
+        Pack<T>::from(acc[kTile * D + e], acc[kTile * D + e + 1]);
   }
 }
 
@@ -383,8 +427,12 @@ void launch_bwd(const SparseAttentionBwdParams& p, cudaStream_t stream) {
   constexpr int dkdv_smem = 6 * Smem<D>::kTileElems * sizeof(T) + 4 * kTile * sizeof(float);
   auto dkdv_kernel = sparse_attention_bwd_dkdv_kernel<T, D>;
   cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem);
-  dkdv_kernel<<<dim3(bh, p.fwd.layout.n_tiles), kThreads, dkdv_smem, stream>>>(p);
+  dkdv_kernel<<<dim3(bh, p.fwd.layout.n_col_items), kThreads, dkdv_smem, stream>>>(p);
   check_launch("sparse_attention_bwd_dkdv_kernel");
+  if (p.fwd.layout.n_split > 0) {
+    sparse_attention_bwd_split_finish_kernel<T, D><<<dim3(bh, p.fwd.layout.n_split), 256, 0, stream>>>(p);
+    check_launch("sparse_attention_bwd_split_finish_kernel");
+  }
 }
 
 }  // namespace

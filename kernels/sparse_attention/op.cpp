@@ -3,6 +3,7 @@
 #include "kernels/sparse_attention/op.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 
@@ -72,7 +73,51 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return work[a] > work[b]; });
     return order;
   };
-  TORCH_CHECK(nt < 65536, "make_plan: ", nt, " tiles exceed the grid limit (L < 4M)");
+  // dK/dV work items: one per key tile, except that a column far longer than
+  // the others (Longformer's and BigBird's global keys: every query tile
+  // visits it) is cut into pieces of about `cap` visits whose CTAs add fp32
+  // partials into a workspace slot (one CTA walking 256 visits was half of
+  // the Longformer backward at 16K). Per layout, heaviest first; layouts with
+  // fewer items are padded with col = -1.
+  std::vector<std::vector<std::array<int32_t, 4>>> items_of(layouts.size());
+  std::vector<std::vector<int32_t>> split_of(layouts.size());
+  for (size_t l = 0; l < layouts.size(); ++l) {
+    const int32_t* ptr = col_ptr.data() + l * static_cast<size_t>(nt + 1);
+    int64_t used = 0, total = 0;
+    for (int64_t j = 0; j < nt; ++j) {
+      const int32_t n = ptr[j + 1] - ptr[j];
+      used += n > 0;
+      total += n;
+    }
+    const int32_t cap = std::max<int32_t>(kMinSplitVisits, static_cast<int32_t>(2 * ((total + std::max<int64_t>(used, 1) - 1) /
+                                                                                   std::max<int64_t>(used, 1))));
+    auto& items = items_of[l];
+    for (int64_t j = 0; j < nt; ++j) {
+      const int32_t b = ptr[j], e = ptr[j + 1], n = e - b;
+      if (n <= cap) {
+        items.push_back({static_cast<int32_t>(j), b, e, -1});
+        continue;
+      }
+      const int32_t pieces = (n + cap - 1) / cap, slot = static_cast<int32_t>(split_of[l].size());
+      split_of[l].push_back(static_cast<int32_t>(j));
+      for (int32_t k = 0; k < pieces; ++k)
+        items.push_back({static_cast<int32_t>(j), b + n * k / pieces, b + n * (k + 1) / pieces, slot});
+    }
+    std::stable_sort(items.begin(), items.end(), [](const auto& x, const auto& y) { return x[2] - x[1] > y[2] - y[1]; });
+  }
+  size_t n_items = 0, n_split = 0;
+  for (size_t l = 0; l < layouts.size(); ++l) {
+    n_items = std::max(n_items, items_of[l].size());
+    n_split = std::max(n_split, split_of[l].size());
+  }
+  std::vector<int32_t> col_items, split_cols;
+  for (size_t l = 0; l < layouts.size(); ++l) {
+    items_of[l].resize(n_items, {-1, 0, 0, -1});
+    for (const auto& it : items_of[l]) col_items.insert(col_items.end(), it.begin(), it.end());
+    split_of[l].resize(n_split, -1);
+    split_cols.insert(split_cols.end(), split_of[l].begin(), split_of[l].end());
+  }
+  TORCH_CHECK(nt < 65536 && n_items < 65536, "make_plan: ", nt, " tiles exceed the grid limit (L < 4M)");
   TORCH_CHECK(masks.size() / kTile < static_cast<size_t>(std::numeric_limits<int32_t>::max()),
               "make_plan: too many partial tiles");
   SparseAttentionPlan p;
@@ -91,7 +136,10 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
   for (int32_t h : hl) TORCH_CHECK(h >= 0 && h < static_cast<int32_t>(layouts.size()), "make_plan: bad head layout ", h);
   p.head_layout = int32_tensor(hl, device);
   p.row_order = int32_tensor(heaviest_first(row_ptr), device);
-  p.col_order = int32_tensor(heaviest_first(col_ptr), device);
+  p.col_items = int32_tensor(col_items, device);
+  p.split_cols = int32_tensor(split_cols.empty() ? std::vector<int32_t>{-1} : split_cols, device);
+  p.n_col_items = static_cast<int64_t>(n_items);
+  p.n_split = static_cast<int64_t>(n_split);
   return p;
 }
 
@@ -125,7 +173,10 @@ SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::T
   l.masks = reinterpret_cast<const uint64_t*>(plan.masks.data_ptr<int64_t>());
   l.head_layout = plan.head_layout.data_ptr<int32_t>();
   l.row_order = plan.row_order.data_ptr<int32_t>();
-  l.col_order = plan.col_order.data_ptr<int32_t>();
+  l.col_items = plan.col_items.data_ptr<int32_t>();
+  l.split_cols = plan.split_cols.data_ptr<int32_t>();
+  l.n_col_items = static_cast<int>(plan.n_col_items);
+  l.n_split = static_cast<int>(plan.n_split);
   l.exclude = exclude.defined() ? reinterpret_cast<const uint64_t*>(exclude.data_ptr<int64_t>()) : nullptr;
   l.n_tiles = static_cast<int>(plan.n_tiles);
   return l;
@@ -143,7 +194,10 @@ SparseAttentionPlan plan_from(AutogradContext* ctx) {
   p.masks = d["masks"].toTensor();
   p.head_layout = d["head_layout"].toTensor();
   p.row_order = d["row_order"].toTensor();
-  p.col_order = d["col_order"].toTensor();
+  p.col_items = d["col_items"].toTensor();
+  p.split_cols = d["split_cols"].toTensor();
+  p.n_col_items = d["n_col_items"].toInt();
+  p.n_split = d["n_split"].toInt();
   p.seq_len = d["seq_len"].toInt();
   p.n_tiles = d["n_tiles"].toInt();
   return p;
@@ -197,7 +251,10 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     d["masks"] = plan.masks;
     d["head_layout"] = plan.head_layout;
     d["row_order"] = plan.row_order;
-    d["col_order"] = plan.col_order;
+    d["col_items"] = plan.col_items;
+    d["split_cols"] = plan.split_cols;
+    d["n_col_items"] = plan.n_col_items;
+    d["n_split"] = plan.n_split;
     d["seq_len"] = plan.seq_len;
     d["n_tiles"] = plan.n_tiles;
     d["exclude"] = exclude.defined() ? exclude : torch::Tensor();
@@ -217,6 +274,9 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     torch::Tensor dlse = grads[1].defined() ? grads[1].to(torch::kFloat32).contiguous() : torch::Tensor();
     auto dq = grad_like(q), dk = grad_like(k), dv = grad_like(v);
     auto delta = torch::empty({B, H, L}, q.options().dtype(torch::kFloat32));
+    // fp32 dK/dV partials of split columns (make_plan): [B * H, n_split, 2, 64, D], summed by atomics.
+    torch::Tensor dkv_acc;
+    if (plan.n_split > 0) dkv_acc = torch::zeros({B * H * plan.n_split * 2 * kTile * D}, delta.options());
 
     SparseAttentionBwdParams p;
     SparseAttentionParams& f = p.fwd;
@@ -238,6 +298,7 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     p.dout = dout.data_ptr();
     p.dlse = dlse.defined() ? dlse.data_ptr<float>() : nullptr;
     p.delta = delta.data_ptr<float>();
+    p.dkv_acc = dkv_acc.defined() ? dkv_acc.data_ptr<float>() : nullptr;
     p.dq = dq.data_ptr();
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();

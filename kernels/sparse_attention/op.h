@@ -38,8 +38,12 @@ struct SparseAttentionPlan {
   torch::Tensor row_ptr, cols, row_mask, col_ptr, rows, col_mask;  // int32
   torch::Tensor masks;        // int64 (bit words)
   torch::Tensor head_layout;  // int32 [H]
-  torch::Tensor row_order, col_order;  // int32 [n_tiles]: tiles by visits, most first
-  int64_t seq_len = 0, n_tiles = 0;
+  torch::Tensor row_order;    // int32 [n_tiles]: query tiles by visits, most first
+  // int32 [n_layouts, n_col_items, 4]: the dK/dV kernel's work items (key
+  // tile, first and end transposed visit, split slot or -1), heaviest first;
+  // [n_layouts, n_split]: the key tile of each split slot (-1 = none).
+  torch::Tensor col_items, split_cols;
+  int64_t seq_len = 0, n_tiles = 0, n_col_items = 0, n_split = 0;
 };
 
 // Concatenates `layouts` (all of one seq_len) and their transposes into a plan

@@ -17,6 +17,9 @@
 namespace longtrain::kernels {
 
 constexpr int kTile = 64;
+// A transposed column is split when it has more than max(this, 2 x the
+// layout's mean visits per column) visits.
+constexpr int kMinSplitVisits = 16;
 
 struct SparseLayoutParams {
   const int32_t* row_ptr = nullptr;    // [n_layouts * (n_tiles + 1)], offsets into cols
@@ -27,11 +30,18 @@ struct SparseLayoutParams {
   const int32_t* col_mask = nullptr;   // mask index per transposed visit
   const uint64_t* masks = nullptr;     // [n_masks, 64]
   const int32_t* head_layout = nullptr;  // [H] -> layout index
-  // Launch order of query tiles (forward, dQ) and key tiles (dK/dV): most
-  // visits first, so a few long rows (global tokens) start in the first wave
-  // instead of trailing the grid.
+  // Launch order of query tiles (forward, dQ): most visits first, so a few
+  // long rows (global tokens) start in the first wave instead of trailing
+  // the grid.
   const int32_t* row_order = nullptr;
-  const int32_t* col_order = nullptr;
+  // dK/dV work items, [n_layouts][n_col_items][4]: key tile (-1 = none),
+  // transposed visits [begin, end), split slot (-1: the item is the whole
+  // column and writes dK/dV; else it adds fp32 partials into the slot).
+  // Columns much longer than the rest are split so that no CTA walks them
+  // alone; heaviest first. split_cols [n_layouts][n_split]: slot -> key tile.
+  const int32_t* col_items = nullptr;
+  const int32_t* split_cols = nullptr;
+  int n_col_items = 0, n_split = 0;
   const uint64_t* exclude = nullptr;   // [B, n_tiles] key-exclusion words, or null
   int n_tiles = 0;
 };
@@ -57,6 +67,7 @@ struct SparseAttentionBwdParams {
   void* dq = nullptr;
   void* dk = nullptr;
   void* dv = nullptr;
+  float* dkv_acc = nullptr;  // [B * H, n_split, 2, 64, D] zeroed fp32 partials of split columns, or null
   int64_t do_strides[3], dq_strides[3], dk_strides[3], dv_strides[3];
 };
 
