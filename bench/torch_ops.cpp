@@ -73,9 +73,7 @@ torch::Tensor sparse_attention_op(const torch::Tensor& q, const torch::Tensor& k
   const auto& plan = cached_plan(pattern, L, H, window, global_first, causal, q.device());
   if (global_first <= 0) return sparse_attention_fast(q, k, v, plan, causal, nullptr, false);
   GlobalAttention g;
-  auto mask = torch::zeros({B, L}, torch::dtype(torch::kBool).device(q.device()));
-  mask.narrow(1, 0, global_first).fill_(true);
-  std::tie(g.index, g.valid) = global_positions(mask);
+  std::tie(g.index, g.valid) = first_global_positions(B, std::min(global_first, L), q.device());
   g.q = gq ? *gq : q;
   g.k = gk ? *gk : k;
   g.v = gv ? *gv : v;

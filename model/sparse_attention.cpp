@@ -81,6 +81,12 @@ std::pair<torch::Tensor, torch::Tensor> global_positions(const torch::Tensor& ma
   return {index, valid};
 }
 
+std::pair<torch::Tensor, torch::Tensor> first_global_positions(int64_t B, int64_t G, const torch::Device& device) {
+  TORCH_CHECK(B > 0 && G > 0, "first_global_positions: B and G must be positive, got ", B, ", ", G);
+  auto index = torch::arange(G, torch::dtype(torch::kInt64).device(device)).expand({B, G}).contiguous();
+  return {index, torch::ones({B, G}, torch::dtype(torch::kBool).device(device))};
+}
+
 torch::Tensor apply_global_rows(const torch::Tensor& out, const GlobalAttention& global, bool causal) {
   // Global rows: full attention through the global projections, written over
   // the rows of global positions. [B, H, G, D] x [B, H, L, D] -> [B, H, G, L]

@@ -57,6 +57,11 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, c
 torch::Tensor apply_global_rows(const torch::Tensor& out, const GlobalAttention& global, bool causal);
 
 // [B, L] bool mask -> (index [B, G], valid [B, G]) with G the largest count in the batch.
+// Reads G on the host: one device synchronisation.
 std::pair<torch::Tensor, torch::Tensor> global_positions(const torch::Tensor& mask);
+
+// The same for "the first G positions of every sequence" (Longformer's static
+// globals), built without reading the device.
+std::pair<torch::Tensor, torch::Tensor> first_global_positions(int64_t B, int64_t G, const torch::Device& device);
 
 }  // namespace longtrain

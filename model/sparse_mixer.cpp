@@ -113,16 +113,20 @@ torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const Mi
   const std::vector<const LayoutTensors*> per_head = kernel ? std::vector<const LayoutTensors*>() : layouts(L, x.device());
   torch::Tensor y;
   const bool use_global = (global_.enabled() || ctx.global_mask.defined()) && global_qkv_;
-  torch::Tensor mask = use_global ? global_mask(x, ctx) : torch::Tensor();
-  if (use_global && mask.any().item<bool>()) {
+  // "First k tokens" globals are the same for every batch: their columns go
+  // into the kernel's layout, and their positions are known on the host (no
+  // device read in the step). Masks from the data or from token ids are read
+  // back once per forward for their largest count.
+  const bool static_columns = use_global && !ctx.global_mask.defined() && global_.token < 0;
+  torch::Tensor mask = use_global && !static_columns ? global_mask(x, ctx) : torch::Tensor();
+  if (static_columns ? global_.first > 0 : use_global && mask.any().item<bool>()) {
     auto [gq, gk, gv] = split(linear(global_qkv_, x));
     GlobalAttention g;
-    std::tie(g.index, g.valid) = global_positions(mask);
+    std::tie(g.index, g.valid) =
+        static_columns ? first_global_positions(B, std::min(global_.first, L), x.device()) : global_positions(mask);
     g.q = gq;
     g.k = gk;
     g.v = gv;
-    // "First k tokens" globals are the same for every batch: their columns go into the kernel's layout.
-    const bool static_columns = !ctx.global_mask.defined() && global_.token < 0;
     y = kernel ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), static_columns), dims_.causal, &g,
                                        static_columns)
                : sparse_attention(q, k, v, per_head, dims_.causal, &g);

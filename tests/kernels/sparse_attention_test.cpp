@@ -11,10 +11,15 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include <yaml-cpp/yaml.h>
+
+#ifdef LONGTRAIN_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include "model/mixer.h"
 #include "model/sparse_attention_fast.h"
@@ -107,6 +112,52 @@ TEST(TileLayout, PlanTransposeListsTheSameVisits) {
     EXPECT_TRUE(torch::equal(dense, dense_t)) << "layout " << l;
     EXPECT_GT(dense.sum().item<int>(), 0);
   }
+}
+
+// The dK/dV work items: every transposed visit of every key tile in exactly
+// one item; a column is split only when far longer than the rest (the
+// Longformer global column here: all 64 query tiles visit key tile 0 and 1),
+// its pieces share one slot; heaviest first; short layouts padded with -1.
+TEST(TileLayout, PlanSplitsOnlyTheLongColumns) {
+  const int64_t L = 4096;
+  const auto band = tile_layout(build_layout(sliding_pattern(L, 64, 128, 1, false), L, 64));
+  const auto global = tile_layout(build_layout(with_global_columns(sliding_pattern(L, 64, 128, 1, false), 70, 64, false), L, 64));
+  const auto plan = kernels::make_plan({&band, &global}, {0, 1}, torch::kCPU);
+  const int64_t nt = plan.n_tiles, n = plan.n_col_items;
+  ASSERT_EQ(nt, 64);
+  ASSERT_EQ(plan.n_split, 2);  // key tiles 0 and 1 (keys 0..69 are global)
+  ASSERT_EQ(plan.col_items.numel(), 2 * n * 4);
+  const auto items_t = plan.col_items.view({2, n, 4}), split_t = plan.split_cols.view({2, plan.n_split});
+  auto items = items_t.accessor<int32_t, 3>();
+  auto col_ptr = plan.col_ptr.accessor<int32_t, 1>();
+  auto split_cols = split_t.accessor<int32_t, 2>();
+  for (int64_t l = 0; l < 2; ++l) {
+    std::vector<int> covered(static_cast<size_t>(col_ptr[2 * (nt + 1) - 1]), 0);
+    std::vector<int> whole(static_cast<size_t>(nt), 0);
+    int64_t prev = std::numeric_limits<int64_t>::max(), real = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t kt = items[l][i][0], b = items[l][i][1], e = items[l][i][2], slot = items[l][i][3];
+      if (kt < 0) continue;
+      ++real;
+      EXPECT_LE(e - b, prev) << "layout " << l << " item " << i << ": not heaviest first";
+      prev = e - b;
+      EXPECT_GE(b, col_ptr[l * (nt + 1) + kt]);
+      EXPECT_LE(e, col_ptr[l * (nt + 1) + kt + 1]);
+      for (int32_t v = b; v < e; ++v) covered[static_cast<size_t>(v)] += 1;
+      if (slot < 0) whole[static_cast<size_t>(kt)] += 1;
+      else EXPECT_EQ(split_cols[l][slot], kt);
+    }
+    for (int64_t j = 0; j < nt; ++j) {
+      const int32_t visits = col_ptr[l * (nt + 1) + j + 1] - col_ptr[l * (nt + 1) + j];
+      const bool split = l == 1 && j < 2;
+      EXPECT_EQ(whole[static_cast<size_t>(j)], split ? 0 : 1) << "layout " << l << " tile " << j;
+      if (split) EXPECT_EQ(visits, 64);
+      for (int32_t v = col_ptr[l * (nt + 1) + j]; v < col_ptr[l * (nt + 1) + j + 1]; ++v)
+        EXPECT_EQ(covered[static_cast<size_t>(v)], 1) << "layout " << l << " visit " << v;
+    }
+    EXPECT_EQ(real, l == 0 ? nt : n);
+  }
+  EXPECT_EQ(split_cols[0][0], -1);  // the band layout splits nothing
 }
 
 TEST(SparseKernel, SaysWhyItCannotRun) {
@@ -287,6 +338,8 @@ std::vector<KernelCase> kernel_cases() {
       {"fixed_64_8", 2, 1, 640, 64, false, fp16, Globals::kNone, 64, fixed},
       {"longformer_first70", 2, 2, 1100, 64, false, bf16, Globals::kFirst, 64, sliding(256)},
       {"longformer_first70", 1, 2, 700, 128, true, bf16, Globals::kFirst, 64, sliding(128)},
+      // 33 query tiles on the global key tiles: split columns (make_plan) at D = 128
+      {"longformer_first70_split", 1, 2, 2100, 128, true, fp16, Globals::kFirst, 64, sliding(128)},
       {"longformer_per_batch", 2, 2, 900, 64, true, bf16, Globals::kPerBatch, 64, sliding(128)},
       {"longformer_per_batch", 2, 1, 513, 64, false, fp16, Globals::kPerBatch, 64, sliding(100)},
       {"long_sliding_w512", 1, 4, 4096, 64, true, bf16, Globals::kNone, 64, sliding(512)},
@@ -360,6 +413,46 @@ TEST(SparseKernel, MixersTakeItUnderBf16AutocastAndMatchTheReference) {
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
   }
+}
+
+// A training step of the window mixer, with or without static ("first k")
+// global tokens, never reads the device from the host: CUDA's sync debug mode
+// makes such a read an error. Token-id globals must read their largest count
+// (global_positions), which shows that the check bites.
+TEST(SparseKernel, StaticGlobalsStepWithoutHostSynchronisation) {
+  SKIP_WITHOUT_CUDA();
+#ifdef LONGTRAIN_WITH_CUDA
+  const auto dev = torch::Device(torch::kCUDA);
+  auto& sync = c10::cuda::warning_state();
+  for (const std::string yaml : {"{type: sliding, window: 64, global_first: 5}", "{type: sliding, window: 64}",
+                                 "{type: sliding, window: 64, global_token: 3}"}) {
+    auto m = make_mixer(yaml, true);
+    m->to(dev);
+    auto x = torch::randn({2, 640, 256}, dev).requires_grad_();
+    MixerContext ctx;
+    ctx.tokens = torch::randint(0, 8, {2, 640}, torch::dtype(torch::kInt64).device(dev));
+    auto step = [&] {
+      Tensor y;
+      {
+        AutocastGuard autocast(dev, true);
+        y = m->forward(x, ctx);
+      }
+      y.to(torch::kFloat32).sum().backward();
+    };
+    step();  // builds and caches the tile plan (host-to-device copies)
+    const bool must_sync = yaml.find("global_token") != std::string::npos;
+    std::string error;
+    sync.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+    try {
+      step();
+    } catch (const c10::Error& e) {
+      error = e.what();
+    }
+    sync.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+    if (must_sync) EXPECT_NE(error, "") << yaml << ": the sync check did not fire";
+    else EXPECT_EQ(error, "") << yaml;
+  }
+#endif
 }
 
 INSTANTIATE_TEST_SUITE_P(Patterns, SparseKernelVsReference, ::testing::ValuesIn(kernel_cases()), case_name);
