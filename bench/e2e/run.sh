@@ -9,7 +9,7 @@
 #
 #   bench/e2e/run.sh BUILD_DIR OUT_DIR
 #   BENCH_QUICK=1    L = 4K and 16K only, fewer steps, probe up to 512K/1M
-#   E2E_MIXERS="full sliding"  E2E_LENGTHS="4k"  E2E_SKIP_PEERS=1  E2E_SKIP_PROBE=1
+#   E2E_MIXERS="full sliding"  E2E_LENGTHS="4k"  E2E_SKIP_PEERS=1  E2E_SKIP_PROBE=1  E2E_STEPS=40
 #   PEERS_REFERENCE=path  (default: the first of .carry/, shared/bench/, ../shared/bench/)
 #   E2E_BUDGET_S=470  wall-clock budget (the whole run stays under ~8 min):
 #                     longtrain runs start until 53% of it, the peer runs
@@ -24,7 +24,7 @@ mkdir -p "$OUT_DIR/runs"
 rm -f "$OUT_DIR/peers.jsonl" "$OUT_DIR/longest.jsonl"
 
 TOTAL="${E2E_BUDGET_S:-470}"
-STEPS=10  # 5 warm-up (one log interval) + 5 timed
+STEPS="${E2E_STEPS:-10}"  # 5 warm-up (one log interval) + 5 timed; E2E_STEPS=40: 7 timed intervals, their median
 if [ -n "${BENCH_QUICK:-}" ]; then
   LENGTHS="${E2E_LENGTHS:-4k 16k}" PROBE_MAX_SLIDING=524288 PROBE_MAX_LINEAR=1048576
 else
