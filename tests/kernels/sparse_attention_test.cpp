@@ -17,12 +17,9 @@
 
 #include <yaml-cpp/yaml.h>
 
-#ifdef LONGTRAIN_WITH_CUDA
-#include <c10/cuda/CUDAFunctions.h>
-#endif
-
 #include "model/mixer.h"
 #include "model/sparse_attention_fast.h"
+#include "tests/host_sync.h"
 #include "tests/model/attention_reference.h"
 #include "trainer/device.h"
 #include "trainer/recipe_section.h"
@@ -421,9 +418,7 @@ TEST(SparseKernel, MixersTakeItUnderBf16AutocastAndMatchTheReference) {
 // (global_positions), which shows that the check bites.
 TEST(SparseKernel, StaticGlobalsStepWithoutHostSynchronisation) {
   SKIP_WITHOUT_CUDA();
-#ifdef LONGTRAIN_WITH_CUDA
   const auto dev = torch::Device(torch::kCUDA);
-  auto& sync = c10::cuda::warning_state();
   for (const std::string yaml : {"{type: sliding, window: 64, global_first: 5}", "{type: sliding, window: 64}",
                                  "{type: sliding, window: 64, global_token: 3}"}) {
     auto m = make_mixer(yaml, true);
@@ -441,18 +436,10 @@ TEST(SparseKernel, StaticGlobalsStepWithoutHostSynchronisation) {
     };
     step();  // builds and caches the tile plan (host-to-device copies)
     const bool must_sync = yaml.find("global_token") != std::string::npos;
-    std::string error;
-    sync.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
-    try {
-      step();
-    } catch (const c10::Error& e) {
-      error = e.what();
-    }
-    sync.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+    const std::string error = testing::host_sync_error(step);
     if (must_sync) EXPECT_NE(error, "") << yaml << ": the sync check did not fire";
     else EXPECT_EQ(error, "") << yaml;
   }
-#endif
 }
 
 INSTANTIATE_TEST_SUITE_P(Patterns, SparseKernelVsReference, ::testing::ValuesIn(kernel_cases()), case_name);

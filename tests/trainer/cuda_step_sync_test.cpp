@@ -11,15 +11,12 @@
 #include <string>
 #include <vector>
 
-#ifdef LONGTRAIN_WITH_CUDA
-#include <c10/cuda/CUDAFunctions.h>
-#endif
-
 #include "model/lm.h"
 #include "trainer/config.h"
 #include "trainer/device.h"
 #include "trainer/fused_adamw.h"
 #include "trainer/step_health.h"
+#include "tests/host_sync.h"
 
 namespace longtrain {
 namespace {
@@ -33,9 +30,8 @@ Recipe shrunk_recipe(const std::string& recipe) {
   return load_recipe(file.string(), sets);
 }
 
-// The error a step raised under sync-debug "error" mode, or "".
+// The error a step raised under sync-debug "error" mode (tests/host_sync.h), or "".
 std::string sync_error_of_step(const std::string& recipe, bool read_loss) {
-#ifdef LONGTRAIN_WITH_CUDA
   const torch::Device dev(torch::kCUDA, 0);
   const Recipe r = shrunk_recipe(recipe);
   torch::manual_seed(0);
@@ -60,21 +56,7 @@ std::string sync_error_of_step(const std::string& recipe, bool read_loss) {
     if (read_loss) (void)loss.item<double>();
   };
   step();  // warm-up: tile plans, RoPE tables, optimizer state, cuBLASLt handles
-  auto& sync = c10::cuda::warning_state();
-  std::string error;
-  sync.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
-  try {
-    step();
-  } catch (const c10::Error& e) {
-    error = e.what();
-  }
-  sync.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
-  return error;
-#else
-  (void)recipe;
-  (void)read_loss;
-  return "";
-#endif
+  return testing::host_sync_error(step);
 }
 
 class CudaStepSync : public ::testing::TestWithParam<std::string> {};
