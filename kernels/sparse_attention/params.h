@@ -6,8 +6,9 @@
 // tiles (kTile): for layout l, query tile i visits key tiles
 // tile_cols[tile_row_ptr[l * (n_tiles + 1) + i] ..  tile_row_ptr[... + i + 1]),
 // each full (mask index -1) or partial (64 mask words, word r = query row r,
-// bit c = key column c). The transposed (CSC) lists drive the dK/dV kernel.
-// Grids are (batch * head, tile): all heads of the heaviest tiles start first.
+// bit c = key column c). The transposed (CSC) lists drive the dK/dV kernel,
+// cut into work items (a key tile, or a piece of an overlong column).
+// Grids are (batch * head, tile or item): all heads of the heaviest start first.
 // A per-batch exclusion word per key tile (optional) removes keys from every
 // tile (Longformer global keys, which the caller scores once, densely).
 #pragma once
