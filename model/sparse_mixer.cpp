@@ -119,7 +119,7 @@ torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const Mi
   // back once per forward for their largest count.
   const bool static_columns = use_global && !ctx.global_mask.defined() && global_.token < 0;
   torch::Tensor mask = use_global && !static_columns ? global_mask(x, ctx) : torch::Tensor();
-  if (static_columns ? global_.first > 0 : use_global && mask.any().item<bool>()) {
+  if (static_columns || (use_global && mask.any().item<bool>())) {
     auto [gq, gk, gv] = split(linear(global_qkv_, x));
     GlobalAttention g;
     std::tie(g.index, g.valid) =

@@ -89,8 +89,8 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
       used += n > 0;
       total += n;
     }
-    const int32_t cap = std::max<int32_t>(kMinSplitVisits, static_cast<int32_t>(2 * ((total + std::max<int64_t>(used, 1) - 1) /
-                                                                                   std::max<int64_t>(used, 1))));
+    used = std::max<int64_t>(used, 1);
+    const int32_t cap = static_cast<int32_t>(std::max<int64_t>(kMinSplitVisits, 2 * ((total + used - 1) / used)));
     auto& items = items_of[l];
     for (int64_t j = 0; j < nt; ++j) {
       const int32_t b = ptr[j], e = ptr[j + 1], n = e - b;
@@ -136,10 +136,9 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
   for (int32_t h : hl) TORCH_CHECK(h >= 0 && h < static_cast<int32_t>(layouts.size()), "make_plan: bad head layout ", h);
   p.head_layout = int32_tensor(hl, device);
   p.row_order = int32_tensor(heaviest_first(row_ptr), device);
-  p.col_items = int32_tensor(col_items, device);
-  p.split_cols = int32_tensor(split_cols.empty() ? std::vector<int32_t>{-1} : split_cols, device);
-  p.n_col_items = static_cast<int64_t>(n_items);
-  p.n_split = static_cast<int64_t>(n_split);
+  const auto n_layouts = static_cast<int64_t>(layouts.size());
+  p.col_items = int32_tensor(col_items, device).view({n_layouts, static_cast<int64_t>(n_items), 4});
+  p.split_cols = int32_tensor(split_cols, device).view({n_layouts, static_cast<int64_t>(n_split)});
   return p;
 }
 
@@ -174,9 +173,9 @@ SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::T
   l.head_layout = plan.head_layout.data_ptr<int32_t>();
   l.row_order = plan.row_order.data_ptr<int32_t>();
   l.col_items = plan.col_items.data_ptr<int32_t>();
-  l.split_cols = plan.split_cols.data_ptr<int32_t>();
-  l.n_col_items = static_cast<int>(plan.n_col_items);
-  l.n_split = static_cast<int>(plan.n_split);
+  l.split_cols = plan.n_split() > 0 ? plan.split_cols.data_ptr<int32_t>() : nullptr;
+  l.n_col_items = static_cast<int>(plan.n_col_items());
+  l.n_split = static_cast<int>(plan.n_split());
   l.exclude = exclude.defined() ? reinterpret_cast<const uint64_t*>(exclude.data_ptr<int64_t>()) : nullptr;
   l.n_tiles = static_cast<int>(plan.n_tiles);
   return l;
@@ -196,8 +195,6 @@ SparseAttentionPlan plan_from(AutogradContext* ctx) {
   p.row_order = d["row_order"].toTensor();
   p.col_items = d["col_items"].toTensor();
   p.split_cols = d["split_cols"].toTensor();
-  p.n_col_items = d["n_col_items"].toInt();
-  p.n_split = d["n_split"].toInt();
   p.seq_len = d["seq_len"].toInt();
   p.n_tiles = d["n_tiles"].toInt();
   return p;
@@ -253,8 +250,6 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     d["row_order"] = plan.row_order;
     d["col_items"] = plan.col_items;
     d["split_cols"] = plan.split_cols;
-    d["n_col_items"] = plan.n_col_items;
-    d["n_split"] = plan.n_split;
     d["seq_len"] = plan.seq_len;
     d["n_tiles"] = plan.n_tiles;
     d["exclude"] = exclude.defined() ? exclude : torch::Tensor();
@@ -276,7 +271,7 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     auto delta = torch::empty({B, H, L}, q.options().dtype(torch::kFloat32));
     // fp32 dK/dV partials of split columns (make_plan): [B * H, n_split, 2, 64, D], summed by atomics.
     torch::Tensor dkv_acc;
-    if (plan.n_split > 0) dkv_acc = torch::zeros({B * H * plan.n_split * 2 * kTile * D}, delta.options());
+    if (plan.n_split() > 0) dkv_acc = torch::zeros({B * H * plan.n_split() * 2 * kTile * D}, delta.options());
 
     SparseAttentionBwdParams p;
     SparseAttentionParams& f = p.fwd;

@@ -43,7 +43,9 @@ struct SparseAttentionPlan {
   // tile, first and end transposed visit, split slot or -1), heaviest first;
   // [n_layouts, n_split]: the key tile of each split slot (-1 = none).
   torch::Tensor col_items, split_cols;
-  int64_t seq_len = 0, n_tiles = 0, n_col_items = 0, n_split = 0;
+  int64_t seq_len = 0, n_tiles = 0;
+  int64_t n_col_items() const { return col_items.size(1); }
+  int64_t n_split() const { return split_cols.size(1); }
 };
 
 // Concatenates `layouts` (all of one seq_len) and their transposes into a plan

@@ -120,11 +120,11 @@ TEST(TileLayout, PlanSplitsOnlyTheLongColumns) {
   const auto band = tile_layout(build_layout(sliding_pattern(L, 64, 128, 1, false), L, 64));
   const auto global = tile_layout(build_layout(with_global_columns(sliding_pattern(L, 64, 128, 1, false), 70, 64, false), L, 64));
   const auto plan = kernels::make_plan({&band, &global}, {0, 1}, torch::kCPU);
-  const int64_t nt = plan.n_tiles, n = plan.n_col_items;
+  const int64_t nt = plan.n_tiles, n = plan.n_col_items();
   ASSERT_EQ(nt, 64);
-  ASSERT_EQ(plan.n_split, 2);  // key tiles 0 and 1 (keys 0..69 are global)
+  ASSERT_EQ(plan.n_split(), 2);  // key tiles 0 and 1 (keys 0..69 are global)
   ASSERT_EQ(plan.col_items.numel(), 2 * n * 4);
-  const auto items_t = plan.col_items.view({2, n, 4}), split_t = plan.split_cols.view({2, plan.n_split});
+  const auto items_t = plan.col_items.view({2, n, 4}), split_t = plan.split_cols.view({2, plan.n_split()});
   auto items = items_t.accessor<int32_t, 3>();
   auto col_ptr = plan.col_ptr.accessor<int32_t, 1>();
   auto split_cols = split_t.accessor<int32_t, 2>();
