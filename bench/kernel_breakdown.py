@@ -37,6 +37,15 @@ def aft_case(L, d=1024, chunk=0):
     return (lambda: torch.ops.longtrain.aft_simple(q, k, v, chunk)), ins, grad
 
 
+def aft_band_case(L, B, d, H, window):
+    """Causal AFT-local/conv: bench/aft.py's conv case, or the 134M e2e recipe's AFT-local layer."""
+    g = torch.Generator(device=dev).manual_seed(L)
+    q, k, v, grad = [torch.randn(B, L, d, device=dev, generator=g).to(bf16) for _ in range(4)]
+    u = torch.randn(H, window, device=dev, generator=g).requires_grad_()
+    ins = [t.requires_grad_() for t in (q, k, v)] + [u]
+    return (lambda: torch.ops.longtrain.aft_band(q, k, v, u, window)), ins, grad
+
+
 def sliding_case(L, B=1, H=16, D=64, window=512, pattern="sliding", global_first=0, causal=True):
     torch.manual_seed(0)
     q, k, v = [torch.randn(B, H, L, D, device=dev, dtype=bf16, requires_grad=True) for _ in range(3)]
@@ -91,6 +100,8 @@ CASES = {
     "linear64k": lambda: linear_case(65536),
     "aft4k": lambda: aft_case(4096),
     "aft16k": lambda: aft_case(16384),
+    "aftconv16k": lambda: aft_band_case(16384, 1, 1024, 16, 64),
+    "aftlocal_e2e": lambda: aft_band_case(4096, 16, 768, 12, 256),
     # the scan's chunk (positions per thread) forced, for tuning aft_chunk_size
     **{f"aft16k_chunk{c}": (lambda c=c: aft_case(16384, chunk=c)) for c in (32, 64, 128, 256)},
     "sliding16k": lambda: sliding_case(16384),

@@ -4,11 +4,12 @@
 //   w_ts = u[h, t - s] for t - s < window, 0 outside (not -inf).
 //
 // Forward: the un-biased simple scan (fwd.cu, without y) saves its state every
-// kAftSub positions; then one thread per (8 rows, channel pair) starts from the
-// un-biased prefix state through row t - window (a saved state plus < 8 steps),
-// advances it one row at a time, and merges the band terms (k_{t-j} + u_j,
-// v_{t-j}) one by one into a copy — term by term, as the reference, so a very
-// negative u never cancels. It writes y and saves lse_t and R_t (fp32) per row.
+// kAftSub positions; then one thread per (8 rows, channel pair) starts each of
+// its rows t from the un-biased prefix state through row t - window (a saved
+// state plus < 8 steps, then one step per row), and merges the band terms
+// (k_s + u_{t-s}, v_s) one by one — term by term, as the reference, so a very
+// negative u never cancels — taking the sources s in order, each k, v row read
+// once for the 8 rows. It writes y and saves lse_t and R_t (fp32) per row.
 //
 // Backward (G_t = dy_t σ(q_t), p_ts = e^{k_s + w_ts - lse_t}):
 //   dq_t = G_t R_t (1 - σ(q_t));  dv_s = Σ_{t>=s} G_t p_ts;
@@ -21,7 +22,9 @@
 // the simple backward's decaying reverse scan with its inputs shifted by the
 // window (bwd.cu's two-level scan: summaries, the same carry kernel, then per
 // chunk from the right); dv_s += e^{k_s - lseF_s} T_s, dk_s likewise with R.
-// du: one fp32 atomic per (thread, tap) after summing its 8 rows and 2 channels.
+// The band rows are taken in order, each read once for the thread's 8 sources;
+// du_j is summed over the 8 sources and 2 channels, then over the lanes of the
+// warp that share a head (shuffles), before one fp32 atomic per tap.
 //
 // Matches: model/aft.cpp aft_local / aft_conv(..., causal = true).
 #include <cuda_runtime.h>
@@ -38,6 +41,9 @@ namespace {
 
 using namespace aft;
 constexpr int kThreads = 256;
+// The band backward holds 8 sources' k, v, dk, dv and 8 du slots per thread
+// (~170 registers): CTAs of 128, 3 per SM, rather than one CTA of 256.
+constexpr int kBandBwdThreads = 128;
 
 __device__ __forceinline__ int64_t row_at(const AftSimpleParams& p, int a, int b, int t, int c) {
   return ((static_cast<int64_t>(a) * p.B + b) * p.L + t) * p.d + c;
@@ -56,7 +62,7 @@ __global__ void __launch_bounds__(kThreads) aft_band_fwd_kernel(const AftBandPar
   const Dims dm = dims_of(p);
   const ChunkThread th = chunk_thread(p.B, dm.n_sub, p.d);  // "chunk" = a sub-chunk of 8 rows
   if (!th.valid) return;
-  const int w = bp.window, t0 = th.chunk * kAftSub, t1 = min(t0 + kAftSub, p.L);
+  const int w = bp.window, t0 = th.chunk * kAftSub, n = min(kAftSub, p.L - t0);
   const float* u = bp.u + static_cast<int64_t>(th.c / (p.d / bp.H)) * w;
   const int64_t qb = th.b * p.q_strides[0] + th.c, kb = th.b * p.k_strides[0] + th.c,
                 vb = th.b * p.v_strides[0] + th.c, yb = th.b * p.y_strides[0] + th.c;
@@ -73,29 +79,45 @@ __global__ void __launch_bounds__(kThreads) aft_band_fwd_kernel(const AftBandPar
       scan_add(F[1], k2.y, v2.y);
     }
   }
-  for (int t = t0; t < t1; ++t) {
-    const int far = t - w;  // the newest un-biased position of row t
-    if (t > t0 && far >= 0) {
+  // S[i]: row t0 + i, started from its un-biased prefix (through t0 + i - w).
+  ScanState S[kAftSub][2];
+#pragma unroll
+  for (int i = 0; i < kAftSub; ++i) {
+    const int far = t0 + i - w;  // the newest un-biased position of row t0 + i
+    if (i > 0 && i < n && far >= 0) {
       const float2 k2 = Pair<T>::load(p.k, kb + far * p.k_strides[1]),
                    v2 = Pair<T>::load(p.v, vb + far * p.v_strides[1]);
       scan_add(F[0], k2.x, v2.x);
       scan_add(F[1], k2.y, v2.y);
     }
-    ScanState S[2] = {F[0], F[1]};
-    const int taps = min(w, t + 1);
-    for (int j = 0; j < taps; ++j) {
-      const float2 k2 = Pair<T>::load(p.k, kb + (t - j) * p.k_strides[1]),
-                   v2 = Pair<T>::load(p.v, vb + (t - j) * p.v_strides[1]);
-      const float uj = __ldg(u + j);
-      merge(S[0], k2.x + uj, v2.x, 1.f);
-      merge(S[1], k2.y + uj, v2.y, 1.f);
+    S[i][0] = F[0];
+    S[i][1] = F[1];
+  }
+  // The band, source by source (each k, v row read once for the 8 rows): the
+  // term (k_s + u_j, v_s) of row t0 + i, j = t0 + i - s < window, merged one by one.
+  for (int s = max(0, t0 - w + 1); s < t0 + n; ++s) {
+    const float2 k2 = Pair<T>::load(p.k, kb + s * p.k_strides[1]), v2 = Pair<T>::load(p.v, vb + s * p.v_strides[1]);
+#pragma unroll
+    for (int i = 0; i < kAftSub; ++i) {
+      const int j = t0 + i - s;
+      if (i < n && j >= 0 && j < w) {
+        const float uj = __ldg(u + j);
+        merge(S[i][0], k2.x + uj, v2.x, 1.f);
+        merge(S[i][1], k2.y + uj, v2.y, 1.f);
+      }
     }
-    const float2 q2 = Pair<T>::load(p.q, qb + t * p.q_strides[1]);
-    const float r0 = S[0].n / S[0].s, r1 = S[1].n / S[1].s;
-    Pair<T>::store(p.y, yb + t * p.y_strides[1], sigmoid(q2.x) * r0, sigmoid(q2.y) * r1);
-    *reinterpret_cast<float2*>(bp.rows + row_at(p, 0, th.b, t, th.c)) =
-        make_float2(S[0].m + __logf(S[0].s), S[1].m + __logf(S[1].s));
-    *reinterpret_cast<float2*>(bp.rows + row_at(p, 1, th.b, t, th.c)) = make_float2(r0, r1);
+  }
+#pragma unroll
+  for (int i = 0; i < kAftSub; ++i) {
+    if (i < n) {
+      const int t = t0 + i;
+      const float2 q2 = Pair<T>::load(p.q, qb + t * p.q_strides[1]);
+      const float r0 = S[i][0].n / S[i][0].s, r1 = S[i][1].n / S[i][1].s;
+      Pair<T>::store(p.y, yb + t * p.y_strides[1], sigmoid(q2.x) * r0, sigmoid(q2.y) * r1);
+      *reinterpret_cast<float2*>(bp.rows + row_at(p, 0, th.b, t, th.c)) =
+          make_float2(S[i][0].m + __logf(S[i][0].s), S[i][1].m + __logf(S[i][1].s));
+      *reinterpret_cast<float2*>(bp.rows + row_at(p, 1, th.b, t, th.c)) = make_float2(r0, r1);
+    }
   }
 }
 
@@ -132,8 +154,29 @@ __global__ void __launch_bounds__(kThreads) aft_band_bwd_summary_kernel(const Af
   }
 }
 
+// How many lanes of this thread's warp sum a du term before one atomic: the
+// warp's lanes must all work on the same rows (one batch and chunk, so that
+// they run the same loop trips and can shuffle), and a group must lie in one
+// head: the largest power of two <= 32 dividing the head's channel pairs.
+// Groups start at multiples of it (warps start at multiples of 32 threads, and
+// a row's pairs are a multiple of it). 1 (an atomic per thread) otherwise.
+__device__ __forceinline__ int du_lanes(const AftSimpleParams& p, int H, int n_chunks) {
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t first = g - (threadIdx.x & 31), last = first + 31, pairs = p.d / 2;
+  if (first / pairs != last / pairs || last / pairs >= static_cast<int64_t>(p.B) * n_chunks) return 1;
+  int lanes = 32;
+  while ((p.d / H / 2) % lanes != 0) lanes /= 2;
+  return lanes;
+}
+
+// du_j += x summed over `lanes` lanes (a shuffle reduction, then one atomic).
+__device__ __forceinline__ void add_tap(float* du_j, float x, int lanes) {
+  for (int o = 1; o < lanes; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  if ((threadIdx.x & (lanes - 1)) == 0) atomicAdd(du_j, x);
+}
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads) aft_band_bwd_kernel(const AftBandBwdParams bb) {
+__global__ void __launch_bounds__(kBandBwdThreads, 3) aft_band_bwd_kernel(const AftBandBwdParams bb) {
   const AftSimpleBwdParams& bp = bb.scan;
   const AftSimpleParams& p = bp.fwd;
   const Dims dm = dims_of(p);
@@ -144,6 +187,7 @@ __global__ void __launch_bounds__(kThreads) aft_band_bwd_kernel(const AftBandBwd
   const float* u = bb.u + static_cast<int64_t>(head) * w;
   float* du = bb.du + static_cast<int64_t>(head) * w;
   const bool last = th.chunk + 1 == dm.n_chunks;
+  const int lanes = du_lanes(p, bb.H, dm.n_chunks);
   float P[2], Q[2], ref[2];  // the far part's running suffix sums; see bwd.cu
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -208,30 +252,45 @@ __global__ void __launch_bounds__(kThreads) aft_band_bwd_kernel(const AftBandBwd
         }
       }
     }
-    // Band part: rows s + j, j < w; tap-outer so that du_j is summed over the
-    // 8 rows and 2 channels before its one atomic.
-    for (int j = 0; j < w; ++j) {
-      const float uj = __ldg(u + j);
-      float acc = 0.f;
+    // Band part: rows r = t + rho, rho < w + 7, each read once for the 8
+    // sources; the pair (r, t + i) has tap j = rho - i < w. Tap j's du sum is
+    // complete after row t + j + 7; until then slot j % 8 of acc holds it.
+    float acc[kAftSub];
 #pragma unroll
-      for (int i = 0; i < kAftSub; ++i) {
-        const int s = t + i, row = s + j;
-        if (s < t1 && row < p.L) {
+    for (int i = 0; i < kAftSub; ++i) acc[i] = 0.f;
+    const int n_rows = w + kAftSub - 1;
+    for (int rho0 = 0; rho0 < n_rows; rho0 += kAftSub) {
+#pragma unroll
+      for (int rr = 0; rr < kAftSub; ++rr) {
+        const int rho = rho0 + rr, row = t + rho;
+        if (rho >= n_rows) break;
+        if (row < p.L) {
           const float2 q2 = Pair<T>::load(p.q, qb + row * p.q_strides[1]),
                        g2 = Pair<T>::load(bp.dy, gb + row * bp.dy_strides[1]);
           float2 lse, r;
           load_row(p, bb.rows, th.b, row, th.c, lse, r);
-          const float g0 = g2.x * sigmoid(q2.x) * __expf(kk[i].x + uj - lse.x);
-          const float g1 = g2.y * sigmoid(q2.y) * __expf(kk[i].y + uj - lse.y);
-          const float x0 = g0 * (vv[i].x - r.x), x1 = g1 * (vv[i].y - r.y);
-          dv[i][0] += g0;
-          dv[i][1] += g1;
-          dk[i][0] += x0;
-          dk[i][1] += x1;
-          acc += x0 + x1;
+          const float G0 = g2.x * sigmoid(q2.x), G1 = g2.y * sigmoid(q2.y);
+#pragma unroll
+          for (int i = 0; i < kAftSub; ++i) {
+            const int j = rho - i;
+            if (j >= 0 && j < w && t + i < t1) {
+              const float uj = __ldg(u + j);
+              const float g0 = G0 * __expf(kk[i].x + uj - lse.x), g1 = G1 * __expf(kk[i].y + uj - lse.y);
+              const float x0 = g0 * (vv[i].x - r.x), x1 = g1 * (vv[i].y - r.y);
+              dv[i][0] += g0;
+              dv[i][1] += g1;
+              dk[i][0] += x0;
+              dk[i][1] += x1;
+              acc[(rr - i) & (kAftSub - 1)] += x0 + x1;  // j % 8: rho0 is a multiple of 8
+            }
+          }
+        }
+        if (rho >= kAftSub - 1) {  // tap rho - 7 is complete
+          float& a = acc[(rr + 1) & (kAftSub - 1)];
+          add_tap(du + (rho - (kAftSub - 1)), a, lanes);
+          a = 0.f;
         }
       }
-      atomicAdd(du + j, acc);
     }
 #pragma unroll
     for (int i = 0; i < kAftSub; ++i) {
@@ -263,7 +322,8 @@ void launch_band_bwd(const AftBandBwdParams& bb, cudaStream_t stream) {
   aft_band_bwd_summary_kernel<T><<<blocks, kThreads, 0, stream>>>(bb);
   check_launch("aft_band_bwd_summary_kernel");
   launch_bwd_carry(bb.scan, stream);
-  aft_band_bwd_kernel<T><<<blocks, kThreads, 0, stream>>>(bb);
+  const int bwd_blocks = static_cast<int>((threads + kBandBwdThreads - 1) / kBandBwdThreads);
+  aft_band_bwd_kernel<T><<<bwd_blocks, kBandBwdThreads, 0, stream>>>(bb);
   check_launch("aft_band_bwd_kernel");
 }
 

@@ -308,6 +308,7 @@ std::vector<BandCase> band_cases() {
       {1, 4097, 128, 2, 100, bf16, 0, 1, 1, false},
       {1, 4097, 1024, 16, 64, bf16, 64, 1, 1, false},
       {2, 500, 64, 2, 16, bf16, 32, 30, 5, false},  // keys and biases of spread in the hundreds
+      {2, 700, 768, 12, 256, bf16, 0, 1, 1, false},  // the 134M e2e recipe's AFT-local layer (rows shorter)
   };
 }
 

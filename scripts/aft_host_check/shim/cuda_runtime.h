@@ -18,6 +18,21 @@ struct dim3 { unsigned x = 1, y = 1, z = 1; dim3(unsigned a = 1, unsigned b = 1,
 inline thread_local dim3 threadIdx, blockIdx, blockDim;
 inline std::barrier<>* g_barrier = nullptr;
 inline void __syncthreads() { g_barrier->arrive_and_wait(); }
+// A warp: its lanes' barrier and one exchange slot per lane, for the shuffles.
+struct EmulatedWarp {
+  explicit EmulatedWarp(unsigned n) : bar(n) {}
+  std::barrier<> bar;
+  float slot[32];
+};
+inline thread_local EmulatedWarp* g_warp = nullptr;
+inline float __shfl_xor_sync(unsigned, float x, int lane_mask) {
+  const unsigned lane = threadIdx.x & 31;
+  g_warp->slot[lane] = x;
+  g_warp->bar.arrive_and_wait();
+  const float r = g_warp->slot[lane ^ lane_mask];
+  g_warp->bar.arrive_and_wait();
+  return r;
+}
 #define __global__
 #define __device__
 #define __host__
@@ -43,13 +58,17 @@ void emulate_launch(K kernel, dim3 grid, dim3 block, const P& p) {
     for (unsigned bx = 0; bx < grid.x; ++bx) {
       std::barrier<> bar(n);
       g_barrier = &bar;
+      std::vector<std::unique_ptr<EmulatedWarp>> warps;
+      for (unsigned w = 0; w < (n + 31) / 32; ++w) warps.push_back(std::make_unique<EmulatedWarp>(std::min(32u, n - 32 * w)));
       std::vector<std::thread> ts;
       for (unsigned ty = 0; ty < block.y; ++ty)
         for (unsigned tx = 0; tx < block.x; ++tx)
-          ts.emplace_back([=, &p] {
+          ts.emplace_back([=, &p, &warps] {
             threadIdx = dim3(tx, ty); blockIdx = dim3(bx, by); blockDim = block;
+            g_warp = warps[(ty * block.x + tx) / 32].get();
             kernel(p);
             g_barrier->arrive_and_drop();
+            g_warp->bar.arrive_and_drop();
           });
       for (auto& t : ts) t.join();
     }
