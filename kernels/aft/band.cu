@@ -41,9 +41,12 @@ namespace {
 
 using namespace aft;
 constexpr int kThreads = 256;
-// The band backward holds 8 sources' k, v, dk, dv and 8 du slots per thread
-// (~170 registers): CTAs of 128, 3 per SM, rather than one CTA of 256.
+// The band backward holds 8 sources' k, v, dk, dv, 8 du slots and 8 taps per
+// thread: CTAs of 128, 3 per SM at 168 registers (88 bytes of spill) measured
+// faster than 2 per SM without spill (207 registers) and than one channel per
+// thread at 3-5 CTAs per SM (kernels/aft/NOTES.md, v3).
 constexpr int kBandBwdThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ int64_t row_at(const AftSimpleParams& p, int a, int b, int t, int c) {
   return ((static_cast<int64_t>(a) * p.B + b) * p.L + t) * p.d + c;
@@ -54,6 +57,65 @@ __device__ __forceinline__ void load_row(const AftSimpleParams& p, const float* 
                                          float2& lse, float2& r) {
   lse = *reinterpret_cast<const float2*>(rows + row_at(p, 0, b, t, c));
   r = *reinterpret_cast<const float2*>(rows + row_at(p, 1, b, t, c));
+}
+
+// One band term (source k, v of two channels; tap bias ul, all in log2 units
+// but v) of row i: the first sweep takes the max logit, the second the sums.
+template <bool kSums>
+__device__ __forceinline__ void band_term(float (&M)[kAftSub][2], float (&num)[kAftSub][2], float (&den)[kAftSub][2],
+                                          int i, float2 kl, float2 v, float ul) {
+  if constexpr (!kSums) {
+    M[i][0] = fmaxf(M[i][0], kl.x + ul);
+    M[i][1] = fmaxf(M[i][1], kl.y + ul);
+  } else {
+    const float e0 = exp2f(kl.x + ul - M[i][0]), e1 = exp2f(kl.y + ul - M[i][1]);
+    num[i][0] = fmaf(e0, v.x, num[i][0]);
+    num[i][1] = fmaf(e1, v.y, num[i][1]);
+    den[i][0] += e0;
+    den[i][1] += e1;
+  }
+}
+
+// A sweep of a thread's 8 rows t0 + i over their band: source s = t0 - o
+// meets row i at tap j = o + i. For o in [0, o_mid) all 8 rows take the
+// source (no checks), and the 8 taps o..o+7 sit in a ring by tap % 8 (one
+// load per source); the few other sources check each row.
+template <bool kSums, typename T>
+__device__ __forceinline__ void band_sweep(const AftSimpleParams& p, const float* u, int w, int t0, int n, int o_mid,
+                                           int64_t kb, int64_t vb, float (&M)[kAftSub][2],
+                                           float (&num)[kAftSub][2], float (&den)[kAftSub][2]) {
+  auto source = [&](int s, float2& kl, float2& v) {
+    const float2 k2 = Pair<T>::load(p.k, kb + s * p.k_strides[1]);
+    kl = make_float2(k2.x * kLog2e, k2.y * kLog2e);
+    v = kSums ? Pair<T>::load(p.v, vb + s * p.v_strides[1]) : make_float2(0.f, 0.f);
+  };
+  auto checked = [&](int o) {
+    float2 kl, v;
+    source(t0 - o, kl, v);
+#pragma unroll
+    for (int i = 0; i < kAftSub; ++i) {
+      const int j = o + i;
+      if (i < n && j >= 0 && j < w) band_term<kSums>(M, num, den, i, kl, v, __ldg(u + j) * kLog2e);
+    }
+  };
+  for (int o = 1 - n; o < 0; ++o) checked(o);
+  for (int o = o_mid, o_end = min(w - 1, t0); o <= o_end; ++o) checked(o);
+  if (o_mid == 0) return;
+  float ring[kAftSub];
+#pragma unroll
+  for (int m = 0; m < kAftSub - 1; ++m) ring[m] = __ldg(u + m) * kLog2e;  // o_mid > 0: w >= 8
+  for (int o0 = 0; o0 < o_mid; o0 += kAftSub) {
+#pragma unroll
+    for (int oo = 0; oo < kAftSub; ++oo) {
+      const int o = o0 + oo;
+      if (o >= o_mid) break;
+      ring[(oo + kAftSub - 1) & (kAftSub - 1)] = __ldg(u + o + kAftSub - 1) * kLog2e;  // tap o + 7 enters
+      float2 kl, v;
+      source(t0 - o, kl, v);
+#pragma unroll
+      for (int i = 0; i < kAftSub; ++i) band_term<kSums>(M, num, den, i, kl, v, ring[(oo + i) & (kAftSub - 1)]);
+    }
+  }
 }
 
 template <typename T>
@@ -79,8 +141,9 @@ __global__ void __launch_bounds__(kThreads) aft_band_fwd_kernel(const AftBandPar
       scan_add(F[1], k2.y, v2.y);
     }
   }
-  // S[i]: row t0 + i, started from its un-biased prefix (through t0 + i - w).
-  ScanState S[kAftSub][2];
+  // Row t0 + i starts from its un-biased prefix (through t0 + i - w): Fm its
+  // max (log2 units), num / den its sums relative to it.
+  float Fm[kAftSub][2], M[kAftSub][2], num[kAftSub][2], den[kAftSub][2];
 #pragma unroll
   for (int i = 0; i < kAftSub; ++i) {
     const int far = t0 + i - w;  // the newest un-biased position of row t0 + i
@@ -90,32 +153,36 @@ __global__ void __launch_bounds__(kThreads) aft_band_fwd_kernel(const AftBandPar
       scan_add(F[0], k2.x, v2.x);
       scan_add(F[1], k2.y, v2.y);
     }
-    S[i][0] = F[0];
-    S[i][1] = F[1];
-  }
-  // The band, source by source (each k, v row read once for the 8 rows): the
-  // term (k_s + u_j, v_s) of row t0 + i, j = t0 + i - s < window, merged one by one.
-  for (int s = max(0, t0 - w + 1); s < t0 + n; ++s) {
-    const float2 k2 = Pair<T>::load(p.k, kb + s * p.k_strides[1]), v2 = Pair<T>::load(p.v, vb + s * p.v_strides[1]);
 #pragma unroll
-    for (int i = 0; i < kAftSub; ++i) {
-      const int j = t0 + i - s;
-      if (i < n && j >= 0 && j < w) {
-        const float uj = __ldg(u + j);
-        merge(S[i][0], k2.x + uj, v2.x, 1.f);
-        merge(S[i][1], k2.y + uj, v2.y, 1.f);
-      }
+    for (int h = 0; h < 2; ++h) {
+      Fm[i][h] = M[i][h] = F[h].m * kLog2e;  // -inf when empty
+      num[i][h] = F[h].n;
+      den[i][h] = F[h].s;
     }
   }
+  // Two sweeps over the band against one reference per row (no per-term
+  // branch): the max logit M (log2 units), then the sums of 2^(logit - M);
+  // every term is <= 1 and the max one is 1, so den >= 1, as in the scan.
+  const int o_mid = n == kAftSub ? max(0, min(w - kAftSub + 1, t0 + 1)) : 0;
+  band_sweep<false, T>(p, u, w, t0, n, o_mid, kb, vb, M, num, den);
+#pragma unroll
+  for (int i = 0; i < kAftSub; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float f = Fm[i][h] == -INFINITY ? 0.f : exp2f(Fm[i][h] - M[i][h]);
+      num[i][h] *= f;
+      den[i][h] *= f;
+    }
+  band_sweep<true, T>(p, u, w, t0, n, o_mid, kb, vb, M, num, den);
 #pragma unroll
   for (int i = 0; i < kAftSub; ++i) {
     if (i < n) {
       const int t = t0 + i;
       const float2 q2 = Pair<T>::load(p.q, qb + t * p.q_strides[1]);
-      const float r0 = S[i][0].n / S[i][0].s, r1 = S[i][1].n / S[i][1].s;
+      const float r0 = num[i][0] / den[i][0], r1 = num[i][1] / den[i][1];
       Pair<T>::store(p.y, yb + t * p.y_strides[1], sigmoid(q2.x) * r0, sigmoid(q2.y) * r1);
       *reinterpret_cast<float2*>(bp.rows + row_at(p, 0, th.b, t, th.c)) =
-          make_float2(S[i][0].m + __logf(S[i][0].s), S[i][1].m + __logf(S[i][1].s));
+          make_float2(M[i][0] / kLog2e + __logf(den[i][0]), M[i][1] / kLog2e + __logf(den[i][1]));
       *reinterpret_cast<float2*>(bp.rows + row_at(p, 1, th.b, t, th.c)) = make_float2(r0, r1);
     }
   }
@@ -173,6 +240,52 @@ __device__ __forceinline__ int du_lanes(const AftSimpleParams& p, int H, int n_c
 __device__ __forceinline__ void add_tap(float* du_j, float x, int lanes) {
   for (int o = 1; o < lanes; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   if ((threadIdx.x & (lanes - 1)) == 0) atomicAdd(du_j, x);
+}
+
+// Rows t + rho0 .. t + rho0 + 7 of a backward thread's band (its 8 sources
+// t + i: kl their keys in log2 units, v their values); kChecked tests each
+// pair against the band, the sources' range and L, and each row against the
+// band's last row (see the band part of aft_band_bwd_kernel).
+template <bool kChecked, typename T>
+__device__ __forceinline__ void band_rows(const AftBandBwdParams& bb, int b, int c, int64_t qb, int64_t gb, int t,
+                                          int t1, int rho0, int n_rows, int w, const float* u, float* du, int lanes,
+                                          const float2 (&kl)[kAftSub], const float2 (&v)[kAftSub],
+                                          float (&dk)[kAftSub][2], float (&dv)[kAftSub][2], float (&acc)[kAftSub],
+                                          float (&ring)[kAftSub]) {
+  const AftSimpleParams& p = bb.scan.fwd;
+#pragma unroll
+  for (int rr = 0; rr < kAftSub; ++rr) {
+    const int rho = rho0 + rr, row = t + rho;
+    if (kChecked && rho >= n_rows) break;
+    ring[rr] = !kChecked || rho < w ? __ldg(u + rho) * kLog2e : 0.f;  // tap rho enters slot rho % 8
+    if (!kChecked || row < p.L) {
+      const float2 q2 = Pair<T>::load(p.q, qb + row * p.q_strides[1]),
+                   g2 = Pair<T>::load(bb.scan.dy, gb + row * bb.scan.dy_strides[1]);
+      float2 lse, r;
+      load_row(p, bb.rows, b, row, c, lse, r);
+      const float G0 = g2.x * sigmoid(q2.x), G1 = g2.y * sigmoid(q2.y);
+      const float a0 = -lse.x * kLog2e, a1 = -lse.y * kLog2e;
+#pragma unroll
+      for (int i = 0; i < kAftSub; ++i) {
+        const int j = rho - i;
+        if (!kChecked || (j >= 0 && j < w && t + i < t1)) {
+          const float uj = ring[(rr - i) & (kAftSub - 1)];
+          const float g0 = G0 * exp2f(kl[i].x + uj + a0), g1 = G1 * exp2f(kl[i].y + uj + a1);
+          const float x0 = g0 * (v[i].x - r.x), x1 = g1 * (v[i].y - r.y);
+          dv[i][0] += g0;
+          dv[i][1] += g1;
+          dk[i][0] += x0;
+          dk[i][1] += x1;
+          acc[(rr - i) & (kAftSub - 1)] += x0 + x1;  // j % 8: rho0 is a multiple of 8
+        }
+      }
+    }
+    if (!kChecked || rho >= kAftSub - 1) {  // tap rho - 7 is complete
+      float& a = acc[(rr + 1) & (kAftSub - 1)];
+      add_tap(du + (rho - (kAftSub - 1)), a, lanes);
+      a = 0.f;
+    }
+  }
 }
 
 template <typename T>
@@ -254,43 +367,22 @@ __global__ void __launch_bounds__(kBandBwdThreads, 3) aft_band_bwd_kernel(const 
     }
     // Band part: rows r = t + rho, rho < w + 7, each read once for the 8
     // sources; the pair (r, t + i) has tap j = rho - i < w. Tap j's du sum is
-    // complete after row t + j + 7; until then slot j % 8 of acc holds it.
-    float acc[kAftSub];
+    // complete after row t + j + 7; until then slot j % 8 of acc holds it, and
+    // slot j % 8 of ring holds u_j (log2 units): one load per row. Groups of
+    // 8 rows whose 64 pairs are all in the band and in range skip the checks.
+    float acc[kAftSub], ring[kAftSub];
 #pragma unroll
-    for (int i = 0; i < kAftSub; ++i) acc[i] = 0.f;
+    for (int i = 0; i < kAftSub; ++i) {
+      acc[i] = ring[i] = 0.f;
+      kk[i] = make_float2(kk[i].x * kLog2e, kk[i].y * kLog2e);
+    }
     const int n_rows = w + kAftSub - 1;
+    const bool all_sources = t + kAftSub <= t1;
     for (int rho0 = 0; rho0 < n_rows; rho0 += kAftSub) {
-#pragma unroll
-      for (int rr = 0; rr < kAftSub; ++rr) {
-        const int rho = rho0 + rr, row = t + rho;
-        if (rho >= n_rows) break;
-        if (row < p.L) {
-          const float2 q2 = Pair<T>::load(p.q, qb + row * p.q_strides[1]),
-                       g2 = Pair<T>::load(bp.dy, gb + row * bp.dy_strides[1]);
-          float2 lse, r;
-          load_row(p, bb.rows, th.b, row, th.c, lse, r);
-          const float G0 = g2.x * sigmoid(q2.x), G1 = g2.y * sigmoid(q2.y);
-#pragma unroll
-          for (int i = 0; i < kAftSub; ++i) {
-            const int j = rho - i;
-            if (j >= 0 && j < w && t + i < t1) {
-              const float uj = __ldg(u + j);
-              const float g0 = G0 * __expf(kk[i].x + uj - lse.x), g1 = G1 * __expf(kk[i].y + uj - lse.y);
-              const float x0 = g0 * (vv[i].x - r.x), x1 = g1 * (vv[i].y - r.y);
-              dv[i][0] += g0;
-              dv[i][1] += g1;
-              dk[i][0] += x0;
-              dk[i][1] += x1;
-              acc[(rr - i) & (kAftSub - 1)] += x0 + x1;  // j % 8: rho0 is a multiple of 8
-            }
-          }
-        }
-        if (rho >= kAftSub - 1) {  // tap rho - 7 is complete
-          float& a = acc[(rr + 1) & (kAftSub - 1)];
-          add_tap(du + (rho - (kAftSub - 1)), a, lanes);
-          a = 0.f;
-        }
-      }
+      if (all_sources && rho0 >= kAftSub && rho0 + kAftSub <= w && t + rho0 + kAftSub <= p.L)
+        band_rows<false, T>(bb, th.b, th.c, qb, gb, t, t1, rho0, n_rows, w, u, du, lanes, kk, vv, dk, dv, acc, ring);
+      else
+        band_rows<true, T>(bb, th.b, th.c, qb, gb, t, t1, rho0, n_rows, w, u, du, lanes, kk, vv, dk, dv, acc, ring);
     }
 #pragma unroll
     for (int i = 0; i < kAftSub; ++i) {

@@ -13,8 +13,8 @@ int main() {
                 {2, 100, 8, 2, 7, 32, 1, 3, 1}, {1, 203, 4, 1, 16, 64, 3, 1, 1}, {1, 150, 12, 3, 9, 8, 1, 8, 1},
                 {2, 300, 6, 1, 33, 256, 1, 1, 3}, {1, 129, 8, 4, 1, 0, 1, 1, 1},
                 // widths whose warps lie in one row: du summed over 16 / 32 lanes by shuffles
-                // (d = 96: some warps straddle two rows and take an atomic per thread)
-                {2, 130, 64, 2, 20, 16, 1, 1, 1}, {1, 90, 128, 1, 40, 32, 1, 1, 2}, {2, 77, 96, 3, 12, 8, 3, 2, 1}};
+                // (d = 96: some warps straddle two rows and take an atomic per thread, the others sum over 8 lanes)
+                {2, 130, 64, 2, 20, 16, 1, 1, 1}, {1, 90, 128, 1, 40, 32, 1, 1, 2}, {2, 77, 96, 6, 12, 8, 3, 2, 1}};
   int fails = 0;
   for (auto c : cfgs) {
     const int B = c.B, L = c.L, d = c.d, H = c.H, win = c.win, rs = d * c.row_mult, dh = d / H;

@@ -14,7 +14,7 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/kernels/aft"
 for f in fwd bwd band; do
-  sed -E 's/^(\s*)(\S+)<<<(.*), 0, stream>>>\((.*)\);/\1emulate_launch(\2, \3, \4);/' \
+  sed -E 's/^(\s*)([A-Za-z_0-9:]+(<[^<>]*>)?)<<<(.*), 0, stream>>>\((.*)\);/\1emulate_launch(\2, \4, \5);/' \
     "$ROOT/kernels/aft/$f.cu" > "$WORK/kernels/aft/$f.cu"
 done
 cp "$ROOT"/kernels/aft/*.h "$ROOT"/kernels/aft/*.cuh "$WORK/kernels/aft/"
