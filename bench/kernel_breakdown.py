@@ -46,6 +46,15 @@ def aft_band_case(L, B, d, H, window):
     return (lambda: torch.ops.longtrain.aft_band(q, k, v, u, window)), ins, grad
 
 
+def aft_full_case(L, d=1024, block=0):
+    """Causal AFT-full: bench/aft.py's case (bf16 w, the default block)."""
+    g = torch.Generator(device=dev).manual_seed(L)
+    q, k, v, grad = [torch.randn(1, L, d, device=dev, generator=g).to(bf16) for _ in range(4)]
+    w = (torch.randn(L, L, device=dev, generator=g) * 0.5).to(bf16).requires_grad_()
+    ins = [t.requires_grad_() for t in (q, k, v)] + [w]
+    return (lambda: torch.ops.longtrain.aft_full(q, k, v, w, True, block)), ins, grad
+
+
 def sliding_case(L, B=1, H=16, D=64, window=512, pattern="sliding", global_first=0, causal=True):
     torch.manual_seed(0)
     q, k, v = [torch.randn(B, H, L, D, device=dev, dtype=bf16, requires_grad=True) for _ in range(3)]
@@ -102,6 +111,7 @@ CASES = {
     "aft16k": lambda: aft_case(16384),
     "aftconv16k": lambda: aft_band_case(16384, 1, 1024, 16, 64),
     "aftlocal_e2e": lambda: aft_band_case(4096, 16, 768, 12, 256),
+    "aftfull16k": lambda: aft_full_case(16384),
     # the scan's chunk (positions per thread) forced, for tuning aft_chunk_size
     **{f"aft16k_chunk{c}": (lambda c=c: aft_case(16384, chunk=c)) for c in (32, 64, 128, 256)},
     "sliding16k": lambda: sliding_case(16384),
