@@ -174,7 +174,9 @@ TEST_P(AftKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionError) 
       // is exactly 0 (the softmax over one key is 1 whatever k is), and the
       // kernel's fp32 cancellation leaves ~1e-7 (measured on the H100): the
       // absolute rule above governs there.
-      if (ref_norm > 1e-6) EXPECT_LT(rel, 1e-2) << names[i] << ": relative error";
+      if (ref_norm > 1e-6) {
+        EXPECT_LT(rel, 1e-2) << names[i] << ": relative error";
+      }
     }
   }
 }
@@ -291,7 +293,9 @@ TEST_P(AftBandKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErr
       // is exactly 0 (the softmax over one key is 1 whatever k is), and the
       // kernel's fp32 cancellation leaves ~1e-7 (measured on the H100): the
       // absolute rule above governs there.
-      if (ref_norm > 1e-6) EXPECT_LT(rel, 1e-2) << names[i] << ": relative error";
+      if (ref_norm > 1e-6) {
+        EXPECT_LT(rel, 1e-2) << names[i] << ": relative error";
+      }
     }
   }
 }
