@@ -16,8 +16,8 @@
 //                           P recomputed in fp32 from w rather than read back
 //                           rounded.
 // exp is the fast __expf (--use_fast_math): 2 ulp in fp32, far below the
-// operand dtype's rounding (bf16 2^-9, fp16 2^-11). Memory-bound; v1 moves
-// scalars (4-byte w loads, 2-byte P stores), not vectors.
+// operand dtype's rounding (bf16 2^-9, fp16 2^-11). Memory-bound: 16-byte
+// accesses where the rows are aligned (v1 moved 2- and 4-byte scalars).
 //
 // Matches: the plain-torch steps of full_op.cpp (the CPU path), and through the
 // op model/aft.cpp aft_full.
@@ -26,6 +26,7 @@
 #include <cuda_runtime.h>
 
 #include <cfloat>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -76,21 +77,73 @@ __device__ float block_sum(float x) {
   return x;
 }
 
-// One CTA per row r = row0 + blockIdx.x; columns [0, col1).
-template <typename W, typename T>
+// Eight consecutive columns of a row as floats: one 16-byte access for bf16 /
+// fp16, two for fp32. The kernels take them when every row and tile start is
+// 16-byte aligned and col0 is a multiple of 8 (kVec, checked on the host),
+// else (and for a tile's last partial chunk) one element at a time.
+__device__ __forceinline__ void load8(const float* x, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(x)[0], b = reinterpret_cast<const float4*>(x)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+template <typename X>
+__device__ __forceinline__ void load8(const X* x, float (&v)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(x);
+  const X* h = reinterpret_cast<const X*>(&u);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = to_float(h[j]);
+}
+__device__ __forceinline__ void store8(float* x, const float (&v)[8]) {
+  reinterpret_cast<float4*>(x)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(x)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+template <typename X>
+__device__ __forceinline__ void store8(X* x, const float (&v)[8]) {
+  uint4 u;
+  X* h = reinterpret_cast<X*>(&u);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) h[j] = from_float<X>(v[j]);
+  *reinterpret_cast<uint4*>(x) = u;
+}
+
+// Columns [c, c + 8) of `row`, those at or past `end` read as 0 / not written.
+template <bool kVec, typename X>
+__device__ __forceinline__ void get8(const X* row, int c, int end, float (&v)[8]) {
+  if (kVec && c + 8 <= end) return load8(row + c, v);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = c + j < end ? to_float(row[c + j]) : 0.f;
+}
+template <bool kVec, typename X>
+__device__ __forceinline__ void put8(X* row, int c, int end, const float (&v)[8]) {
+  if (kVec && c + 8 <= end) return store8(row + c, v);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (c + j < end) row[c + j] = from_float<X>(v[j]);
+}
+
+// One CTA per row r = row0 + blockIdx.x; columns [0, col1), 8 per thread step.
+template <typename W, typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) aft_full_p_rows_kernel(const AftFullTileParams p) {
   const int r = p.row0 + blockIdx.x;
   const W* w = static_cast<const W*>(p.w) + static_cast<int64_t>(r) * p.w_stride;
   T* out = static_cast<T*>(p.p) + static_cast<int64_t>(blockIdx.x) * p.p_stride;
   const int n = unmasked_end(p, r);
-  float mx = -FLT_MAX;
-  for (int c = threadIdx.x; c < n; c += kThreads) mx = fmaxf(mx, to_float(w[c]));
+  float mx = -FLT_MAX, x[8];
+  for (int c = 8 * threadIdx.x; c < n; c += 8 * kThreads) {
+    get8<kVec>(w, c, p.col1, x);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (c + j < n) mx = fmaxf(mx, x[j]);
+  }
   mx = block_max(mx);
   float sum = 0.f;
-  for (int c = threadIdx.x; c < p.col1; c += kThreads) {
-    const float e = c < n ? __expf(to_float(w[c]) - mx) : 0.f;
-    sum += e;
-    out[c] = from_float<T>(e);
+  for (int c = 8 * threadIdx.x; c < p.col1; c += 8 * kThreads) {
+    get8<kVec>(w, c, p.col1, x);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      x[j] = c + j < n ? __expf(x[j] - mx) : 0.f;
+      sum += x[j];
+    }
+    put8<kVec>(out, c, p.col1, x);
   }
   sum = block_sum(sum);
   if (threadIdx.x == 0) {
@@ -100,33 +153,118 @@ __global__ void __launch_bounds__(kThreads) aft_full_p_rows_kernel(const AftFull
 }
 
 // One CTA per row r = row0 + blockIdx.x; columns [col0, col1).
-template <typename W, typename T>
+template <typename W, typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) aft_full_p_cols_kernel(const AftFullTileParams p) {
   const int r = p.row0 + blockIdx.x;
   const W* w = static_cast<const W*>(p.w) + static_cast<int64_t>(r) * p.w_stride;
   T* out = static_cast<T*>(p.p) + static_cast<int64_t>(blockIdx.x) * p.p_stride;
   const int n = unmasked_end(p, r);
   const float mx = p.m[r];
-  for (int c = p.col0 + threadIdx.x; c < p.col1; c += kThreads) {
-    out[c - p.col0] = from_float<T>(c < n ? __expf(to_float(w[c]) - mx) : 0.f);
+  float x[8];
+  for (int c = p.col0 + 8 * threadIdx.x; c < p.col1; c += 8 * kThreads) {
+    get8<kVec>(w, c, p.col1, x);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) x[j] = c + j < n ? __expf(x[j] - mx) : 0.f;
+    put8<kVec>(out, c - p.col0, p.col1 - p.col0, x);
   }
 }
 
 // One CTA per row r = blockIdx.x of [0, L); columns [col0, col1) of dw.
-template <typename W, typename T>
+template <typename W, typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) aft_full_dw_kernel(const AftFullTileParams p) {
   const int r = blockIdx.x;
   W* dw = static_cast<W*>(p.dw) + static_cast<int64_t>(r) * p.dw_stride;
+  float x[8], g[8];
   if (r < p.row0) {  // above the column block: masked (causal), no terms
-    for (int c = p.col0 + threadIdx.x; c < p.col1; c += kThreads) dw[c] = from_float<W>(0.f);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) x[j] = 0.f;
+    for (int c = p.col0 + 8 * threadIdx.x; c < p.col1; c += 8 * kThreads) put8<kVec>(dw, c, p.col1, x);
     return;
   }
   const W* w = static_cast<const W*>(p.w) + static_cast<int64_t>(r) * p.w_stride;
   const T* dp = static_cast<const T*>(p.dp) + static_cast<int64_t>(r - p.row0) * p.dp_stride;
   const int n = unmasked_end(p, r);
   const float mx = p.m[r], corr = p.dcorr[r];
-  for (int c = p.col0 + threadIdx.x; c < p.col1; c += kThreads) {
-    dw[c] = from_float<W>(c < n ? __expf(to_float(w[c]) - mx) * (to_float(dp[c - p.col0]) - corr) : 0.f);
+  for (int c = p.col0 + 8 * threadIdx.x; c < p.col1; c += 8 * kThreads) {
+    get8<kVec>(w, c, p.col1, x);
+    get8<kVec>(dp, c - p.col0, p.col1 - p.col0, g);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) x[j] = c + j < n ? __expf(x[j] - mx) * (g[j] - corr) : 0.f;
+    put8<kVec>(dw, c, p.col1, x);
+  }
+}
+
+// ---- The O(L·d) steps: one CTA per row l of the pair tensors; threads
+// stride the B·d (batch, channel) pairs of the row, so loads and stores are
+// coalesced along the channels. Each is the plain-torch chain of full_op.cpp's
+// CPU path with the same rounding points (AE and G in the operand dtype).
+
+template <typename T>
+__device__ __forceinline__ float in(const void* base, const int64_t (&strides)[2], int b, int l, int c) {
+  return to_float(static_cast<const T*>(base)[b * strides[0] + l * strides[1] + c]);
+}
+
+__device__ __forceinline__ int64_t out_at(const AftFullRowsParams& p, int b, int l, int c) {
+  return (static_cast<int64_t>(b) * p.L + l) * p.d + c;
+}
+
+__device__ __forceinline__ int64_t pair_at(const AftFullRowsParams& p, int l, int b, int c) {
+  return (static_cast<int64_t>(l) * p.B + b) * 2 * p.d + c;  // the second of the pair: + d
+}
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) aft_full_fwd_prep_kernel(const AftFullRowsParams p) {
+  const int l = blockIdx.x;
+  T* ae = static_cast<T*>(p.pairs);
+  for (int i = threadIdx.x; i < p.B * p.d; i += kThreads) {
+    const int b = i / p.d, c = i % p.d;
+    const float e = __expf(in<T>(p.k, p.k_strides, b, l, c) - p.ref[b * p.d + c]);
+    ae[pair_at(p, l, b, c)] = from_float<T>(e * in<T>(p.v, p.v_strides, b, l, c));
+    ae[pair_at(p, l, b, c) + p.d] = from_float<T>(e);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) aft_full_fwd_out_kernel(const AftFullRowsParams p) {
+  const int l = blockIdx.x;
+  for (int i = threadIdx.x; i < p.B * p.d; i += kThreads) {
+    const int b = i / p.d, c = i % p.d;
+    const float ratio = p.nd[pair_at(p, l, b, c)] / p.nd[pair_at(p, l, b, c) + p.d];
+    static_cast<T*>(p.y)[out_at(p, b, l, c)] = from_float<T>(sigmoidf(in<T>(p.q, p.q_strides, b, l, c)) * ratio);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) aft_full_bwd_prep_kernel(const AftFullRowsParams p) {
+  const int l = blockIdx.x;
+  T* g = static_cast<T*>(p.pairs);
+  float corr = 0.f;
+  for (int i = threadIdx.x; i < p.B * p.d; i += kThreads) {
+    const int b = i / p.d, c = i % p.d;
+    const float num = p.nd[pair_at(p, l, b, c)], den = p.nd[pair_at(p, l, b, c) + p.d], ratio = num / den;
+    const float dy = in<T>(p.dy, p.dy_strides, b, l, c), sig = sigmoidf(in<T>(p.q, p.q_strides, b, l, c));
+    static_cast<T*>(p.dq)[out_at(p, b, l, c)] = from_float<T>(dy * ratio * sig * (1.f - sig));
+    const float dnum = dy * sig / den;
+    const T gn = from_float<T>(dnum), gd = from_float<T>(-dnum * ratio);
+    g[pair_at(p, l, b, c)] = gn;
+    g[pair_at(p, l, b, c) + p.d] = gd;
+    corr = fmaf(to_float(gn), num, fmaf(to_float(gd), den, corr));  // from the rounded G, as the GEMMs see it
+  }
+  corr = block_sum(corr);
+  if (threadIdx.x == 0) p.corr[l] = corr / p.row_sums[l];
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) aft_full_bwd_post_kernel(const AftFullRowsParams p) {
+  const int l = blockIdx.x;
+  for (int i = threadIdx.x; i < p.B * p.d; i += kThreads) {
+    const int b = i / p.d, c = i % p.d;
+    const float e = __expf(in<T>(p.k, p.k_strides, b, l, c) - p.ref[b * p.d + c]);
+    const float da = p.dae[pair_at(p, l, b, c)], de = p.dae[pair_at(p, l, b, c) + p.d];
+    static_cast<T*>(p.dv)[out_at(p, b, l, c)] = from_float<T>(da * e);
+    static_cast<T*>(p.dk)[out_at(p, b, l, c)] = from_float<T>(fmaf(da, in<T>(p.v, p.v_strides, b, l, c), de) * e);
   }
 }
 
@@ -146,24 +284,39 @@ void check_tile(const char* name, const AftFullTileParams& p) {
 
 enum class Step { kRows, kCols, kDw };
 
-template <typename W, typename T>
+template <typename W, typename T, bool kVec>
 void launch(Step step, const AftFullTileParams& p, cudaStream_t s) {
   switch (step) {
     case Step::kRows:
-      aft_full_p_rows_kernel<W, T><<<p.row1 - p.row0, kThreads, 0, s>>>(p);
+      aft_full_p_rows_kernel<W, T, kVec><<<p.row1 - p.row0, kThreads, 0, s>>>(p);
       return check_launch("aft_full_p_rows_kernel");
     case Step::kCols:
-      aft_full_p_cols_kernel<W, T><<<p.row1 - p.row0, kThreads, 0, s>>>(p);
+      aft_full_p_cols_kernel<W, T, kVec><<<p.row1 - p.row0, kThreads, 0, s>>>(p);
       return check_launch("aft_full_p_cols_kernel");
     case Step::kDw:
-      aft_full_dw_kernel<W, T><<<p.L, kThreads, 0, s>>>(p);
+      aft_full_dw_kernel<W, T, kVec><<<p.L, kThreads, 0, s>>>(p);
       return check_launch("aft_full_dw_kernel");
   }
 }
 
+// Every row and tile start of the step's tensors 16-byte aligned, col0 a multiple of 8.
+bool vectors_fit(Step step, const AftFullTileParams& p) {
+  auto fits = [](const void* ptr, int64_t stride) {
+    return ptr == nullptr || (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride % 8 == 0);
+  };
+  bool ok = p.col0 % 8 == 0 && fits(p.w, p.w_stride);
+  if (step == Step::kDw) return ok && fits(p.dp, p.dp_stride) && fits(p.dw, p.dw_stride);
+  return ok && fits(p.p, p.p_stride);
+}
+
 template <typename W>
 void dispatch_op(Step step, const AftFullTileParams& p, AftDType op, cudaStream_t s) {
-  op == AftDType::kBFloat16 ? launch<W, __nv_bfloat16>(step, p, s) : launch<W, __half>(step, p, s);
+  const bool vec = vectors_fit(step, p);
+  if (op == AftDType::kBFloat16) {
+    vec ? launch<W, __nv_bfloat16, true>(step, p, s) : launch<W, __nv_bfloat16, false>(step, p, s);
+  } else {
+    vec ? launch<W, __half, true>(step, p, s) : launch<W, __half, false>(step, p, s);
+  }
 }
 
 void dispatch(Step step, const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream) {
@@ -197,6 +350,55 @@ void aft_full_dw(const AftFullTileParams& p, AftFullWDType w, AftDType op, void*
     throw std::invalid_argument("aft_full_dw: needs row1 = L, dP, dcorr and dw");
   }
   dispatch(Step::kDw, p, w, op, stream);
+}
+
+namespace {
+
+enum class RowStep { kFwdPrep, kFwdOut, kBwdPrep, kBwdPost };
+
+template <typename T>
+void launch_rows(RowStep step, const AftFullRowsParams& p, cudaStream_t s) {
+  switch (step) {
+    case RowStep::kFwdPrep:
+      aft_full_fwd_prep_kernel<T><<<p.L, kThreads, 0, s>>>(p);
+      return check_launch("aft_full_fwd_prep_kernel");
+    case RowStep::kFwdOut:
+      aft_full_fwd_out_kernel<T><<<p.L, kThreads, 0, s>>>(p);
+      return check_launch("aft_full_fwd_out_kernel");
+    case RowStep::kBwdPrep:
+      aft_full_bwd_prep_kernel<T><<<p.L, kThreads, 0, s>>>(p);
+      return check_launch("aft_full_bwd_prep_kernel");
+    case RowStep::kBwdPost:
+      aft_full_bwd_post_kernel<T><<<p.L, kThreads, 0, s>>>(p);
+      return check_launch("aft_full_bwd_post_kernel");
+  }
+}
+
+void rows(RowStep step, const AftFullRowsParams& p, AftDType op, void* stream, const char* name, bool ok) {
+  if (p.B < 1 || p.L < 1 || p.d < 1 || !ok) {
+    throw std::invalid_argument(std::string(name) + ": needs B, L, d >= 1 and its inputs and outputs");
+  }
+  auto s = static_cast<cudaStream_t>(stream);
+  op == AftDType::kBFloat16 ? launch_rows<__nv_bfloat16>(step, p, s) : launch_rows<__half>(step, p, s);
+}
+
+}  // namespace
+
+void aft_full_fwd_prep(const AftFullRowsParams& p, AftDType op, void* stream) {
+  rows(RowStep::kFwdPrep, p, op, stream, "aft_full_fwd_prep", p.k && p.v && p.ref && p.pairs);
+}
+
+void aft_full_fwd_out(const AftFullRowsParams& p, AftDType op, void* stream) {
+  rows(RowStep::kFwdOut, p, op, stream, "aft_full_fwd_out", p.q && p.nd && p.y);
+}
+
+void aft_full_bwd_prep(const AftFullRowsParams& p, AftDType op, void* stream) {
+  rows(RowStep::kBwdPrep, p, op, stream, "aft_full_bwd_prep",
+       p.q && p.dy && p.nd && p.row_sums && p.pairs && p.dq && p.corr);
+}
+
+void aft_full_bwd_post(const AftFullRowsParams& p, AftDType op, void* stream) {
+  rows(RowStep::kBwdPost, p, op, stream, "aft_full_bwd_post", p.k && p.v && p.ref && p.dae && p.dk && p.dv);
 }
 
 }  // namespace longtrain::kernels

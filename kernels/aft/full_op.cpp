@@ -132,6 +132,23 @@ AftFullTileParams tile_params(const Tensor& w, const Tensor& m, int64_t row0, in
 }
 
 void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// [B, L, d] with unit channel stride (the row kernels' addressing).
+Tensor unit_channels(const Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous(); }
+
+void set_rows(const void*& ptr, int64_t (&strides)[2], const Tensor& t) {
+  ptr = t.data_ptr();
+  strides[0] = t.stride(0);
+  strides[1] = t.stride(1);
+}
+
+AftFullRowsParams rows_params(const Tensor& q) {
+  AftFullRowsParams p;
+  p.B = static_cast<int>(q.size(0));
+  p.L = static_cast<int>(q.size(1));
+  p.d = static_cast<int>(q.size(2));
+  return p;
+}
 #endif
 
 // Forward row block: P of rows [r0, r1) x columns [0, c1); writes m[r0:r1] and
@@ -230,14 +247,14 @@ std::pair<Tensor, Tensor> unpair_rows(const Tensor& t, int64_t B, int64_t d) {
   return {v.select(2, 0), v.select(2, 1)};
 }
 
-// The [L, L] corner of a [P, P] table (a view: same data and row stride).
+// The [L, L] corner of a [P0, P1] table (a view: same data and row stride).
 Tensor corner(const Tensor& table, int64_t L) { return table.narrow(0, 0, L).narrow(1, 0, L); }
 
 class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
  public:
-  // table: the whole [P, P] bias, P >= L, unit column stride; the op reads
-  // its [L, L] corner and returns the whole table's gradient (zero outside the
-  // corner). Narrowing outside the Function instead made autograd's view
+  // table: the whole [P0, P1] bias, P0, P1 >= L, unit column stride; the op
+  // reads its [L, L] corner and returns the whole table's gradient (zero
+  // outside the corner). Narrowing outside the Function instead made autograd's view
   // backward zero a [P, P] tensor and copy dw into it, once per narrow: at
   // L = P = 16K two fills and two copies of 512 MB, 1.04 ms of the 7.45 ms step.
   static Tensor forward(AutogradContext* ctx, Tensor q, Tensor k, Tensor v, Tensor table, bool causal,
@@ -246,10 +263,27 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
     const auto w = corner(table, L);
     const auto acc = accumulation_type(q), op = q.scalar_type();
     const DeviceOf guard(q);
-    auto ka = k.to(acc), va = v.to(acc);
-    auto ref = ka.amax(1, /*keepdim=*/true);  // [B, 1, d]; no grad inside a Function
-    auto e = torch::exp(ka - ref);             // [B, L, d], <= 1
-    auto ae = pair_rows(e * va, e, op);        // [L, B·2d]
+    // ref: [B, 1, d] (no grad inside a Function); AE = [e·v | e], e = exp(k − ref) <= 1: [L, B·2d].
+    Tensor ref, ae;
+#ifdef LONGTRAIN_WITH_CUDA
+    if (q.is_cuda()) {
+      ref = k.amax(1, /*keepdim=*/true).to(acc).contiguous();  // exact: the max of bf16/fp16 values
+      ae = torch::empty({L, B * 2 * d}, q.options());
+      AftFullRowsParams rp = rows_params(q);
+      const Tensor kc = unit_channels(k), vc = unit_channels(v);
+      set_rows(rp.k, rp.k_strides, kc);
+      set_rows(rp.v, rp.v_strides, vc);
+      rp.ref = ref.data_ptr<float>();
+      rp.pairs = ae.data_ptr();
+      aft_full_fwd_prep(rp, op_dtype_of(q), stream());
+    } else
+#endif
+    {
+      auto ka = k.to(acc), va = v.to(acc);
+      ref = ka.amax(1, /*keepdim=*/true);
+      auto e = torch::exp(ka - ref);
+      ae = pair_rows(e * va, e, op);
+    }
     auto nd = torch::empty({L, B * 2 * d}, q.options().dtype(acc));
     auto m = torch::empty({L}, q.options().dtype(acc));
     auto row_sums = torch::empty({L}, q.options().dtype(acc));
@@ -258,8 +292,22 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
       auto p = p_rows(w, m, row_sums, r0, r1, c1, causal, op);
       gemm_acc(nd.narrow(0, r0, r1 - r0), p, ae.narrow(0, 0, c1));
     }
-    auto [num, den] = unpair_rows(nd, B, d);
-    auto y = (torch::sigmoid(q.to(acc)) * (num / den)).to(q.scalar_type());
+    Tensor y;
+#ifdef LONGTRAIN_WITH_CUDA
+    if (q.is_cuda()) {
+      y = torch::empty({B, L, d}, q.options());
+      AftFullRowsParams rp = rows_params(q);
+      const Tensor qc = unit_channels(q);
+      set_rows(rp.q, rp.q_strides, qc);
+      rp.nd = nd.data_ptr<float>();
+      rp.y = y.data_ptr();
+      aft_full_fwd_out(rp, op_dtype_of(q), stream());
+    } else
+#endif
+    {
+      auto [num, den] = unpair_rows(nd, B, d);
+      y = (torch::sigmoid(q.to(acc)) * (num / den)).to(q.scalar_type());
+    }
     ctx->save_for_backward({q, k, v, table, ae, nd, ref, m, row_sums});
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["block"] = block;
@@ -276,25 +324,44 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
       return {torch::zeros_like(q), torch::zeros_like(k), torch::zeros_like(v), torch::zeros_like(table), Tensor(),
               Tensor()};
     }
-    const int64_t B = q.size(0), L = q.size(1), d = q.size(2), P = table.size(0);
+    const int64_t B = q.size(0), L = q.size(1), d = q.size(2), P0 = table.size(0), P1 = table.size(1);
     const auto w = corner(table, L);
     const auto acc = accumulation_type(q), op = q.scalar_type();
     const DeviceOf guard(q);
-    auto [num, den] = unpair_rows(nd, B, d);
-    auto ratio = num / den;  // [B, L, d]
-    auto dy = grads[0].to(acc);
-    auto sig = torch::sigmoid(q.to(acc));
-    auto dq = dy * ratio * sig * (1 - sig);
-    auto dnum = dy * sig / den;
-    auto g = pair_rows(dnum, -dnum * ratio, op);  // [L, B·2d]: [dnum | dden]
-    auto corr = (g.to(acc) * nd).sum(1) / row_sums;  // [L], see the file comment
+    // dq; G = [dnum | dden] in the operand dtype, [L, B·2d]; corr [L] (see the file comment).
+    Tensor dq, g, corr;
+#ifdef LONGTRAIN_WITH_CUDA
+    if (q.is_cuda()) {
+      dq = torch::empty({B, L, d}, q.options());
+      g = torch::empty({L, B * 2 * d}, q.options());
+      corr = torch::empty({L}, q.options().dtype(acc));
+      AftFullRowsParams rp = rows_params(q);
+      const Tensor qc = unit_channels(q), dyc = unit_channels(grads[0].to(op));
+      set_rows(rp.q, rp.q_strides, qc);
+      set_rows(rp.dy, rp.dy_strides, dyc);
+      rp.nd = nd.data_ptr<float>();
+      rp.row_sums = row_sums.data_ptr<float>();
+      rp.pairs = g.data_ptr();
+      rp.dq = dq.data_ptr();
+      rp.corr = corr.data_ptr<float>();
+      aft_full_bwd_prep(rp, op_dtype_of(q), stream());
+    } else
+#endif
+    {
+      auto [num, den] = unpair_rows(nd, B, d);
+      auto ratio = num / den;  // [B, L, d]
+      auto dy = grads[0].to(acc);
+      auto sig = torch::sigmoid(q.to(acc));
+      dq = (dy * ratio * sig * (1 - sig)).to(q.scalar_type());
+      auto dnum = dy * sig / den;
+      g = pair_rows(dnum, -dnum * ratio, op);
+      corr = (g.to(acc) * nd).sum(1) / row_sums;
+    }
     auto dae = torch::empty({L, B * 2 * d}, q.options().dtype(acc));
     // The whole table's gradient: write_dw fills the corner, zeros outside it.
-    auto dtable = torch::empty({P, P}, table.options());
-    if (P > L) {
-      dtable.narrow(0, L, P - L).zero_();
-      dtable.narrow(0, 0, L).narrow(1, L, P - L).zero_();
-    }
+    auto dtable = torch::empty({P0, P1}, table.options());
+    if (P0 > L) dtable.narrow(0, L, P0 - L).zero_();
+    if (P1 > L) dtable.narrow(0, 0, L).narrow(1, L, P1 - L).zero_();
     auto dw = corner(dtable, L);
     for (int64_t c0 = 0; c0 < L; c0 += block) {
       const int64_t c1 = std::min(L, c0 + block), r0 = causal ? c0 : 0;
@@ -304,11 +371,29 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
       auto dp = gemm_op(g_rows, ae.narrow(0, c0, c1 - c0).t(), acc);  // [L − r0, c1 − c0]
       write_dw(dw, w, m, corr, dp, r0, c0, c1, causal);
     }
-    auto [da, de] = unpair_rows(dae, B, d);
-    auto e = torch::exp(k.to(acc) - ref);
-    auto dv = da * e;
-    auto dk = (da * v.to(acc) + de) * e;
-    return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()), dtable, Tensor(), Tensor()};
+    Tensor dk, dv;
+#ifdef LONGTRAIN_WITH_CUDA
+    if (q.is_cuda()) {
+      dk = torch::empty({B, L, d}, q.options());
+      dv = torch::empty({B, L, d}, q.options());
+      AftFullRowsParams rp = rows_params(q);
+      const Tensor kc = unit_channels(k), vc = unit_channels(v);
+      set_rows(rp.k, rp.k_strides, kc);
+      set_rows(rp.v, rp.v_strides, vc);
+      rp.ref = ref.data_ptr<float>();
+      rp.dae = dae.data_ptr<float>();
+      rp.dk = dk.data_ptr();
+      rp.dv = dv.data_ptr();
+      aft_full_bwd_post(rp, op_dtype_of(q), stream());
+    } else
+#endif
+    {
+      auto [da, de] = unpair_rows(dae, B, d);
+      auto e = torch::exp(k.to(acc) - ref);
+      dv = (da * e).to(v.scalar_type());
+      dk = ((da * v.to(acc) + de) * e).to(k.scalar_type());
+    }
+    return {dq, dk, dv, dtable, Tensor(), Tensor()};
   }
 };
 
@@ -341,16 +426,16 @@ torch::Tensor aft_full_blocked(const torch::Tensor& q, const torch::Tensor& k, c
   TORCH_CHECK(w.dim() == 2 && w.size(0) >= L && w.size(1) >= L && w.is_floating_point(),
               "aft_full_blocked: bias must be a floating [P, P] with P >= L = ", L, ", got ", w.scalar_type(), " ",
               w.sizes());
-  TORCH_CHECK(block >= 0, "aft_full_blocked: block must be >= 1 (0: the default ", kAftFullBlock, "), got ", block);
+  TORCH_CHECK(block >= 0, "aft_full_blocked: block must be >= 1 (0: the default, ", aft_full_default_block(L), " at L = ", L,
+              "), got ", block);
   if (q.is_cuda()) {
     const std::string why = aft_full_kernel_unsupported(q, w);
     TORCH_CHECK(why.empty(), "aft_full_blocked: ", why);
   }
   // The kernels read w with a row stride and unit column stride; the Function
   // takes the whole table (see AftFullFunction::forward).
-  TORCH_CHECK(w.size(0) == w.size(1), "aft_full_blocked: bias must be square [P, P], got ", w.sizes());
   auto table = w.stride(1) == 1 ? w : w.contiguous();
-  return AftFullFunction::apply(q, k, v, table, causal, block > 0 ? block : kAftFullBlock);
+  return AftFullFunction::apply(q, k, v, table, causal, block > 0 ? block : aft_full_default_block(L));
 }
 
 }  // namespace longtrain::kernels

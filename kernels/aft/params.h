@@ -124,6 +124,35 @@ struct AftFullTileParams {
 // - p_cols: rows [row0, row1) x columns [col0, col1) with the saved m.
 // - dw: rows [0, L) x columns [col0, col1) of dw: exp(w - m[r]) * (dP - dcorr[r])
 //   for unmasked r >= row0, 0 elsewhere (every element of the column slab written).
+// The O(L·d) steps around the GEMMs, one fused kernel each (full.cu). q, k,
+// v, dy: [B, L, d] in the operand dtype with unit channel stride; the pair
+// tensors [L, B·2d] (column b·2d + c: the first of the pair, b·2d + d + c: the
+// second) and [B, L, d] outputs contiguous.
+struct AftFullRowsParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* dy = nullptr;
+  int64_t q_strides[2] = {0, 0}, k_strides[2] = {0, 0}, v_strides[2] = {0, 0}, dy_strides[2] = {0, 0};
+  const float* ref = nullptr;  // [B, d]: the max over L of each channel's key
+  void* pairs = nullptr;       // out, operand dtype: AE = [e·v | e] (fwd_prep), G = [dnum | dden] (bwd_prep)
+  const float* nd = nullptr;   // [L, B·2d] fp32 [num | den] (fwd_out, bwd_prep)
+  const float* dae = nullptr;  // [L, B·2d] fp32 [dA | dE] (bwd_post)
+  const float* row_sums = nullptr;  // [L] (bwd_prep)
+  float* corr = nullptr;       // out [L] (bwd_prep): Σ_row G·ND / row_sums
+  void* y = nullptr;           // out [B, L, d] (fwd_out)
+  void* dq = nullptr;          // out [B, L, d] (bwd_prep)
+  void* dk = nullptr;          // out [B, L, d] (bwd_post)
+  void* dv = nullptr;          // out [B, L, d] (bwd_post)
+  int B = 0, L = 0, d = 0;
+};
+// fwd_prep: AE from k, v, ref. fwd_out: y = σ(q) num/den. bwd_prep: dq, G and
+// corr from dy, q, ND. bwd_post: dk, dv from dAE, k, v, ref.
+void aft_full_fwd_prep(const AftFullRowsParams& p, AftDType op, void* stream);
+void aft_full_fwd_out(const AftFullRowsParams& p, AftDType op, void* stream);
+void aft_full_bwd_prep(const AftFullRowsParams& p, AftDType op, void* stream);
+void aft_full_bwd_post(const AftFullRowsParams& p, AftDType op, void* stream);
+
 void aft_full_p_rows(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
 void aft_full_p_cols(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
 void aft_full_dw(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
