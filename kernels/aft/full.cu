@@ -31,6 +31,7 @@
 #include <string>
 
 #include "kernels/aft/params.h"
+#include "kernels/convert.cuh"
 
 namespace longtrain::kernels {
 namespace {
@@ -38,18 +39,10 @@ namespace {
 constexpr int kThreads = 256;
 static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps, one CTA");
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
+using kernels::from_float;
+using kernels::load8;
+using kernels::store8;
+using kernels::to_float;
 
 // Columns [0, n) of row r are unmasked within [col0, col1): n clipped to the tile.
 __device__ __forceinline__ int unmasked_end(const AftFullTileParams& p, int r) {
@@ -77,34 +70,10 @@ __device__ float block_sum(float x) {
   return x;
 }
 
-// Eight consecutive columns of a row as floats: one 16-byte access for bf16 /
-// fp16, two for fp32. The kernels take them when every row and tile start is
-// 16-byte aligned and col0 is a multiple of 8 (kVec, checked on the host),
-// else (and for a tile's last partial chunk) one element at a time.
-__device__ __forceinline__ void load8(const float* x, float (&v)[8]) {
-  const float4 a = reinterpret_cast<const float4*>(x)[0], b = reinterpret_cast<const float4*>(x)[1];
-  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-template <typename X>
-__device__ __forceinline__ void load8(const X* x, float (&v)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(x);
-  const X* h = reinterpret_cast<const X*>(&u);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = to_float(h[j]);
-}
-__device__ __forceinline__ void store8(float* x, const float (&v)[8]) {
-  reinterpret_cast<float4*>(x)[0] = make_float4(v[0], v[1], v[2], v[3]);
-  reinterpret_cast<float4*>(x)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-template <typename X>
-__device__ __forceinline__ void store8(X* x, const float (&v)[8]) {
-  uint4 u;
-  X* h = reinterpret_cast<X*>(&u);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) h[j] = from_float<X>(v[j]);
-  *reinterpret_cast<uint4*>(x) = u;
-}
-
+// Eight consecutive columns of a row (convert.cuh's 16-byte load8 / store8):
+// the kernels take them when every row and tile start is 16-byte aligned and
+// col0 is a multiple of 8 (kVec, checked on the host), else (and for a
+// tile's last partial chunk) one element at a time.
 // Columns [c, c + 8) of `row`, those at or past `end` read as 0 / not written.
 template <bool kVec, typename X>
 __device__ __forceinline__ void get8(const X* row, int c, int end, float (&v)[8]) {

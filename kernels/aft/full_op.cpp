@@ -133,21 +133,30 @@ AftFullTileParams tile_params(const Tensor& w, const Tensor& m, int64_t row0, in
 
 void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
-// [B, L, d] with unit channel stride (the row kernels' addressing).
-Tensor unit_channels(const Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous(); }
-
-void set_rows(const void*& ptr, int64_t (&strides)[2], const Tensor& t) {
-  ptr = t.data_ptr();
-  strides[0] = t.stride(0);
-  strides[1] = t.stride(1);
-}
-
-AftFullRowsParams rows_params(const Tensor& q) {
+// The row kernels' params: shapes from q, the [B, L, d] inputs given (with
+// unit channel stride, copied if need be; `held` keeps those copies alive
+// until the launch), outputs set by the caller.
+struct RowsCall {
   AftFullRowsParams p;
-  p.B = static_cast<int>(q.size(0));
-  p.L = static_cast<int>(q.size(1));
-  p.d = static_cast<int>(q.size(2));
-  return p;
+  Tensor held[4];
+};
+
+RowsCall rows_call(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dy) {
+  RowsCall call;
+  call.p.B = static_cast<int>(q.size(0));
+  call.p.L = static_cast<int>(q.size(1));
+  call.p.d = static_cast<int>(q.size(2));
+  const Tensor* in[4] = {&q, &k, &v, &dy};
+  const void** ptr[4] = {&call.p.q, &call.p.k, &call.p.v, &call.p.dy};
+  int64_t* strides[4] = {call.p.q_strides, call.p.k_strides, call.p.v_strides, call.p.dy_strides};
+  for (int i = 0; i < 4; ++i) {
+    if (!in[i]->defined()) continue;
+    call.held[i] = in[i]->stride(2) == 1 ? *in[i] : in[i]->contiguous();
+    *ptr[i] = call.held[i].data_ptr();
+    strides[i][0] = call.held[i].stride(0);
+    strides[i][1] = call.held[i].stride(1);
+  }
+  return call;
 }
 #endif
 
@@ -269,13 +278,10 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
     if (q.is_cuda()) {
       ref = k.amax(1, /*keepdim=*/true).to(acc).contiguous();  // exact: the max of bf16/fp16 values
       ae = torch::empty({L, B * 2 * d}, q.options());
-      AftFullRowsParams rp = rows_params(q);
-      const Tensor kc = unit_channels(k), vc = unit_channels(v);
-      set_rows(rp.k, rp.k_strides, kc);
-      set_rows(rp.v, rp.v_strides, vc);
-      rp.ref = ref.data_ptr<float>();
-      rp.pairs = ae.data_ptr();
-      aft_full_fwd_prep(rp, op_dtype_of(q), stream());
+      RowsCall call = rows_call(q, k, v, Tensor());
+      call.p.ref = ref.data_ptr<float>();
+      call.p.pairs = ae.data_ptr();
+      aft_full_fwd_prep(call.p, op_dtype_of(q), stream());
     } else
 #endif
     {
@@ -296,12 +302,10 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
 #ifdef LONGTRAIN_WITH_CUDA
     if (q.is_cuda()) {
       y = torch::empty({B, L, d}, q.options());
-      AftFullRowsParams rp = rows_params(q);
-      const Tensor qc = unit_channels(q);
-      set_rows(rp.q, rp.q_strides, qc);
-      rp.nd = nd.data_ptr<float>();
-      rp.y = y.data_ptr();
-      aft_full_fwd_out(rp, op_dtype_of(q), stream());
+      RowsCall call = rows_call(q, Tensor(), Tensor(), Tensor());
+      call.p.nd = nd.data_ptr<float>();
+      call.p.y = y.data_ptr();
+      aft_full_fwd_out(call.p, op_dtype_of(q), stream());
     } else
 #endif
     {
@@ -335,16 +339,13 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
       dq = torch::empty({B, L, d}, q.options());
       g = torch::empty({L, B * 2 * d}, q.options());
       corr = torch::empty({L}, q.options().dtype(acc));
-      AftFullRowsParams rp = rows_params(q);
-      const Tensor qc = unit_channels(q), dyc = unit_channels(grads[0].to(op));
-      set_rows(rp.q, rp.q_strides, qc);
-      set_rows(rp.dy, rp.dy_strides, dyc);
-      rp.nd = nd.data_ptr<float>();
-      rp.row_sums = row_sums.data_ptr<float>();
-      rp.pairs = g.data_ptr();
-      rp.dq = dq.data_ptr();
-      rp.corr = corr.data_ptr<float>();
-      aft_full_bwd_prep(rp, op_dtype_of(q), stream());
+      RowsCall call = rows_call(q, Tensor(), Tensor(), grads[0].to(op));
+      call.p.nd = nd.data_ptr<float>();
+      call.p.row_sums = row_sums.data_ptr<float>();
+      call.p.pairs = g.data_ptr();
+      call.p.dq = dq.data_ptr();
+      call.p.corr = corr.data_ptr<float>();
+      aft_full_bwd_prep(call.p, op_dtype_of(q), stream());
     } else
 #endif
     {
@@ -376,15 +377,12 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
     if (q.is_cuda()) {
       dk = torch::empty({B, L, d}, q.options());
       dv = torch::empty({B, L, d}, q.options());
-      AftFullRowsParams rp = rows_params(q);
-      const Tensor kc = unit_channels(k), vc = unit_channels(v);
-      set_rows(rp.k, rp.k_strides, kc);
-      set_rows(rp.v, rp.v_strides, vc);
-      rp.ref = ref.data_ptr<float>();
-      rp.dae = dae.data_ptr<float>();
-      rp.dk = dk.data_ptr();
-      rp.dv = dv.data_ptr();
-      aft_full_bwd_post(rp, op_dtype_of(q), stream());
+      RowsCall call = rows_call(q, k, v, Tensor());
+      call.p.ref = ref.data_ptr<float>();
+      call.p.dae = dae.data_ptr<float>();
+      call.p.dk = dk.data_ptr();
+      call.p.dv = dv.data_ptr();
+      aft_full_bwd_post(call.p, op_dtype_of(q), stream());
     } else
 #endif
     {

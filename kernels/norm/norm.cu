@@ -31,34 +31,14 @@ namespace longtrain::kernels::norm {
 namespace {
 
 using kernels::from_float;
+using kernels::load8;
+using kernels::store8;
 using kernels::to_float;
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffff, v, off);
   return v;
-}
-
-template <typename T>
-__device__ __forceinline__ void load8(const T* src, float (&v)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(src);
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = to_float(e[j]);
-}
-
-template <typename T>
-__device__ __forceinline__ void store8(T* dst, const float (&v)[8]) {
-  uint4 raw;
-  T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) e[j] = from_float<T>(v[j]);
-  *reinterpret_cast<uint4*>(dst) = raw;
-}
-
-__device__ __forceinline__ void load8f(const float* src, float (&v)[8]) {
-  const float4 a = *reinterpret_cast<const float4*>(src), b = *reinterpret_cast<const float4*>(src + 4);
-  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 
 __device__ __forceinline__ void load4x2(const float* a, const float* b, float (&v)[8]) {
@@ -129,8 +109,8 @@ __global__ void __launch_bounds__(kWarps * 32) norm_fwd_kernel(const NormFwdPara
     const int c = column(i, lane);
     if (c < D) {
       float w[8], b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      load8f(p.weight + c, w);
-      if (p.bias) load8f(p.bias + c, b);
+      load8(p.weight + c, w);
+      if (p.bias) load8(p.bias + c, b);
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[i][j] = (v[i][j] - mean) * rstd * w[j] + b[j];
       store8(y + c, v[i]);
@@ -176,7 +156,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32) norm_bwd_kernel(const NormBwdP
       const int c = column(i, lane);
       if (c < D) {
         float w[8], sw[8], sb[8];
-        load8f(p.weight + c, w);  // from L1
+        load8(p.weight + c, w);  // from L1
         load4x2(mine + slot(i, 0, lane), mine + slot(i, 1, lane), sw);
         load4x2(mine + S + slot(i, 0, lane), mine + S + slot(i, 1, lane), sb);
 #pragma unroll
