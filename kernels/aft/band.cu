@@ -35,6 +35,7 @@
 #include "kernels/aft/params.h"
 #include "kernels/aft/scan.cuh"
 #include "kernels/aft/state.cuh"
+#include "kernels/math_constants.h"
 
 namespace longtrain::kernels {
 namespace {
@@ -46,7 +47,6 @@ constexpr int kThreads = 256;
 // faster than 2 per SM without spill (207 registers) and than one channel per
 // thread at 3-5 CTAs per SM (kernels/aft/NOTES.md, v3).
 constexpr int kBandBwdThreads = 128;
-constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ int64_t row_at(const AftSimpleParams& p, int a, int b, int t, int c) {
   return ((static_cast<int64_t>(a) * p.B + b) * p.L + t) * p.d + c;

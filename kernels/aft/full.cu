@@ -31,6 +31,7 @@
 #include <string>
 
 #include "kernels/aft/params.h"
+#include "kernels/aft/scan.cuh"
 #include "kernels/convert.cuh"
 
 namespace longtrain::kernels {
@@ -39,6 +40,7 @@ namespace {
 constexpr int kThreads = 256;
 static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps, one CTA");
 
+using aft::sigmoid;
 using kernels::from_float;
 using kernels::load8;
 using kernels::store8;
@@ -70,11 +72,10 @@ __device__ float block_sum(float x) {
   return x;
 }
 
-// Eight consecutive columns of a row (convert.cuh's 16-byte load8 / store8):
-// the kernels take them when every row and tile start is 16-byte aligned and
-// col0 is a multiple of 8 (kVec, checked on the host), else (and for a
-// tile's last partial chunk) one element at a time.
-// Columns [c, c + 8) of `row`, those at or past `end` read as 0 / not written.
+// Columns [c, c + 8) of `row`, those at or past `end` read as 0 / not written:
+// convert.cuh's 16-byte load8 / store8 when kVec (every row and tile start
+// 16-byte aligned and col0 a multiple of 8, checked on the host) and the
+// chunk is whole, else one element at a time.
 template <bool kVec, typename X>
 __device__ __forceinline__ void get8(const X* row, int c, int end, float (&v)[8]) {
   if (kVec && c + 8 <= end) return load8(row + c, v);
@@ -181,8 +182,6 @@ __device__ __forceinline__ int64_t pair_at(const AftFullRowsParams& p, int l, in
   return (static_cast<int64_t>(l) * p.B + b) * 2 * p.d + c;  // the second of the pair: + d
 }
 
-__device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads) aft_full_fwd_prep_kernel(const AftFullRowsParams p) {
   const int l = blockIdx.x;
@@ -201,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) aft_full_fwd_out_kernel(const AftFul
   for (int i = threadIdx.x; i < p.B * p.d; i += kThreads) {
     const int b = i / p.d, c = i % p.d;
     const float ratio = p.nd[pair_at(p, l, b, c)] / p.nd[pair_at(p, l, b, c) + p.d];
-    static_cast<T*>(p.y)[out_at(p, b, l, c)] = from_float<T>(sigmoidf(in<T>(p.q, p.q_strides, b, l, c)) * ratio);
+    static_cast<T*>(p.y)[out_at(p, b, l, c)] = from_float<T>(sigmoid(in<T>(p.q, p.q_strides, b, l, c)) * ratio);
   }
 }
 
@@ -213,7 +212,7 @@ __global__ void __launch_bounds__(kThreads) aft_full_bwd_prep_kernel(const AftFu
   for (int i = threadIdx.x; i < p.B * p.d; i += kThreads) {
     const int b = i / p.d, c = i % p.d;
     const float num = p.nd[pair_at(p, l, b, c)], den = p.nd[pair_at(p, l, b, c) + p.d], ratio = num / den;
-    const float dy = in<T>(p.dy, p.dy_strides, b, l, c), sig = sigmoidf(in<T>(p.q, p.q_strides, b, l, c));
+    const float dy = in<T>(p.dy, p.dy_strides, b, l, c), sig = sigmoid(in<T>(p.q, p.q_strides, b, l, c));
     static_cast<T*>(p.dq)[out_at(p, b, l, c)] = from_float<T>(dy * ratio * sig * (1.f - sig));
     const float dnum = dy * sig / den;
     const T gn = from_float<T>(dnum), gd = from_float<T>(-dnum * ratio);

@@ -424,8 +424,8 @@ torch::Tensor aft_full_blocked(const torch::Tensor& q, const torch::Tensor& k, c
   TORCH_CHECK(w.dim() == 2 && w.size(0) >= L && w.size(1) >= L && w.is_floating_point(),
               "aft_full_blocked: bias must be a floating [P, P] with P >= L = ", L, ", got ", w.scalar_type(), " ",
               w.sizes());
-  TORCH_CHECK(block >= 0, "aft_full_blocked: block must be >= 1 (0: the default, ", aft_full_default_block(L), " at L = ", L,
-              "), got ", block);
+  TORCH_CHECK(block >= 0, "aft_full_blocked: block must be >= 1 (0: the default, ", aft_full_default_block(L),
+              " at L = ", L, "), got ", block);
   if (q.is_cuda()) {
     const std::string why = aft_full_kernel_unsupported(q, w);
     TORCH_CHECK(why.empty(), "aft_full_blocked: ", why);

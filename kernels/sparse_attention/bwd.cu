@@ -22,6 +22,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/math_constants.h"
 #include "kernels/sparse_attention/tile.cuh"
 
 namespace longtrain::kernels {
@@ -30,7 +31,6 @@ namespace {
 using namespace tile;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr float kLog2e = 1.4426950408889634f;
 
 void check_launch(const char* name) {
   const cudaError_t err = cudaGetLastError();

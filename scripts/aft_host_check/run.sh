@@ -13,6 +13,7 @@ ROOT="$HERE/../.."
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/kernels/aft"
+cp "$ROOT/kernels/math_constants.h" "$WORK/kernels/"
 for f in fwd bwd band; do
   sed -E 's/^(\s*)([A-Za-z_0-9:]+(<[^<>]*>)?)<<<(.*), 0, stream>>>\((.*)\);/\1emulate_launch(\2, \4, \5);/' \
     "$ROOT/kernels/aft/$f.cu" > "$WORK/kernels/aft/$f.cu"
