@@ -21,13 +21,16 @@ dev = "cuda"
 bf16 = torch.bfloat16
 
 
-def linear_case(L, B=1, H=16, D=64):
+def linear_case(L, B=1, H=16, D=64, blhd=False):
+    """blhd: [B, H, L, D] views of [B, L, H, D] memory, as bench/linear_attention.py passes them."""
     g = torch.Generator(device=dev).manual_seed(L)
-    q, k = [(torch.nn.functional.elu(torch.randn(B, H, L, D, device=dev, generator=g)) + 1).to(bf16) for _ in range(2)]
-    v = torch.randn(B, H, L, D, device=dev, generator=g).to(bf16)
-    grad = torch.randn(B, H, L, D, device=dev, generator=g).to(bf16)
+    shape = (B, L, H, D) if blhd else (B, H, L, D)
+    view = (lambda x: x.transpose(1, 2)) if blhd else (lambda x: x)
+    q, k = [(torch.nn.functional.elu(torch.randn(*shape, device=dev, generator=g)) + 1).to(bf16) for _ in range(2)]
+    v = torch.randn(*shape, device=dev, generator=g).to(bf16)
+    grad = torch.randn(*shape, device=dev, generator=g).to(bf16)
     ins = [t.requires_grad_() for t in (q, k, v)]
-    return (lambda: torch.ops.longtrain.linear_attention(q, k, v, None, False)), ins, grad
+    return (lambda: torch.ops.longtrain.linear_attention(view(q), view(k), view(v), None, False)), ins, view(grad)
 
 
 def aft_case(L, d=1024, chunk=0):
@@ -107,6 +110,8 @@ CASES = {
     "linear4k": lambda: linear_case(4096),
     "linear16k": lambda: linear_case(16384),
     "linear64k": lambda: linear_case(65536),
+    "linear16k_blhd": lambda: linear_case(16384, blhd=True),
+    "linear64k_blhd": lambda: linear_case(65536, blhd=True),
     "aft4k": lambda: aft_case(4096),
     "aft16k": lambda: aft_case(16384),
     "aftconv16k": lambda: aft_band_case(16384, 1, 1024, 16, 64),

@@ -5,6 +5,8 @@
 // cp.async, double-buffered. Fragment layouts: kernels/sparse_attention/tile.cuh.
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -165,7 +167,8 @@ __global__ void __launch_bounds__(kThreads) block_state_kernel(PassParams p) {
         }
       }
     }
-    if (tid < D) {
+    if (tid < D && (p.zk || p.zv || p.ze)) {
+#pragma unroll 8
       for (int j = 0; j < kRows; ++j) {
         const float w = p.log2_decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
         const float kv = __bfloat162float(K[j * kStride + tid]);
@@ -282,11 +285,15 @@ __device__ __forceinline__ void weights(float (&sacc)[8][4], uint32_t (&pa)[4][4
   }
 }
 
-// oacc += X_w S (kTransposed: X_w Sᵀ) with S = hi + lo held [D][D + 8];
-// optionally the partial dots of X's rows with zk (quad-partial).
+// oacc += X_w S (kTransposed: X_w Sᵀ) with S's bf16 part `Shi` [D][D + 8];
+// optionally the partial dots of X's rows with zk (quad-partial). The state
+// is carried in fp32 (hi + lo, advance_state), but the product takes hi
+// alone, as flash-linear-attention's does: with hi + lo (twice the MMAs) the
+// tests' worst error stayed the same (dv, 0.78 of the 2× bound) and the rest
+// moved by ≤ 0.12 of it, and the dφk/dv pass took 8% longer.
 template <int D, bool kTransposed>
-__device__ __forceinline__ void times_state(float (&oacc)[D / 8][4], const T* X, const T* Shi, const T* Slo,
-                                            const float* zk, int warp, int lane, float& xz0, float& xz1) {
+__device__ __forceinline__ void times_state(float (&oacc)[D / 8][4], const T* X, const T* Shi, const float* zk,
+                                            int warp, int lane, float& xz0, float& xz1) {
   const int t = lane & 3;
 #pragma unroll
   for (int k0 = 0; k0 < D; k0 += 16) {
@@ -300,15 +307,11 @@ __device__ __forceinline__ void times_state(float (&oacc)[D / 8][4], const T* X,
     }
 #pragma unroll
     for (int n0 = 0; n0 < D; n0 += 16) {
-#pragma unroll
-      for (int part = 0; part < 2; ++part) {
-        const T* S = part ? Slo : Shi;
-        uint32_t bb[4];
-        if (kTransposed) load_b_nk<D, T>(bb, S, n0, k0, lane);
-        else load_b_kn<D, T>(bb, S, k0, n0, lane);
-        mma<T>(oacc[n0 / 8], a, bb[0], bb[1]);
-        mma<T>(oacc[n0 / 8 + 1], a, bb[2], bb[3]);
-      }
+      uint32_t bb[4];
+      if (kTransposed) load_b_nk<D, T>(bb, Shi, n0, k0, lane);
+      else load_b_kn<D, T>(bb, Shi, k0, n0, lane);
+      mma<T>(oacc[n0 / 8], a, bb[0], bb[1]);
+      mma<T>(oacc[n0 / 8 + 1], a, bb[2], bb[3]);
     }
   }
 }
@@ -410,13 +413,17 @@ __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const 
 }
 
 // Column sums Σ_j γ^(63−j) x_j[col] (and with e_j) of one sub-chunk: thread
-// tid < D advances the carried vectors of column tid.
+// tid < D advances the carried vectors of column tid. Null vectors are not
+// carried, and with none nothing runs: the loop is serial per thread and sits
+// between two barriers of the chunk loop (running it for nothing cost the
+// no-normaliser passes 12–15% at 16K and 64K on the H100).
 template <int D>
 __device__ __forceinline__ void advance_vectors(float* zk, float* zv, float* ze, const T* K, const T* V,
                                                 const float* e_col, float g_sub, float lg, bool decay, int tid) {
   constexpr int kStride = Smem<D>::kStride;
-  if (tid >= D) return;
+  if (tid >= D || (!zk && !zv && !ze)) return;
   float sk = 0.f, sv = 0.f, se = 0.f;
+#pragma unroll 8
   for (int j = 0; j < kRows; ++j) {
     const float w = decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
     const float vv = __bfloat162float(V[j * kStride + tid]);
@@ -549,7 +556,7 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
       for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
     float qz0 = 0.f, qz1 = 0.f;
     if (u0 > 0) {
-      times_state<D, false>(oacc, Q, Shi, Slo, p.normalize ? zk_s : nullptr, warp, lane, qz0, qz1);
+      times_state<D, false>(oacc, Q, Shi, p.normalize ? zk_s : nullptr, warp, lane, qz0, qz1);
       const float w0 = exp2f(lg * (r0 + 1)), w1 = exp2f(lg * (r1 + 1));
       finish_inter<D>(oacc, w0, w1, c0, c1, p.c ? zv_s : nullptr, p.e ? ze_s : nullptr, t);
       qz0 = w0 * quad_sum(qz0);
@@ -577,7 +584,8 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
     if (i + 1 < n_sub) {
       __syncthreads();  // every warp is done reading S and the vectors
       advance_state<D>(Shi, Slo, K, V, g_sub, lg, decay, warp, lane);
-      advance_vectors<D>(zk_s, zv_s, p.e ? ze_s : nullptr, K, V, e_col, g_sub, lg, decay, tid);
+      advance_vectors<D>(p.normalize ? zk_s : nullptr, p.c ? zv_s : nullptr, p.e ? ze_s : nullptr, K, V, e_col, g_sub,
+                         lg, decay, tid);
     }
     __syncthreads();  // the next prefetch refills this sub-chunk's buffers
   }
@@ -663,7 +671,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(PassParams p) {
     logits<D>(sacc, V, G, warp, lane);
     weights(sacc, pa, 0.f, 0.f, e_col, lg, decay, u0, p.L, r0, r1, t, den0, den1);
     if (u0 > 0) {
-      times_state<D, false>(oacc, V, Shi, Slo, nullptr, warp, lane, unused0, unused1);
+      times_state<D, false>(oacc, V, Shi, nullptr, warp, lane, unused0, unused1);
       finish_inter<D>(oacc, w0, w1, 0.f, 0.f, nullptr, p.e ? ze_s : nullptr, t);
     }
     times_values<D>(oacc, pa, Q, lane);
@@ -677,7 +685,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(PassParams p) {
     logits<D>(sacc, K, Q, warp, lane);
     weights(sacc, pa, 0.f, 0.f, nullptr, lg, decay, u0, p.L, r0, r1, t, den0, den1);
     if (u0 > 0) {
-      times_state<D, true>(oacc, K, Shi, Slo, nullptr, warp, lane, unused0, unused1);
+      times_state<D, true>(oacc, K, Shi, nullptr, warp, lane, unused0, unused1);
       finish_inter<D>(oacc, w0, w1, 0.f, 0.f, nullptr, nullptr, t);
     }
     times_values<D>(oacc, pa, G, lane);
@@ -799,6 +807,34 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
 }
 
 }  // namespace
+
+int linear_attention_resident_ctas(int D, bool fused) {
+  check_dim(D, "linear_attention_resident_ctas");
+  // Asked once per process and kind (every pass of a step needs it; the
+  // occupancy query costs host time): all GPUs of a run are the same model.
+  static std::atomic<int> cached[2][2] = {};
+  std::atomic<int>& slot = cached[D == 128][fused];
+  if (const int known = slot.load(std::memory_order_relaxed)) return known;
+  int device = 0, sms = 0, per_sm = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  auto query = [&](auto kernel, size_t smem) {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+  };
+  const int tiles = fused ? 4 : 3;
+  if (D == 64) {
+    if (fused) query(dkdv_kernel<64>, ChunkSmem<64>::bytes(tiles));
+    else query(chunk_kernel<64>, ChunkSmem<64>::bytes(tiles));
+  } else {
+    if (fused) query(dkdv_kernel<128>, ChunkSmem<128>::bytes(tiles));
+    else query(chunk_kernel<128>, ChunkSmem<128>::bytes(tiles));
+  }
+  check("linear_attention_resident_ctas");
+  const int ctas = std::max(1, sms * per_sm);
+  slot.store(ctas, std::memory_order_relaxed);
+  return ctas;
+}
 
 void linear_attention_pass(const PassParams& p, DType, void* stream) {
   check_dim(p.D, "linear_attention_pass");

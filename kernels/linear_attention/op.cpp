@@ -58,19 +58,29 @@ using linear_attention::PassParams;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Sub-chunks of 64 rows per block of the state scan. Measured on the H100
-// (NOTES.md, v2): 2 (128 rows) is fastest at 4K, where more blocks fill the
-// GPU; 8 (512 rows) at 16K and 64K, where the scan's chain and the state
-// traffic dominate. LONGTRAIN_LINEAR_BLOCK_CHUNKS fixes it (a tuning knob for
-// bench/linear_attention.py; read once).
-int block_chunks(int64_t L) {
+// Sub-chunks of 64 rows per block of the state scan: 2 (128 rows) below 8K,
+// where more blocks fill the GPU (NOTES.md, v2). From 8K on, the fewest waves
+// of CTAs whose blocks stay at most 32 sub-chunks long: the CTAs of a pass
+// all take about the same time, so a partial last wave idles most of the GPU
+// (H100, B = 1, H = 16: 16K fwd+bwd 0.355 ms with blocks of 8 against 0.314
+// with one wave; 64K 1.186 against 1.069 with two; NOTES.md, v4). `fused`:
+// the dφk/dv pass, whose kernel fits fewer CTAs per SM; the dφq pass reuses
+// the forward's blocks. LONGTRAIN_LINEAR_BLOCK_CHUNKS fixes it (a tuning knob
+// for the benchmarks; read once).
+int block_chunks(int64_t L, int64_t BH, int64_t D, bool fused) {
   static const int fixed = [] {
     const char* env = std::getenv("LONGTRAIN_LINEAR_BLOCK_CHUNKS");
     const int v = env ? std::atoi(env) : 0;
     return v >= 1 && v <= 64 ? v : 0;
   }();
   if (fixed) return fixed;
-  return L >= 8192 ? 8 : 2;
+  if (L < 8192) return 2;
+  const int64_t sub_chunks = BH * ((L + linear_attention::kRows - 1) / linear_attention::kRows);
+  const int64_t slots = linear_attention::linear_attention_resident_ctas(static_cast<int>(D), fused);
+  for (int64_t waves = 1;; ++waves) {
+    const int64_t per_block = (sub_chunks + waves * slots - 1) / (waves * slots);
+    if (per_block <= 32) return static_cast<int>(per_block);
+  }
 }
 
 // The backward's dφk and dv in one fused reverse pass (v2), unless
@@ -123,7 +133,7 @@ void run_pass(const torch::Tensor& q, const torch::Tensor& k, const torch::Tenso
   p.H = static_cast<int>(H);
   p.L = static_cast<int>(L);
   p.D = static_cast<int>(D);
-  p.block_chunks = block_chunks(L);
+  p.block_chunks = block_chunks(L, B * H, D, /*fused=*/out2 != nullptr);
   const int64_t rows = static_cast<int64_t>(p.block_chunks) * linear_attention::kRows;
   p.n_blocks = static_cast<int>((L + rows - 1) / rows);
   p.reverse = reverse;

@@ -105,5 +105,8 @@ enum class DType { kBFloat16 };
 void linear_attention_pass(const PassParams& p, DType dtype, void* stream);
 void linear_attention_prep(const PrepParams& p, DType dtype, void* stream);
 void linear_attention_step(const StepParams& p, DType dtype, void* stream);
+// CTAs of the chunk kernel (fused: the dφk/dv kernel) resident at once on the
+// current device: SMs x CTAs per SM, for the block size (op.cpp).
+int linear_attention_resident_ctas(int D, bool fused);
 
 }  // namespace longtrain::kernels::linear_attention
