@@ -258,30 +258,58 @@ __device__ __forceinline__ void logits(float (&sacc)[8][4], const T* X, const T*
 // Returns the row sums of the rounded weights in den0 / den1 (quad-partial):
 // a row's weights then sum to exactly its denominator, so o is an exact
 // weighted mean of v, which the backward's g·v + h = g·(v − o) relies on.
+// Lean on purpose (the chunk loop issues far more of these instructions than
+// MMAs): the scalars and the decay in uniform branches, one compare per
+// weight against the row's last visible column, and each pair rounded once,
+// by the packing, then read back for the sums.
 __device__ __forceinline__ void weights(float (&sacc)[8][4], uint32_t (&pa)[4][4], float c0, float c1,
                                         const float* e_col, float lg, bool decay, int u0, int L, int r0, int r1,
                                         int t, float& den0, float& den1) {
+  if (c0 != 0.f || c1 != 0.f) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      sacc[nt][0] += c0;
+      sacc[nt][1] += c0;
+      sacc[nt][2] += c1;
+      sacc[nt][3] += c1;
+    }
+  }
+  if (e_col) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const float2 e = *reinterpret_cast<const float2*>(e_col + nt * 8 + 2 * t);
+      sacc[nt][0] += e.x;
+      sacc[nt][1] += e.y;
+      sacc[nt][2] += e.x;
+      sacc[nt][3] += e.y;
+    }
+  }
+  if (decay) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sacc[nt][e] *= exp2f(lg * ((e < 2 ? r0 : r1) - (nt * 8 + 2 * t + (e & 1))));
+  }
+  // Column s is kept for row r when s <= r and u0 + s < L.
+  const int last = L - 1 - u0;
+  const int lim0 = min(r0, last) - 2 * t, lim1 = min(r1, last) - 2 * t;
+  uint32_t packed[8][2];
   den0 = den1 = 0.f;
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = e < 2 ? r0 : r1;
-      const int s = nt * 8 + 2 * t + (e & 1);
-      float x = sacc[nt][e] + (e < 2 ? c0 : c1) + (e_col ? e_col[s] : 0.f);
-      if (decay) x *= exp2f(lg * (r - s));
-      x = (s <= r && u0 + s < L) ? x : 0.f;
-      x = __bfloat162float(__float2bfloat16_rn(x));
-      sacc[nt][e] = x;
-      if (e < 2) den0 += x; else den1 += x;
-    }
+    const int s = nt * 8;  // + 2t + (e & 1), folded into lim
+    packed[nt][0] = P::from(s <= lim0 ? sacc[nt][0] : 0.f, s + 1 <= lim0 ? sacc[nt][1] : 0.f);
+    packed[nt][1] = P::from(s <= lim1 ? sacc[nt][2] : 0.f, s + 1 <= lim1 ? sacc[nt][3] : 0.f);
+    const float2 w0 = P::to(packed[nt][0]), w1 = P::to(packed[nt][1]);
+    den0 += w0.x + w0.y;
+    den1 += w1.x + w1.y;
   }
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
-    pa[kk][0] = P::from(sacc[2 * kk][0], sacc[2 * kk][1]);
-    pa[kk][1] = P::from(sacc[2 * kk][2], sacc[2 * kk][3]);
-    pa[kk][2] = P::from(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
-    pa[kk][3] = P::from(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
+    pa[kk][0] = packed[2 * kk][0];
+    pa[kk][1] = packed[2 * kk][1];
+    pa[kk][2] = packed[2 * kk + 1][0];
+    pa[kk][3] = packed[2 * kk + 1][1];
   }
 }
 
