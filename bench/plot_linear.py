@@ -31,8 +31,9 @@ def main():
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylabel("forward + backward, ms (lower is better)")
-    ax.set_title(f"Causal linear attention, B=1 H=16 bf16 — {data['device']}, {data['date']}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Causal linear attention, B=1 H=16 bf16 — {data['device']}, {data['date']}", fontsize=10)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.08)  # room for the ratio labels
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=len(series), frameon=False)
     fig.tight_layout()
     fig.savefig(sys.argv[2], dpi=120)
 
