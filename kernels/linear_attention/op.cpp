@@ -77,10 +77,7 @@ int block_chunks(int64_t L, int64_t BH, int64_t D, bool fused) {
   if (L < 8192) return 2;
   const int64_t sub_chunks = BH * ((L + linear_attention::kRows - 1) / linear_attention::kRows);
   const int64_t slots = linear_attention::linear_attention_resident_ctas(static_cast<int>(D), fused);
-  for (int64_t waves = 1;; ++waves) {
-    const int64_t per_block = (sub_chunks + waves * slots - 1) / (waves * slots);
-    if (per_block <= 32) return static_cast<int>(per_block);
-  }
+  return linear_attention::fewest_waves_block(sub_chunks, slots, 32);
 }
 
 // The backward's dφk and dv in one fused reverse pass (v2), unless

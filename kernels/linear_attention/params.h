@@ -72,6 +72,17 @@ struct PassParams {
   float eps = 1e-6f;
 };
 
+// Sub-chunks per block so that `sub_chunks` fill the fewest whole waves of
+// `slots` resident CTAs with blocks of at most `max_per_block` (op.cpp's block
+// size from 8K on; a partial last wave idles most of the GPU).
+inline int fewest_waves_block(int64_t sub_chunks, int64_t slots, int max_per_block) {
+  if (sub_chunks <= 0 || slots <= 0) return 1;
+  for (int64_t waves = 1;; ++waves) {
+    const int64_t per_block = (sub_chunks + waves * slots - 1) / (waves * slots);
+    if (per_block <= max_per_block) return static_cast<int>(per_block);
+  }
+}
+
 // Backward preparation: g = dO · r, h = −(dO·O) · r with r = rden (or g = dO,
 // no h, when rden is null). g: [B·H, L, D] contiguous, h: [B·H, L].
 struct PrepParams {

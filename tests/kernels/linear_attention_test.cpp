@@ -20,6 +20,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "kernels/linear_attention/op.h"
+#include "kernels/linear_attention/params.h"
 #include "model/linear_attention.h"
 #include "model/mixer.h"
 #include "trainer/device.h"
@@ -166,6 +167,31 @@ INSTANTIATE_TEST_SUITE_P(
     case_name);
 
 // A decay that requires grad is refused with the way out, not silently frozen.
+// The block size from 8K on (op.cpp): H100 slots are 132 SMs x 3 CTAs for the
+// chunk kernel and x 2 for the dφk/dv kernel at D = 64 (NOTES.md, v4).
+TEST(LinearKernel, BlocksFillTheFewestWholeWaves) {
+  using kernels::linear_attention::fewest_waves_block;
+  // B = 1, H = 16: 16K is 4096 sub-chunks, 64K 16384.
+  EXPECT_EQ(fewest_waves_block(4096, 396, 32), 11);   // one wave: 24 blocks per head, 384 CTAs
+  EXPECT_EQ(fewest_waves_block(4096, 264, 32), 16);   // one wave: 256 CTAs
+  EXPECT_EQ(fewest_waves_block(16384, 396, 32), 21);  // 42 in one wave is too long: two waves
+  EXPECT_EQ(fewest_waves_block(16384, 264, 32), 32);
+  for (int64_t sub : {1, 7, 255, 4096, 100000, 1000000}) {
+    for (int64_t slots : {1, 16, 264, 396}) {
+      const int per = fewest_waves_block(sub, slots, 32);
+      ASSERT_GE(per, 1);
+      ASSERT_LE(per, 32);
+      const int64_t ctas = (sub + per - 1) / per;  // at most: the last block of a head may be short
+      const int64_t waves = (ctas + slots - 1) / slots;
+      // No shorter block fits in the same number of waves.
+      if (per > 1) {
+        EXPECT_GT((sub + per - 2) / (per - 1), waves * slots) << sub << " " << slots;
+      }
+    }
+  }
+  EXPECT_EQ(fewest_waves_block(0, 396, 32), 1);
+}
+
 TEST(LinearKernel, RefusesADecayThatRequiresGrad) {
   SKIP_WITHOUT_CUDA();
   auto x = torch::ones({1, 2, 8, 64}, torch::dtype(torch::kBFloat16).device(torch::kCUDA));
