@@ -56,18 +56,20 @@ __device__ __forceinline__ void decay_k(uint32_t (&a)[4], int k0, int lane, floa
   a[3] = scale2(a[3], w8, w9);
 }
 
-// Rows u0 .. u0 + 63 (pass order) of one (batch, head) slice into a padded
-// tile; rows at or beyond L are zero-filled.
-template <int D>
+// Rows u0 + r_first .. u0 + r_first + kN − 1 (pass order) of one (batch,
+// head) slice into rows r_first .. of a padded tile, by kBy threads (idx is
+// the thread's index among them); rows at or beyond L are zero-filled. The
+// whole tile by the CTA, or one warp's own 16 rows by its lanes.
+template <int D, int kN = kRows, int kBy = kThreads>
 __device__ __forceinline__ void load_rows_async(T* tile, const T* base, int64_t row_stride, int u0, int L,
-                                                bool reverse, int tid) {
+                                                bool reverse, int idx, int r_first = 0) {
   constexpr int kPerRow = D * sizeof(T) / 16;
-  constexpr int kChunks = kRows * kPerRow;
-  static_assert(kChunks % kThreads == 0, "tile copy must split evenly over the threads");
+  constexpr int kChunks = kN * kPerRow;
+  static_assert(kChunks % kBy == 0, "tile copy must split evenly over the threads");
 #pragma unroll
-  for (int i = 0; i < kChunks / kThreads; ++i) {
-    const int c = tid + i * kThreads;
-    const int r = c / kPerRow, col = (c % kPerRow) * 8;
+  for (int i = 0; i < kChunks / kBy; ++i) {
+    const int c = idx + i * kBy;
+    const int r = r_first + c / kPerRow, col = (c % kPerRow) * 8;
     const int u = u0 + r;
     const bool in = u < L;
     const T* g = base + (in ? row_of(u, L, reverse) * row_stride + col : 0);
@@ -89,13 +91,30 @@ __device__ __forceinline__ void load_scalars(float* dst, const float* src, int64
   }
 }
 
+// Column sums Σ_j γ^(63−j) x_j[col] of one sub-chunk (K, V tiles): of k, of
+// v, and of e_j·v (e_col may be null). Serial over the 64 rows, for one column
+// per thread: block_state's vectors and the chunk loop's advance_vectors.
+template <int D>
+__device__ __forceinline__ void column_sums(float& sk, float& sv, float& se, const T* K, const T* V,
+                                            const float* e_col, float lg, bool decay, int col) {
+  constexpr int kStride = Smem<D>::kStride;
+  sk = sv = se = 0.f;
+#pragma unroll 8
+  for (int j = 0; j < kRows; ++j) {
+    const float w = decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
+    const float vv = __bfloat162float(V[j * kStride + col]);
+    sk += w * __bfloat162float(K[j * kStride + col]);
+    sv += w * vv;
+    if (e_col) se += w * e_col[j] * vv;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // 1. block_state: ΔS of block `blk` (fp32, [D, D]) and its vectors, into slot
 //    blk + 1 of the workspaces (the scan turns slots into prefixes).
 template <int D>
 __global__ void __launch_bounds__(kThreads) block_state_kernel(PassParams p) {
   constexpr int kTileElems = Smem<D>::kTileElems;
-  constexpr int kStride = Smem<D>::kStride;
   constexpr int kMt = D / 64;  // m-tiles (16 rows of S) per warp
   constexpr int kNt = D / 8;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -168,15 +187,11 @@ __global__ void __launch_bounds__(kThreads) block_state_kernel(PassParams p) {
       }
     }
     if (tid < D && (p.zk || p.zv || p.ze)) {
-#pragma unroll 8
-      for (int j = 0; j < kRows; ++j) {
-        const float w = p.log2_decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
-        const float kv = __bfloat162float(K[j * kStride + tid]);
-        const float vv = __bfloat162float(V[j * kStride + tid]);
-        zk += w * kv;
-        zv += w * vv;
-        if (p.e) ze += w * es[buf * kRows + j] * vv;
-      }
+      float sk, sv, se;
+      column_sums<D>(sk, sv, se, K, V, p.e ? es + buf * kRows : nullptr, lg, p.log2_decay != nullptr, tid);
+      zk += sk;
+      zv += sv;
+      ze += se;
     }
     __syncthreads();  // the next prefetch refills this buffer
   }
@@ -448,17 +463,9 @@ __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const 
 template <int D>
 __device__ __forceinline__ void advance_vectors(float* zk, float* zv, float* ze, const T* K, const T* V,
                                                 const float* e_col, float g_sub, float lg, bool decay, int tid) {
-  constexpr int kStride = Smem<D>::kStride;
   if (tid >= D || (!zk && !zv && !ze)) return;
-  float sk = 0.f, sv = 0.f, se = 0.f;
-#pragma unroll 8
-  for (int j = 0; j < kRows; ++j) {
-    const float w = decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
-    const float vv = __bfloat162float(V[j * kStride + tid]);
-    sk += w * __bfloat162float(K[j * kStride + tid]);
-    sv += w * vv;
-    if (e_col) se += w * e_col[j] * vv;
-  }
+  float sk, sv, se;
+  column_sums<D>(sk, sv, se, K, V, e_col, lg, decay, tid);
   if (zk) zk[tid] = g_sub * zk[tid] + sk;
   if (zv) zv[tid] = g_sub * zv[tid] + sv;
   if (ze) ze[tid] = g_sub * ze[tid] + se;
@@ -627,16 +634,22 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
 //      dv_s  = Σ_t w (φk_s·φq_t) g_t      + γ^(r+1) φk_s Rᵀ           (q=K, k=Q, v=G)
 //    The two passes share R (one is the other's transpose), so V, G, Q, K
 //    are read once. p describes the dφk pass; p.q2 / p.out2 are φk and dv.
+//    V and K are the products' row operands: a warp reads only its own 16
+//    rows of them (and stages its output rows there), so each is one tile,
+//    refilled warp by warp as soon as that warp's output has gone out through
+//    it; G and Q, which every warp reads whole, are double-buffered. That is
+//    the chunk kernel's 75.5 KB of shared memory instead of 92 KB: 3 CTAs per
+//    SM instead of 2 (D = 64, with registers capped to fit).
 template <int D>
-__global__ void __launch_bounds__(kThreads) dkdv_kernel(PassParams p) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassParams p) {
   using Layout = ChunkSmem<D>;
   constexpr int kNt = D / 8;
   extern __shared__ __align__(16) unsigned char smem[];
-  T* Vs = reinterpret_cast<T*>(smem);  // rows of the dφk output (its q)
-  T* Gs = Vs + 2 * Layout::kTileElems;
-  T* Qs = Gs + 2 * Layout::kTileElems;
-  T* Ks = Qs + 2 * Layout::kTileElems;  // rows of the dv output
-  T* Shi = Ks + 2 * Layout::kTileElems;
+  T* Gs = reinterpret_cast<T*>(smem);  // [2] tiles
+  T* Qs = Gs + 2 * Layout::kTileElems;  // [2]
+  T* V = Qs + 2 * Layout::kTileElems;   // rows of the dφk output (its q), one tile
+  T* K = V + Layout::kTileElems;        // rows of the dv output, one tile
+  T* Shi = K + Layout::kTileElems;
   T* Slo = Shi + Layout::kStateElems;
   float* zk_s = reinterpret_cast<float*>(Slo + Layout::kStateElems);  // unused (no normaliser)
   float* zv_s = zk_s + D;                                             // unused (no row scalar)
@@ -658,30 +671,31 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(PassParams p) {
   const int n_sub = min(p.block_chunks, (p.L - u_begin + kRows - 1) / kRows);
   load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * p.n_blocks + blk, tid);
 
-  auto prefetch = [&](int i, int buf) {
+  auto prefetch_shared = [&](int i, int buf) {
     const int u0 = u_begin + i * kRows;
-    load_rows_async<D>(Vs + buf * Layout::kTileElems, vb, p.q.strides[2], u0, p.L, p.reverse, tid);
     load_rows_async<D>(Gs + buf * Layout::kTileElems, gb, p.k.strides[2], u0, p.L, p.reverse, tid);
     load_rows_async<D>(Qs + buf * Layout::kTileElems, qb, p.v.strides[2], u0, p.L, p.reverse, tid);
-    load_rows_async<D>(Ks + buf * Layout::kTileElems, kb, p.q2.strides[2], u0, p.L, p.reverse, tid);
     cp_async_commit();
     load_scalars(es + buf * kRows, p.e, bh, u0, p.L, p.reverse, tid);
   };
-  prefetch(0, 0);
+  // This warp's 16 rows of V or K for sub-chunk i (after __syncwarp: the
+  // warp's lanes are done with the rows there).
+  auto refill_rows = [&](T* tile, const T* base, int64_t stride, int i) {
+    load_rows_async<D, 16, 32>(tile, base, stride, u_begin + i * kRows, p.L, p.reverse, lane, warp * 16);
+    cp_async_commit();
+  };
+  prefetch_shared(0, 0);
+  refill_rows(V, vb, p.q.strides[2], 0);
+  refill_rows(K, kb, p.q2.strides[2], 0);
 
   for (int i = 0; i < n_sub; ++i) {
     const int buf = i & 1;
-    if (i + 1 < n_sub) {
-      prefetch(i + 1, buf ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    T* V = Vs + buf * Layout::kTileElems;
+    const bool more = i + 1 < n_sub;
+    cp_async_wait<0>();
+    __syncthreads();  // this sub-chunk's tiles are in; every warp is done with the other G, Q buffer
+    if (more) prefetch_shared(i + 1, buf ^ 1);
     const T* G = Gs + buf * Layout::kTileElems;
     const T* Q = Qs + buf * Layout::kTileElems;
-    T* K = Ks + buf * Layout::kTileElems;
     const float* e_col = p.e ? es + buf * kRows : nullptr;
     const int u0 = u_begin + i * kRows;
     const int r0 = warp * 16 + g, r1 = r0 + 8;
@@ -704,6 +718,8 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(PassParams p) {
     }
     times_values<D>(oacc, pa, Q, lane);
     store_rows<D>(oacc, V, dkb, p.out_strides[2], u0, p.L, p.reverse, warp, lane);
+    __syncwarp();
+    if (more) refill_rows(V, vb, p.q.strides[2], i + 1);
 
     // dv rows: (K Qᵀ) G, and γ^(r+1) K Rᵀ.
 #pragma unroll
@@ -718,13 +734,14 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(PassParams p) {
     }
     times_values<D>(oacc, pa, G, lane);
     store_rows<D>(oacc, K, dvb, p.out2_strides[2], u0, p.L, p.reverse, warp, lane);
+    __syncwarp();
+    if (more) refill_rows(K, kb, p.q2.strides[2], i + 1);
 
-    if (i + 1 < n_sub) {
-      __syncthreads();
+    if (more) {
+      __syncthreads();  // every warp is done reading R and the vectors
       advance_state<D>(Shi, Slo, G, Q, g_sub, lg, decay, warp, lane);
       advance_vectors<D>(nullptr, nullptr, p.e ? ze_s : nullptr, G, Q, e_col, g_sub, lg, decay, tid);
     }
-    __syncthreads();
   }
 }
 
@@ -827,7 +844,7 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
     if (p.ze) cudaMemsetAsync(p.ze, 0, sizeof(float) * D * bh, stream);
   }
   const bool fused = p.q2.ptr != nullptr;
-  const size_t smem = ChunkSmem<D>::bytes(fused ? 4 : 3);
+  const size_t smem = ChunkSmem<D>::bytes(3);  // both kernels: 3 double-buffered tiles' worth
   auto kernel = fused ? dkdv_kernel<D> : chunk_kernel<D>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   kernel<<<dim3(p.n_blocks, bh), kThreads, smem, stream>>>(p);
@@ -850,7 +867,7 @@ int linear_attention_resident_ctas(int D, bool fused) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
   };
-  const int tiles = fused ? 4 : 3;
+  const int tiles = 3;
   if (D == 64) {
     if (fused) query(dkdv_kernel<64>, ChunkSmem<64>::bytes(tiles));
     else query(chunk_kernel<64>, ChunkSmem<64>::bytes(tiles));
