@@ -6,7 +6,7 @@
 #
 #   scripts/gpu.sh all          # deps build test train
 #   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
-#                               # e2e_sparse, bench_linear, e2e_linear, bench_aft, e2e_aft, breakdown, e2e,
+#                               # e2e_sparse, bench_linear, e2e_linear, bench_aft, e2e_aft, breakdown, sweep_linear, e2e,
 #                               # bench_cpu, compare, dist)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -164,6 +164,21 @@ step_breakdown() {
     ${BREAKDOWN_CASES:+--cases "$BREAKDOWN_CASES"} --out "$OUT/breakdown_$(date +%F).json" > "$OUT/breakdown.log" 2>&1
   local rc=$?
   cat "$OUT/breakdown.log"
+  return $rc
+}
+
+# The linear-attention breakdown (BREAKDOWN_CASES, default 4K / 16K / 64K in
+# the benchmark's layout) once per block size in SWEEP_BLOCKS ("rule" = op.cpp's
+# rule, a number forces it): LONGTRAIN_LINEAR_BLOCK_CHUNKS is read once per process.
+step_sweep_linear() {
+  local rc=0 n
+  for n in ${SWEEP_BLOCKS:-rule 2 4 8 16}; do
+    LONGTRAIN_LINEAR_BLOCK_CHUNKS="${n#rule}" python3 "$ROOT/bench/kernel_breakdown.py" \
+      --lib "$BUILD_DIR/liblongtrain_torch_ops.so" --cases "${BREAKDOWN_CASES:-linear4k,linear16k_blhd,linear64k_blhd}" \
+      --out "$OUT/breakdown_blocks_${n}_$(date +%F).json" > "$OUT/sweep_${n}.log" 2>&1 || rc=1
+    echo "== block chunks ${n}"
+    cut -c1-96 "$OUT/sweep_${n}.log" | head -n 30
+  done
   return $rc
 }
 

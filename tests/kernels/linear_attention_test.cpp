@@ -163,7 +163,10 @@ INSTANTIATE_TEST_SUITE_P(
                       LinearCase{1, 3, 700, 64, Decay::kFixed, true},
                       LinearCase{3, 1, 2000, 128, Decay::kNone, false},
                       LinearCase{1, 2, 4096, 64, Decay::kFixed, true},
-                      LinearCase{1, 2, 4100, 64, Decay::kFixed, true}),
+                      LinearCase{1, 2, 4100, 64, Decay::kFixed, true},
+                      // 64 heads x 16 blocks: more CTAs than the GPU holds at
+                      // once, so blocks look back on CTAs of earlier waves.
+                      LinearCase{4, 16, 2048, 64, Decay::kFixed, true}),
     case_name);
 
 // A decay that requires grad is refused with the way out, not silently frozen.
