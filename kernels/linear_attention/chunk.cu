@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kThreads) block_state_kernel(PassParams p) {
   T* Vs = Ks + 2 * kTileElems;
   float* es = reinterpret_cast<float*>(Vs + 2 * kTileElems);  // [2][64]
 
-  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int bh = blockIdx.x, blk = blockIdx.y, b = bh / p.H, h = bh % p.H;  // launch order: heads first
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float lg = p.log2_decay ? p.log2_decay[h] : 0.f;
   const float g_sub = exp2f(lg * kRows);
@@ -534,7 +534,7 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
   float* cs = ze_s + D;        // [2][64]
   float* es = cs + 2 * kRows;  // [2][64]
 
-  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int bh = blockIdx.x, blk = blockIdx.y, b = bh / p.H, h = bh % p.H;  // launch order: heads first
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const bool decay = p.log2_decay != nullptr;
   const float lg = decay ? p.log2_decay[h] : 0.f;
@@ -656,7 +656,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
   float* ze_s = zv_s + D;
   float* es = ze_s + D + 2 * kRows;  // [2][64]
 
-  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int bh = blockIdx.x, blk = blockIdx.y, b = bh / p.H, h = bh % p.H;  // launch order: heads first
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const bool decay = p.log2_decay != nullptr;
   const float lg = decay ? p.log2_decay[h] : 0.f;
@@ -814,6 +814,11 @@ void check_dim(int D, const char* what) {
   if (D != 64 && D != 128) throw std::invalid_argument(std::string(what) + ": head dim must be 64 or 128");
 }
 
+// The pass kernels' grids run over (batch·head, block), heads fastest: the
+// CTAs resident together then read the same rows of every head, which in the
+// [B, L, H, D] layout of the model's projections are one contiguous row of
+// memory (H100, 64K: 1.006 -> 0.996 ms fwd+bwd against block-first, alternated
+// twice in one run; 16K unchanged). Blocks are at most 65535 (op.cpp checks).
 template <int D>
 void run_pass(const PassParams& p, cudaStream_t stream) {
   const int bh = p.B * p.H;
@@ -823,7 +828,7 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
     const size_t smem1 = 4 * Smem<D>::kTileElems * sizeof(T) + 2 * kRows * sizeof(float);
     auto state_kernel = block_state_kernel<D>;
     cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
-    state_kernel<<<dim3(p.n_blocks - 1, bh), kThreads, smem1, stream>>>(p);
+    state_kernel<<<dim3(bh, p.n_blocks - 1), kThreads, smem1, stream>>>(p);
     check("linear_attention block_state_kernel");
     const float rows = static_cast<float>(p.block_chunks * kRows);
     auto scan = [&](float* buf, int64_t elems) {
@@ -847,7 +852,7 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
   const size_t smem = ChunkSmem<D>::bytes(3);  // both kernels: 3 double-buffered tiles' worth
   auto kernel = fused ? dkdv_kernel<D> : chunk_kernel<D>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  kernel<<<dim3(p.n_blocks, bh), kThreads, smem, stream>>>(p);
+  kernel<<<dim3(bh, p.n_blocks), kThreads, smem, stream>>>(p);
   check(fused ? "linear_attention dkdv_kernel" : "linear_attention chunk_kernel");
 }
 

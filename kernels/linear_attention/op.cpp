@@ -64,8 +64,9 @@ using torch::autograd::variable_list;
 // all take about the same time, so a partial last wave idles most of the GPU
 // (H100, B = 1, H = 16: 16K fwd+bwd 0.355 ms with blocks of 8 against 0.314
 // with one wave; 64K 1.186 against 1.069 with two; NOTES.md, v4). `fused`:
-// the dφk/dv pass, whose kernel fits fewer CTAs per SM; the dφq pass reuses
-// the forward's blocks. LONGTRAIN_LINEAR_BLOCK_CHUNKS fixes it (a tuning knob
+// the dφk/dv pass, asked apart since its kernel's occupancy is its own (3
+// CTAs per SM on the H100 since v5, as the chunk kernel's); the dφq pass
+// reuses the forward's blocks. LONGTRAIN_LINEAR_BLOCK_CHUNKS fixes it (a tuning knob
 // for the benchmarks; read once).
 int block_chunks(int64_t L, int64_t BH, int64_t D, bool fused) {
   static const int fixed = [] {
@@ -132,7 +133,10 @@ void run_pass(const torch::Tensor& q, const torch::Tensor& k, const torch::Tenso
   p.D = static_cast<int>(D);
   p.block_chunks = block_chunks(L, B * H, D, /*fused=*/out2 != nullptr);
   const int64_t rows = static_cast<int64_t>(p.block_chunks) * linear_attention::kRows;
-  p.n_blocks = static_cast<int>((L + rows - 1) / rows);
+  const int64_t n_blocks = (L + rows - 1) / rows;
+  TORCH_CHECK(n_blocks <= 65535, "linear attention: L = ", L, " needs ", n_blocks, " blocks of ", rows,
+              " rows, at most 65535 (a CUDA grid dimension); raise LONGTRAIN_LINEAR_BLOCK_CHUNKS");
+  p.n_blocks = static_cast<int>(n_blocks);
   p.reverse = reverse;
   p.normalize = normalize;
   p.eps = static_cast<float>(eps);
