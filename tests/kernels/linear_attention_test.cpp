@@ -169,9 +169,8 @@ INSTANTIATE_TEST_SUITE_P(
                       LinearCase{4, 16, 2048, 64, Decay::kFixed, true}),
     case_name);
 
-// A decay that requires grad is refused with the way out, not silently frozen.
-// The block size from 8K on (op.cpp): H100 slots are 132 SMs x 3 CTAs for the
-// chunk kernel and x 2 for the dφk/dv kernel at D = 64 (NOTES.md, v4).
+// The block size from 8K on (op.cpp): H100 slots are 132 SMs x 3 CTAs for
+// both pass kernels at D = 64 (NOTES.md, v5; x 2 for the dφk/dv kernel in v4).
 TEST(LinearKernel, BlocksFillTheFewestWholeWaves) {
   using kernels::linear_attention::fewest_waves_block;
   // B = 1, H = 16: 16K is 4096 sub-chunks, 64K 16384.
@@ -195,6 +194,7 @@ TEST(LinearKernel, BlocksFillTheFewestWholeWaves) {
   EXPECT_EQ(fewest_waves_block(0, 396, 32), 1);
 }
 
+// A decay that requires grad is refused with the way out, not silently frozen.
 TEST(LinearKernel, RefusesADecayThatRequiresGrad) {
   SKIP_WITHOUT_CUDA();
   auto x = torch::ones({1, 2, 8, 64}, torch::dtype(torch::kBFloat16).device(torch::kCUDA));
