@@ -165,7 +165,7 @@ INSTANTIATE_TEST_SUITE_P(
                       LinearCase{1, 2, 4096, 64, Decay::kFixed, true},
                       LinearCase{1, 2, 4100, 64, Decay::kFixed, true},
                       // 64 heads x 16 blocks: more CTAs than the GPU holds at
-                      // once, so blocks look back on CTAs of earlier waves.
+                      // once, so a pass runs in several waves.
                       LinearCase{4, 16, 2048, 64, Decay::kFixed, true}),
     case_name);
 
