@@ -6,8 +6,8 @@
 #
 #   scripts/gpu.sh all          # deps build test train
 #   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
-#                               # e2e_sparse, bench_linear, e2e_linear, bench_aft, e2e_aft, breakdown, sweep_linear, e2e,
-#                               # bench_cpu, compare, dist)
+#                               # e2e_sparse, bench_linear, e2e_linear, e2e_linear_nodecay, bench_aft, e2e_aft,
+#                               # breakdown, sweep_linear, e2e, bench_cpu, compare, dist)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -63,6 +63,13 @@ step_kernels() {
   "$BUILD_DIR/longtrain_tests" --gtest_filter="$filter" > "$OUT/kernels.log" 2>&1
   local rc=$?
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|Failure|error" "$OUT/kernels.log" | head -n 40
+  # Linear attention again with blocks of one sub-chunk: every pass, the
+  # fused backward's walk included, then crosses many block boundaries.
+  if [[ "$filter" == *LinearKernel* ]]; then
+    LONGTRAIN_LINEAR_BLOCK_CHUNKS=1 "$BUILD_DIR/longtrain_tests" --gtest_filter="*LinearKernelVsReference*" \
+      > "$OUT/kernels_linear_blocks1.log" 2>&1 || rc=1
+    echo "linear, blocks of 1 sub-chunk: $(grep -E "^\[  (PASSED|FAILED) " "$OUT/kernels_linear_blocks1.log" | tr '\n' ' ')"
+  fi
   local small="${SANITIZE_TESTS:-Patterns/SparseKernelVsReference.*sliding_w8_short*:Cases/LinearKernelVsReference.*B2_H2_L37*:Shapes/AftKernelVsReference.*B2_L37_d*:Shapes/AftBandKernelVsReference.*B2_L37_d64_H4*:Shapes/AftFullOnCuda.*B2_L37_d64_block16*:Shapes/QkvRopeKernel.*B2_L37_H3_D64_bf16*:Shapes/SoftmaxXentKernel.*C37_V1000*:Shapes/AddNormKernel.*B2_L37_D768_bf16_add_ln_dsum*:Shapes/GeluMlpKernel.*M37_K64_N256*}"
   for tool in ${SANITIZERS-memcheck racecheck}; do
     timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$BUILD_DIR/longtrain_tests" \
@@ -95,10 +102,10 @@ step_bench_linear() {
   local rc=$?
   tail -n 24 "$OUT/bench_linear.log"
   # Optional sweeps: the scan's block size (sub-chunks of 64 rows per block)
-  # and the v1 backward (separate dφk and dv passes).
+  # and the earlier backwards (v5: dφk/dv and dφq passes; v1: three passes).
   for v in ${LINEAR_SWEEP:-}; do
     case "$v" in
-      passes) export LONGTRAIN_LINEAR_BWD=passes ;;
+      passes | v5) export LONGTRAIN_LINEAR_BWD=$v ;;
       *) export LONGTRAIN_LINEAR_BLOCK_CHUNKS=$v ;;
     esac
     PYTHONPATH="$ROOT/.carry/fla${PYTHONPATH:+:$PYTHONPATH}" python3 "$ROOT/bench/linear_attention.py" \
@@ -149,6 +156,13 @@ step_e2e_sparse() {
 step_e2e_linear() {
   e2e_pair linear linear.yaml --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 \
     --set model.n_heads=4 --set model.mixer.decay=fixed --set train.batch_size=8 --set data.synthetic.filler=40
+}
+
+# The linear recipe as it ships (normalised, no decay: the fused backward, v6)
+# at L = 4096, head dim 64.
+step_e2e_linear_nodecay() {
+  e2e_pair linear_nodecay linear.yaml --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 \
+    --set model.n_heads=4 --set train.batch_size=8 --set data.synthetic.filler=40
 }
 
 # The AFT recipe (local, window 64) at L = 4096, d_model 256, 4 heads.

@@ -1,6 +1,6 @@
 // Chunked causal linear attention on tensor cores: the pass kernels of
-// params.h (block_state, scan, chunk), the backward preparation and the
-// recurrent step. mma.sync m16n8k16 (bf16 in, fp32 accumulate), 4 warps per
+// params.h (block_state, scan, chunk, the fused dφk/dv and dφq/dφk/dv
+// backward kernels), the backward preparation and the recurrent step. mma.sync m16n8k16 (bf16 in, fp32 accumulate), 4 warps per
 // CTA, 16 rows of each 64-row sub-chunk per warp; tiles stream in through
 // cp.async, double-buffered. Fragment layouts: kernels/sparse_attention/tile.cuh.
 #include <cuda_bf16.h>
@@ -58,11 +58,11 @@ __device__ __forceinline__ void decay_k(uint32_t (&a)[4], int k0, int lane, floa
 
 // Rows u0 + r_first .. u0 + r_first + kN − 1 (pass order) of one (batch,
 // head) slice into rows r_first .. of a padded tile, by kBy threads (idx is
-// the thread's index among them); rows at or beyond L are zero-filled. The
-// whole tile by the CTA, or one warp's own 16 rows by its lanes.
+// the thread's index among them); rows at or beyond L, and below `pad`, are
+// zero-filled. The whole tile by the CTA, or one warp's own 16 rows by its lanes.
 template <int D, int kN = kRows, int kBy = kThreads>
 __device__ __forceinline__ void load_rows_async(T* tile, const T* base, int64_t row_stride, int u0, int L,
-                                                bool reverse, int idx, int r_first = 0) {
+                                                bool reverse, int idx, int r_first = 0, int pad = 0) {
   constexpr int kPerRow = D * sizeof(T) / 16;
   constexpr int kChunks = kN * kPerRow;
   static_assert(kChunks % kBy == 0, "tile copy must split evenly over the threads");
@@ -71,7 +71,7 @@ __device__ __forceinline__ void load_rows_async(T* tile, const T* base, int64_t 
     const int c = idx + i * kBy;
     const int r = r_first + c / kPerRow, col = (c % kPerRow) * 8;
     const int u = u0 + r;
-    const bool in = u < L;
+    const bool in = u < L && u >= pad;
     const T* g = base + (in ? row_of(u, L, reverse) * row_stride + col : 0);
     const uint32_t dst = tile::smem_addr(tile + r * Smem<D>::kStride + col);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(g), "r"(in ? 16 : 0));
@@ -111,7 +111,8 @@ __device__ __forceinline__ void column_sums(float& sk, float& sv, float& se, con
 
 // ---------------------------------------------------------------------------
 // 1. block_state: ΔS of block `blk` (fp32, [D, D]) and its vectors, into slot
-//    blk + 1 of the workspaces (the scan turns slots into prefixes).
+//    blk + 1 of the workspaces (the scan turns slots into prefixes); with
+//    p.mirror, of block blk + 1 into slot n_blocks − blk − 1 (params.h).
 template <int D>
 __global__ void __launch_bounds__(kThreads) block_state_kernel(PassParams p) {
   constexpr int kTileElems = Smem<D>::kTileElems;
@@ -122,7 +123,7 @@ __global__ void __launch_bounds__(kThreads) block_state_kernel(PassParams p) {
   T* Vs = Ks + 2 * kTileElems;
   float* es = reinterpret_cast<float*>(Vs + 2 * kTileElems);  // [2][64]
 
-  const int bh = blockIdx.x, blk = blockIdx.y, b = bh / p.H, h = bh % p.H;  // launch order: heads first
+  const int bh = blockIdx.x, blk = blockIdx.y + p.mirror, b = bh / p.H, h = bh % p.H;  // heads first
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float lg = p.log2_decay ? p.log2_decay[h] : 0.f;
   const float g_sub = exp2f(lg * kRows);
@@ -196,7 +197,7 @@ __global__ void __launch_bounds__(kThreads) block_state_kernel(PassParams p) {
     __syncthreads();  // the next prefetch refills this buffer
   }
 
-  const int64_t slot = static_cast<int64_t>(bh) * p.n_blocks + blk + 1;
+  const int64_t slot = static_cast<int64_t>(bh) * (p.n_blocks + 1) + (p.mirror ? p.n_blocks - blk : blk + 1);
   float* S = p.states + slot * D * D;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -217,24 +218,25 @@ __global__ void __launch_bounds__(kThreads) block_state_kernel(PassParams p) {
 }
 
 // ---------------------------------------------------------------------------
-// 2. scan: slot b ← γ^(rows per block) · slot (b − 1) + slot b, slot 0 ← 0.
-//    The slot loads do not depend on the chain, so they go out 8 at a time.
-__global__ void scan_kernel(float* buf, int64_t slot_elems, int n_blocks, const float* log2_decay, int H,
+// 2. scan: slot b ← γ^(rows per block) · slot (b − 1) + slot b for slots
+//    1 .. last of n_slots per head, slot 0 ← 0. The slot loads do not depend
+//    on the chain, so they go out 8 at a time.
+__global__ void scan_kernel(float* buf, int64_t slot_elems, int n_slots, int last, const float* log2_decay, int H,
                             float rows_per_block) {
   const int bh = blockIdx.y;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= slot_elems) return;
   const float g = log2_decay ? exp2f(log2_decay[bh % H] * rows_per_block) : 1.f;
-  float* x = buf + static_cast<int64_t>(bh) * n_blocks * slot_elems + idx;
+  float* x = buf + static_cast<int64_t>(bh) * n_slots * slot_elems + idx;
   x[0] = 0.f;
   float s = 0.f;
-  for (int b0 = 1; b0 < n_blocks; b0 += 8) {
+  for (int b0 = 1; b0 <= last; b0 += 8) {
     float in[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) in[j] = b0 + j < n_blocks ? x[(b0 + j) * slot_elems] : 0.f;
+    for (int j = 0; j < 8; ++j) in[j] = b0 + j <= last ? x[(b0 + j) * slot_elems] : 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      if (b0 + j < n_blocks) {
+      if (b0 + j <= last) {
         s = g * s + in[j];
         x[(b0 + j) * slot_elems] = s;
       }
@@ -379,7 +381,7 @@ __device__ __forceinline__ void times_values(float (&oacc)[D / 8][4], const uint
 // tile no other warp reads any more), then 16-byte stores.
 template <int D>
 __device__ __forceinline__ void store_rows(const float (&oacc)[D / 8][4], T* stage, T* ob, int64_t row_stride,
-                                           int u0, int L, bool reverse, int warp, int lane) {
+                                           int u0, int L, bool reverse, int warp, int lane, int pad = 0) {
   constexpr int kStride = Smem<D>::kStride;
   const int g = lane >> 2, t = lane & 3, r0 = warp * 16 + g, r1 = r0 + 8;
   __syncwarp();
@@ -394,7 +396,7 @@ __device__ __forceinline__ void store_rows(const float (&oacc)[D / 8][4], T* sta
 #pragma unroll
   for (int c = lane; c < 16 * kPerRow; c += 32) {
     const int r = warp * 16 + c / kPerRow, col = (c % kPerRow) * 8;
-    if (u0 + r < L) {
+    if (u0 + r < L && u0 + r >= pad) {
       *reinterpret_cast<uint4*>(ob + row_of(u0 + r, L, reverse) * row_stride + col) =
           *reinterpret_cast<const uint4*>(stage + r * kStride + col);
     }
@@ -403,10 +405,11 @@ __device__ __forceinline__ void store_rows(const float (&oacc)[D / 8][4], T* sta
 
 // S ← γ^64 S + Σ_j γ^(63−j) k_j v_jᵀ over one sub-chunk (K, V tiles), S held
 // as hi + lo in shared memory; warp w owns rows 16 w (and 16 (w + 4)).
+// sign = −1: S ← S − Σ_j k_j v_jᵀ (no decay; the fused backward's walk).
 // Callers synchronise before (every warp done reading S) and after.
 template <int D>
 __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const T* V, float g_sub, float lg,
-                                              bool decay, int warp, int lane) {
+                                              bool decay, int warp, int lane, float sign = 1.f) {
   constexpr int kStride = Smem<D>::kStride;
   constexpr int kNt = D / 8;
   const int g = lane >> 2, t = lane & 3;
@@ -422,8 +425,8 @@ __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const 
         const int at = (m0 + g + 8 * half) * kStride + d;
         const float2 hi = P::to(*reinterpret_cast<const uint32_t*>(Shi + at));
         const float2 lo = P::to(*reinterpret_cast<const uint32_t*>(Slo + at));
-        acc[nt][2 * half] = g_sub * (hi.x + lo.x);
-        acc[nt][2 * half + 1] = g_sub * (hi.y + lo.y);
+        acc[nt][2 * half] = sign * g_sub * (hi.x + lo.x);
+        acc[nt][2 * half + 1] = sign * g_sub * (hi.y + lo.y);
       }
     }
 #pragma unroll
@@ -445,7 +448,7 @@ __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const 
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int at = (m0 + g + 8 * half) * kStride + d;
-        const float x0 = acc[nt][2 * half], x1 = acc[nt][2 * half + 1];
+        const float x0 = sign * acc[nt][2 * half], x1 = sign * acc[nt][2 * half + 1];
         const uint32_t hi = P::from(x0, x1);
         const float2 hf = P::to(hi);
         *reinterpret_cast<uint32_t*>(Shi + at) = hi;
@@ -473,18 +476,23 @@ __device__ __forceinline__ void advance_vectors(float* zk, float* zv, float* ze,
 
 // The carried state of block `slot` into shared memory as hi + lo (slot 0
 // holds zeros), and its vectors.
+// A [D, D] fp32 state (or its transpose) into shared memory as hi + lo.
 template <int D>
-__device__ __forceinline__ void load_state(T* Shi, T* Slo, float* zk_s, float* zv_s, float* ze_s, const PassParams& p,
-                                           int64_t slot, int tid) {
+__device__ __forceinline__ void load_matrix(T* Shi, T* Slo, const float* S, bool transposed, int tid) {
   constexpr int kStride = Smem<D>::kStride;
-  const float* S = p.states + slot * D * D;
   for (int idx = tid; idx < D * D; idx += kThreads) {
-    const float s = p.states_transposed ? S[(idx % D) * D + idx / D] : S[idx];
+    const float s = transposed ? S[(idx % D) * D + idx / D] : S[idx];
     const T hi = __float2bfloat16_rn(s);
     const int at = (idx / D) * kStride + idx % D;
     Shi[at] = hi;
     Slo[at] = __float2bfloat16_rn(s - __bfloat162float(hi));
   }
+}
+
+template <int D>
+__device__ __forceinline__ void load_state(T* Shi, T* Slo, float* zk_s, float* zv_s, float* ze_s, const PassParams& p,
+                                           int64_t slot, int tid) {
+  load_matrix<D>(Shi, Slo, p.states + slot * D * D, p.states_transposed, tid);
   if (tid < D) {
     zk_s[tid] = p.zk ? p.zk[slot * D + tid] : 0.f;
     zv_s[tid] = p.zv ? p.zv[slot * D + tid] : 0.f;
@@ -545,7 +553,7 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
   T* ob = static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1];
   const int u_begin = blk * p.block_chunks * kRows;
   const int n_sub = min(p.block_chunks, (p.L - u_begin + kRows - 1) / kRows);
-  load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * p.n_blocks + blk, tid);
+  load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * (p.n_blocks + 1) + blk, tid);
 
   auto prefetch = [&](int i, int buf) {
     const int u0 = u_begin + i * kRows;
@@ -669,7 +677,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
   T* dvb = static_cast<T*>(p.out2) + b * p.out2_strides[0] + h * p.out2_strides[1];
   const int u_begin = blk * p.block_chunks * kRows;
   const int n_sub = min(p.block_chunks, (p.L - u_begin + kRows - 1) / kRows);
-  load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * p.n_blocks + blk, tid);
+  load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * (p.n_blocks + 1) + blk, tid);
 
   auto prefetch_shared = [&](int i, int buf) {
     const int u0 = u_begin + i * kRows;
@@ -742,6 +750,219 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
       advance_state<D>(Shi, Slo, G, Q, g_sub, lg, decay, warp, lane);
       advance_vectors<D>(nullptr, nullptr, p.e ? ze_s : nullptr, G, Q, e_col, g_sub, lg, decay, tid);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 5. The fused backward (v6): dφq, dφk and dv of one of the forward's blocks,
+//    no decay (params.h). The block is walked from its last
+//    sub-chunk to its first, each tile loaded with its rows reversed (as the
+//    reverse passes do), at positions u = Lv − 1 − row with Lv = L rounded up
+//    to 64: sub-chunks then fall on the forward's 64-row boundaries, and the
+//    pad = Lv − L missing rows are the first ones of position 0's tile (zero
+//    rows, which add nothing anywhere, and are not stored). Per sub-chunk:
+//      dφq_t = Σ_{s≤t} (g_t·v_s + h_t) φk_s + g_t S' + h_t zv'  (S' = Σ v φkᵀ, zv' = Σ φk before the sub-chunk)
+//      dφk_s = Σ_{t≥s} (v_s·g_t + h_t) φq_t + v_s R + ze      (R = Σ g φqᵀ, ze = Σ h φq after it)
+//      dv_s  = Σ_{t≥s} (φk_s·φq_t) g_t + φk_s Rᵀ
+//    (h, zv', ze with the normaliser only).
+//    R grows from the later blocks' sum as in dkdv_kernel; S' starts from
+//    the forward's prefix at the block's end (zv' likewise) and sheds each sub-chunk's sum
+//    before that sub-chunk's dφq (a difference of fp32 sums, carried as hi +
+//    lo like every state: no decay, whose inverse would grow without bound).
+//    Read once: V, G, φq, φk; written: dφq, dφk, dv — against the v5 passes'
+//    G, V, φk read again for dφq. Every tile is single-buffered (73.7 KB of
+//    shared memory, 3 CTAs per SM at D = 64): V and K are refilled warp by
+//    warp after the warp's dφk / dv rows, G and Q after the state updates.
+
+// Adds the row scalars c0 / c1 and keeps weights with column s ≥ row r (in a
+// reversed tile, s ≤ r in the rows' order: dφq's causal mask), rounded to
+// bf16 and packed as A fragments.
+__device__ __forceinline__ void weights_upper(const float (&sacc)[8][4], uint32_t (&pa)[4][4], float c0, float c1,
+                                              int r0, int r1, int t) {
+  uint32_t packed[8][2];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    const int s = nt * 8 + 2 * t;
+    packed[nt][0] = P::from(s >= r0 ? sacc[nt][0] + c0 : 0.f, s + 1 >= r0 ? sacc[nt][1] + c0 : 0.f);
+    packed[nt][1] = P::from(s >= r1 ? sacc[nt][2] + c1 : 0.f, s + 1 >= r1 ? sacc[nt][3] + c1 : 0.f);
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    pa[kk][0] = packed[2 * kk][0];
+    pa[kk][1] = packed[2 * kk][1];
+    pa[kk][2] = packed[2 * kk + 1][0];
+    pa[kk][3] = packed[2 * kk + 1][1];
+  }
+}
+
+// This warp's 16 rows of oacc straight from registers (no staging tile is
+// free while the others still read every tile), positions u0 + r at rows
+// Lv − 1 − u, those at or past pad.
+template <int D>
+__device__ __forceinline__ void store_rows_direct(const float (&oacc)[D / 8][4], T* ob, int64_t row_stride, int u0,
+                                                  int Lv, int pad, int warp, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int u = u0 + warp * 16 + g + 8 * half;
+    if (u < pad || u >= Lv) continue;
+    T* row = ob + static_cast<int64_t>(Lv - 1 - u) * row_stride;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      *reinterpret_cast<uint32_t*>(row + nt * 8 + 2 * t) = P::from(oacc[nt][2 * half], oacc[nt][2 * half + 1]);
+    }
+  }
+}
+
+template <int D>
+__device__ __forceinline__ void zero_rows(float (&oacc)[D / 8][4]) {
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
+}
+
+template <int D>
+struct FusedSmem {
+  static constexpr int kTileElems = Smem<D>::kTileElems;
+  static constexpr int kStateElems = D * Smem<D>::kStride;
+  // G, Q, V, K single tiles; R and S' as hi + lo; with the normaliser h of
+  // the sub-chunk's rows, zv' = Σ φk before it and ze = Σ h φq after it.
+  static constexpr size_t bytes() {
+    return (4 * kTileElems + 4 * kStateElems) * sizeof(T) + (kRows + 2 * D) * sizeof(float);
+  }
+};
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassParams p) {
+  using Layout = FusedSmem<D>;
+  constexpr int kNt = D / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* G = reinterpret_cast<T*>(smem);
+  T* Q = G + Layout::kTileElems;
+  T* V = Q + Layout::kTileElems;
+  T* K = V + Layout::kTileElems;
+  T* Rhi = K + Layout::kTileElems;
+  T* Rlo = Rhi + Layout::kStateElems;
+  T* Shi = Rlo + Layout::kStateElems;  // S' = Σ v φkᵀ before the sub-chunk
+  T* Slo = Shi + Layout::kStateElems;
+  float* hs = reinterpret_cast<float*>(Slo + Layout::kStateElems);  // [64] h of the sub-chunk's rows
+  float* zv = hs + kRows;                                             // [D] Σ φk before the sub-chunk
+  float* ze = zv + D;                                                 // [D] Σ h φq after it
+  const bool norm = p.e != nullptr;  // the normaliser's terms (h = p.e)
+
+  const int bh = blockIdx.x, blk = blockIdx.y, b = bh / p.H, h = bh % p.H;  // launch order: heads first
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const T* vb = slice(p.q, b, h);
+  const T* gb = slice(p.k, b, h);
+  const T* qb = slice(p.v, b, h);
+  const T* kb = slice(p.q2, b, h);
+  T* dkb = static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1];
+  T* dvb = static_cast<T*>(p.out2) + b * p.out2_strides[0] + h * p.out2_strides[1];
+  T* dqb = static_cast<T*>(p.out3) + b * p.out3_strides[0] + h * p.out3_strides[1];
+  const int Lv = (p.L + kRows - 1) / kRows * kRows, pad = Lv - p.L;
+  const int rows = p.block_chunks * kRows, row_begin = blk * rows;
+  const int u_end = Lv - row_begin, u_begin = max(0, u_end - rows);
+  const int n_sub = (u_end - u_begin) / kRows;
+
+  auto load_shared = [&](T* tile, const T* base, int64_t stride, int u0) {
+    load_rows_async<D>(tile, base, stride, u0, Lv, /*reverse=*/true, tid, 0, pad);
+  };
+  auto refill_rows = [&](T* tile, const T* base, int64_t stride, int u0) {
+    load_rows_async<D, 16, 32>(tile, base, stride, u0, Lv, /*reverse=*/true, lane, warp * 16, pad);
+    cp_async_commit();
+  };
+  // h of positions u0 .. u0 + 63 (0 where absent); visible after a barrier.
+  auto load_h = [&](int u0) {
+    if (norm && tid < kRows) {
+      const int u = u0 + tid;
+      hs[tid] = u >= pad && u < Lv ? p.e[static_cast<int64_t>(bh) * p.L + (Lv - 1 - u)] : 0.f;
+    }
+  };
+  // zv' −= Σ φk over the K tile (S''s vector), column tid.
+  auto shed_zv = [&]() {
+    if (!norm || tid >= D) return;
+    float sk, sv, se;
+    column_sums<D>(sk, sv, se, K, V, nullptr, 0.f, false, tid);
+    zv[tid] -= sk;
+  };
+  load_h(u_begin);
+  load_shared(G, gb, p.k.strides[2], u_begin);
+  load_shared(Q, qb, p.v.strides[2], u_begin);
+  load_shared(V, vb, p.q.strides[2], u_begin);
+  load_shared(K, kb, p.q2.strides[2], u_begin);
+  cp_async_commit();
+  const int64_t slots = p.n_blocks + 1;
+  load_matrix<D>(Rhi, Rlo, p.states + (bh * slots + p.n_blocks - 1 - blk) * D * D, false, tid);
+  load_matrix<D>(Shi, Slo, p.states2 + (bh * slots + blk + 1) * D * D, true, tid);
+  if (norm && tid < D) {
+    zv[tid] = p.zk2[(bh * slots + blk + 1) * D + tid];
+    ze[tid] = p.ze[(bh * slots + p.n_blocks - 1 - blk) * D + tid];
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  advance_state<D>(Shi, Slo, V, K, 1.f, 0.f, false, warp, lane, -1.f);  // S' before the first sub-chunk
+  shed_zv();
+  __syncthreads();
+
+  for (int i = 0; i < n_sub; ++i) {
+    const int u0 = u_begin + i * kRows;
+    const bool more = i + 1 < n_sub;
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+    float sacc[8][4];
+    uint32_t pa[4][4];
+    float oacc[kNt][4];
+    float den0, den1, unused0 = 0.f, unused1 = 0.f;
+
+    // dφq rows (this warp's rows of G): (G Vᵀ + h, s ≥ r) K + G S' + h zv'.
+    const float c0 = norm ? hs[r0] : 0.f, c1 = norm ? hs[r1] : 0.f;
+    zero_rows<D>(oacc);
+    logits<D>(sacc, G, V, warp, lane);
+    weights_upper(sacc, pa, c0, c1, r0, r1, t);
+    times_state<D, false>(oacc, G, Shi, nullptr, warp, lane, unused0, unused1);
+    if (norm) finish_inter<D>(oacc, 1.f, 1.f, c0, c1, zv, nullptr, t);
+    times_values<D>(oacc, pa, K, lane);
+    store_rows_direct<D>(oacc, dqb, p.out3_strides[2], u0, Lv, pad, warp, lane);
+    __syncthreads();  // every warp is done with V, K whole and with S'
+
+    // dφk rows: (V Gᵀ + h) Q + V R + ze.
+    zero_rows<D>(oacc);
+    logits<D>(sacc, V, G, warp, lane);
+    weights(sacc, pa, 0.f, 0.f, norm ? hs : nullptr, 0.f, false, u0, Lv, r0, r1, t, den0, den1);
+    times_state<D, false>(oacc, V, Rhi, nullptr, warp, lane, unused0, unused1);
+    if (norm) finish_inter<D>(oacc, 1.f, 1.f, 0.f, 0.f, nullptr, ze, t);
+    times_values<D>(oacc, pa, Q, lane);
+    store_rows<D>(oacc, V, dkb, p.out_strides[2], u0, Lv, true, warp, lane, pad);
+    __syncwarp();
+    if (more) refill_rows(V, vb, p.q.strides[2], u0 + kRows);
+
+    // dv rows: (K Qᵀ) G + K Rᵀ.
+    zero_rows<D>(oacc);
+    logits<D>(sacc, K, Q, warp, lane);
+    weights(sacc, pa, 0.f, 0.f, nullptr, 0.f, false, u0, Lv, r0, r1, t, den0, den1);
+    times_state<D, true>(oacc, K, Rhi, nullptr, warp, lane, unused0, unused1);
+    times_values<D>(oacc, pa, G, lane);
+    store_rows<D>(oacc, K, dvb, p.out2_strides[2], u0, Lv, true, warp, lane, pad);
+    __syncwarp();
+    if (!more) break;
+    refill_rows(K, kb, p.q2.strides[2], u0 + kRows);
+
+    // The state updates, each in the shadow of a load: R's while the last K
+    // rows land, S''s while the next G, Q do.
+    __syncthreads();  // every warp is done with G, Q, R and ze
+    advance_state<D>(Rhi, Rlo, G, Q, 1.f, 0.f, false, warp, lane);  // R += Gᵀ Q
+    advance_vectors<D>(nullptr, nullptr, norm ? ze : nullptr, G, Q, hs, 1.f, 0.f, false, tid);  // ze += Σ h φq
+    __syncthreads();  // every warp is done with G, Q, h
+    load_h(u0 + kRows);
+    load_shared(G, gb, p.k.strides[2], u0 + kRows);
+    load_shared(Q, qb, p.v.strides[2], u0 + kRows);
+    cp_async_commit();
+    cp_async_wait<1>();  // this thread's V, K rows
+    __syncthreads();     // everyone's: the next V, K are in
+    advance_state<D>(Shi, Slo, V, K, 1.f, 0.f, false, warp, lane, -1.f);  // S' −= V'ᵀ K'
+    shed_zv();
+    cp_async_wait<0>();
+    __syncthreads();
   }
 }
 
@@ -822,31 +1043,35 @@ void check_dim(int D, const char* what) {
 template <int D>
 void run_pass(const PassParams& p, cudaStream_t stream) {
   const int bh = p.B * p.H;
-  if (p.states_ready) {
-    // the caller's prefixes
-  } else if (p.n_blocks > 1) {
-    const size_t smem1 = 4 * Smem<D>::kTileElems * sizeof(T) + 2 * kRows * sizeof(float);
-    auto state_kernel = block_state_kernel<D>;
-    cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
-    state_kernel<<<dim3(bh, p.n_blocks - 1), kThreads, smem1, stream>>>(p);
-    check("linear_attention block_state_kernel");
+  if (!p.states_ready) {
+    // Every block's sum (the last one's too: the fused backward's last block
+    // starts from the whole sum); in mirror order the first block's is not needed.
+    const int n_sums = p.mirror ? p.n_blocks - 1 : p.n_blocks;
+    if (n_sums > 0) {
+      const size_t smem1 = 4 * Smem<D>::kTileElems * sizeof(T) + 2 * kRows * sizeof(float);
+      auto state_kernel = block_state_kernel<D>;
+      cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
+      state_kernel<<<dim3(bh, n_sums), kThreads, smem1, stream>>>(p);
+      check("linear_attention block_state_kernel");
+    }
     const float rows = static_cast<float>(p.block_chunks * kRows);
     auto scan = [&](float* buf, int64_t elems) {
       if (!buf) return;
-      scan_kernel<<<dim3(static_cast<unsigned>((elems + 255) / 256), bh), 256, 0, stream>>>(buf, elems, p.n_blocks,
-                                                                                           p.log2_decay, p.H, rows);
+      scan_kernel<<<dim3(static_cast<unsigned>((elems + 255) / 256), bh), 256, 0, stream>>>(
+          buf, elems, p.n_blocks + 1, n_sums, p.log2_decay, p.H, rows);
       check("linear_attention scan_kernel");
     };
     scan(p.states, static_cast<int64_t>(D) * D);
     scan(p.zk, D);
     scan(p.zv, D);
     scan(p.ze, D);
-  } else {
-    // One block: slot 0 must read as zeros.
-    cudaMemsetAsync(p.states, 0, sizeof(float) * D * D * bh, stream);
-    if (p.zk) cudaMemsetAsync(p.zk, 0, sizeof(float) * D * bh, stream);
-    if (p.zv) cudaMemsetAsync(p.zv, 0, sizeof(float) * D * bh, stream);
-    if (p.ze) cudaMemsetAsync(p.ze, 0, sizeof(float) * D * bh, stream);
+  }
+  if (p.out3) {
+    const size_t smem = FusedSmem<D>::bytes();
+    cudaFuncSetAttribute(dqkv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    dqkv_kernel<D><<<dim3(bh, p.n_blocks), kThreads, smem, stream>>>(p);
+    check("linear_attention dqkv_kernel");
+    return;
   }
   const bool fused = p.q2.ptr != nullptr;
   const size_t smem = ChunkSmem<D>::bytes(3);  // both kernels: 3 double-buffered tiles' worth

@@ -81,17 +81,21 @@ int block_chunks(int64_t L, int64_t BH, int64_t D, bool fused) {
   return linear_attention::fewest_waves_block(sub_chunks, slots, 32);
 }
 
-// The backward's dφk and dv in one fused reverse pass (v2), unless
-// LONGTRAIN_LINEAR_BWD=passes asks for two separate ones (v1; for the benchmark).
-bool fused_backward() {
-  static const bool fused = [] {
+// How the backward runs: `fused` (v6, the default), dφq, dφk and dv in one
+// pass when there is no decay, else as `v5`: dφk and dv
+// in one reverse pass (v2) and dφq in its own; `passes` (v1): three passes.
+// LONGTRAIN_LINEAR_BWD picks one (for the benchmarks; read once).
+enum class Backward { kFused, kV5, kPasses };
+Backward backward_kind() {
+  static const Backward kind = [] {
     const char* env = std::getenv("LONGTRAIN_LINEAR_BWD");
-    return !(env && std::string(env) == "passes");
+    const std::string v = env ? env : "";
+    return v == "passes" ? Backward::kPasses : v == "v5" ? Backward::kV5 : Backward::kFused;
   }();
-  return fused;
+  return kind;
 }
 
-// The forward's block prefixes, kept for the dφq pass.
+// The forward's block prefixes, kept for the dφq pass (or the fused backward).
 struct BlockStates {
   torch::Tensor states, zk;
 };
@@ -110,7 +114,8 @@ void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 void run_pass(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, torch::Tensor& out,
               const torch::Tensor& c, const torch::Tensor& e, const torch::Tensor& log2_decay, bool reverse,
               bool normalize, double eps, const torch::Tensor& rden, BlockStates* keep = nullptr,
-              const BlockStates* reuse = nullptr, const torch::Tensor& q2 = {}, torch::Tensor* out2 = nullptr) {
+              const BlockStates* reuse = nullptr, const torch::Tensor& q2 = {}, torch::Tensor* out2 = nullptr,
+              torch::Tensor* out3 = nullptr, const BlockStates* forward_states = nullptr) {
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
   PassParams p;
   p.q = operand(q);
@@ -123,6 +128,13 @@ void run_pass(const torch::Tensor& q, const torch::Tensor& k, const torch::Tenso
     p.out2 = out2->data_ptr();
     set_strides(p.out2_strides, *out2);
   }
+  if (out3) {  // the fused backward (params.h): forward_states are the forward's
+    p.out3 = out3->data_ptr();
+    set_strides(p.out3_strides, *out3);
+    p.states2 = forward_states->states.data_ptr<float>();
+    p.zk2 = forward_states->zk.defined() ? forward_states->zk.data_ptr<float>() : nullptr;
+    p.mirror = true;
+  }
   p.c = c.defined() ? c.data_ptr<float>() : nullptr;
   p.e = e.defined() ? e.data_ptr<float>() : nullptr;
   p.rden = rden.defined() ? rden.data_ptr<float>() : nullptr;
@@ -131,7 +143,8 @@ void run_pass(const torch::Tensor& q, const torch::Tensor& k, const torch::Tenso
   p.H = static_cast<int>(H);
   p.L = static_cast<int>(L);
   p.D = static_cast<int>(D);
-  p.block_chunks = block_chunks(L, B * H, D, /*fused=*/out2 != nullptr);
+  // The fused backward walks the forward's blocks (and reads its prefixes).
+  p.block_chunks = block_chunks(L, B * H, D, /*fused=*/out2 != nullptr && out3 == nullptr);
   const int64_t rows = static_cast<int64_t>(p.block_chunks) * linear_attention::kRows;
   const int64_t n_blocks = (L + rows - 1) / rows;
   TORCH_CHECK(n_blocks <= 65535, "linear attention: L = ", L, " needs ", n_blocks, " blocks of ", rows,
@@ -141,17 +154,18 @@ void run_pass(const torch::Tensor& q, const torch::Tensor& k, const torch::Tenso
   p.normalize = normalize;
   p.eps = static_cast<float>(eps);
   const auto f32 = q.options().dtype(torch::kFloat32);
-  auto vec = [&](bool need) { return need ? torch::empty({B * H, p.n_blocks, D}, f32) : torch::Tensor(); };
+  // n_blocks + 1 slots: the prefix at each block's start, then the whole sum.
+  auto vec = [&](bool need) { return need ? torch::empty({B * H, p.n_blocks + 1, D}, f32) : torch::Tensor(); };
   torch::Tensor states, zk = vec(normalize), zv, ze = vec(e.defined());
   if (reuse) {
     // Σ γ v φkᵀ is the forward's Σ γ φk vᵀ transposed; Σ γ v (v = φk here) is its Σ γ φk.
-    TORCH_CHECK(reuse->states.size(1) == p.n_blocks, "linear attention: the forward's block states do not fit");
+    TORCH_CHECK(reuse->states.size(1) == p.n_blocks + 1, "linear attention: the forward's block states do not fit");
     states = reuse->states;
     zv = reuse->zk;
     p.states_ready = true;
     p.states_transposed = true;
   } else {
-    states = torch::empty({B * H, p.n_blocks, D, D}, f32);
+    states = torch::empty({B * H, p.n_blocks + 1, D, D}, f32);
     zv = vec(c.defined());
   }
   p.states = states.data_ptr<float>();
@@ -227,9 +241,16 @@ class LinearAttentionFunction : public torch::autograd::Function<LinearAttention
 
     const auto lg = log2_of(decay);
     auto dq = grad_like(q), dk = grad_like(k), dv = grad_like(v);
+    const Backward kind = backward_kind();
+    if (kind == Backward::kFused && !lg.defined()) {
+      // dφq, dφk, dv in one pass over V, G, φq, φk (chunk.cu, dqkv_kernel); R's
+      // block sums over G, φq in mirror order, forward rows (no decay: any order).
+      run_pass(v, g, q, dk, {}, h, lg, /*reverse=*/false, false, 0, {}, nullptr, nullptr, k, &dv, &dq, &fwd_states);
+      return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
     // dφq_t = Σ_{s≤t} (g_t·v_s + h_t) φk_s, on the forward's block prefixes
     run_pass(g, v, k, dq, h, {}, lg, /*reverse=*/false, false, 0, {}, nullptr, &fwd_states);
-    if (fused_backward()) {
+    if (kind != Backward::kPasses) {
       // dφk and dv in one reverse pass over V, G, φq, φk (chunk.cu, dkdv_kernel)
       run_pass(v, g, q, dk, {}, h, lg, /*reverse=*/true, false, 0, {}, nullptr, nullptr, k, &dv);
     } else {

@@ -17,6 +17,8 @@
 //   dφq_t = Σ_{s ≤ t} γ^(t−s) (g_t·v_s + h_t) φk_s        q=g, k=v,  v=φk, c=h
 //   dφk_s = Σ_{t ≥ s} γ^(t−s) (v_s·g_t + h_t) φq_t        q=v, k=g,  v=φq, e=h, reverse
 //   dv_s  = Σ_{t ≥ s} γ^(t−s) (φk_s·φq_t) g_t             q=φk, k=φq, v=g,    reverse
+// (the last two fused into one reverse pass since v2; with neither decay nor
+// normaliser all three are one pass since v6, see `out3` below).
 //
 // A pass is three kernels (Lightning Attention-2 / fla "chunk" form):
 //   1. block_state: for each block of kBlockChunks·64 rows, its contribution
@@ -53,8 +55,10 @@ struct PassParams {
   const float* e = nullptr;  // [B·H, L] per-column scalar, or null
   float* rden = nullptr;     // [B·H, L] out: 1 / (den + eps) when normalize
   const float* log2_decay = nullptr;  // [H] log2 γ_h, or null (γ = 1)
-  // Workspaces, [B·H, n_blocks, ·] fp32: S [D·D], zk [D] (normalize),
-  // zv [D] (c), ze [D] (e).
+  // Workspaces, [B·H, n_blocks + 1, ·] fp32: S [D·D], zk [D] (normalize),
+  // zv [D] (c), ze [D] (e). After the scan slot b holds the prefix at the
+  // start of block b, and slot n_blocks the whole sum (the fused backward's
+  // last block starts from it).
   float* states = nullptr;
   float* zk = nullptr;
   float* zv = nullptr;
@@ -67,6 +71,20 @@ struct PassParams {
   int B = 0, H = 0, L = 0, D = 0;
   int block_chunks = 4;  // sub-chunks of 64 rows per block
   int n_blocks = 0;      // ceil(L / (64 · block_chunks))
+  // The fused backward (v6; no decay): dφq, dφk and dv in one pass over the
+  // forward's blocks, each walked from its last row to its first. q = V,
+  // k = G, v = φq, q2 = φk, e = h (with the normaliser); out = dφk,
+  // out2 = dv, out3 = dφq. states, ze: R = Σ g φqᵀ and Σ h φq over the later
+  // blocks, made by block_state and the scan in `mirror` order (block b's sum
+  // into slot n_blocks − b, so that slot n_blocks − 1 − b holds what lies
+  // after block b); states2, zk2: the forward's prefixes Σ φk vᵀ and Σ φk,
+  // from which each block's walk subtracts its sub-chunks' sums (chunk.cu,
+  // dqkv_kernel).
+  void* out3 = nullptr;
+  int64_t out3_strides[3] = {0, 0, 0};
+  const float* states2 = nullptr;
+  const float* zk2 = nullptr;
+  bool mirror = false;
   bool reverse = false;
   bool normalize = false;
   float eps = 1e-6f;

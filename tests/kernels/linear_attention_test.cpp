@@ -166,7 +166,18 @@ INSTANTIATE_TEST_SUITE_P(
                       LinearCase{1, 2, 4100, 64, Decay::kFixed, true},
                       // 64 heads x 16 blocks: more CTAs than the GPU holds at
                       // once, so a pass runs in several waves.
-                      LinearCase{4, 16, 2048, 64, Decay::kFixed, true}),
+                      LinearCase{4, 16, 2048, 64, Decay::kFixed, true},
+                      // No decay: the fused backward (v6), one pass for dφq,
+                      // dφk, dv, with and without the normaliser (the cases
+                      // above without decay take it too). Tails, a single
+                      // row, many blocks and CTAs, head dim 128.
+                      LinearCase{2, 2, 37, 64, Decay::kNone, false}, LinearCase{1, 1, 1, 64, Decay::kNone, false},
+                      LinearCase{2, 3, 999, 64, Decay::kNone, false}, LinearCase{1, 2, 4100, 64, Decay::kNone, false},
+                      LinearCase{1, 2, 4100, 64, Decay::kNone, true}, LinearCase{2, 2, 37, 64, Decay::kNone, true},
+                      LinearCase{4, 16, 2048, 64, Decay::kNone, false},
+                      LinearCase{4, 16, 2048, 64, Decay::kNone, true},
+                      LinearCase{1, 2, 1031, 128, Decay::kNone, false},
+                      LinearCase{1, 2, 1031, 128, Decay::kNone, true}),
     case_name);
 
 // The block size from 8K on (op.cpp): H100 slots are 132 SMs x 3 CTAs for
