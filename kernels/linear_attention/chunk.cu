@@ -270,6 +270,18 @@ __device__ __forceinline__ void logits(float (&sacc)[8][4], const T* X, const T*
   }
 }
 
+// Packed bf16 pairs of a [16, 64] weight block (per 8-column group, rows r0
+// and r1) as the A fragments of its four 16-column k-steps.
+__device__ __forceinline__ void to_a_fragments(const uint32_t (&packed)[8][2], uint32_t (&pa)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    pa[kk][0] = packed[2 * kk][0];
+    pa[kk][1] = packed[2 * kk][1];
+    pa[kk][2] = packed[2 * kk + 1][0];
+    pa[kk][3] = packed[2 * kk + 1][1];
+  }
+}
+
 // Adds the row / column scalars, decays by γ^(r−s), masks s > r and rows
 // past L, rounds to bf16 (the values A V will see), and packs A fragments.
 // Returns the row sums of the rounded weights in den0 / den1 (quad-partial):
@@ -321,13 +333,7 @@ __device__ __forceinline__ void weights(float (&sacc)[8][4], uint32_t (&pa)[4][4
     den0 += w0.x + w0.y;
     den1 += w1.x + w1.y;
   }
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    pa[kk][0] = packed[2 * kk][0];
-    pa[kk][1] = packed[2 * kk][1];
-    pa[kk][2] = packed[2 * kk + 1][0];
-    pa[kk][3] = packed[2 * kk + 1][1];
-  }
+  to_a_fragments(packed, pa);
 }
 
 // oacc += X_w S (kTransposed: X_w Sᵀ) with S's bf16 part `Shi` [D][D + 8];
@@ -648,6 +654,17 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
 //    it; G and Q, which every warp reads whole, are double-buffered. That is
 //    the chunk kernel's 75.5 KB of shared memory instead of 92 KB: 3 CTAs per
 //    SM instead of 2 (D = 64, with registers capped to fit).
+// The backward passes' rows of one (batch, head): V, G, φq, φk in (the
+// pass's q, k, v, q2), dφk and dv out.
+struct BackwardRows {
+  const T *v, *g, *q, *k;
+  T *dk, *dv;
+  __device__ BackwardRows(const PassParams& p, int b, int h)
+      : v(slice(p.q, b, h)), g(slice(p.k, b, h)), q(slice(p.v, b, h)), k(slice(p.q2, b, h)),
+        dk(static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1]),
+        dv(static_cast<T*>(p.out2) + b * p.out2_strides[0] + h * p.out2_strides[1]) {}
+};
+
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassParams p) {
   using Layout = ChunkSmem<D>;
@@ -669,20 +686,15 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
   const bool decay = p.log2_decay != nullptr;
   const float lg = decay ? p.log2_decay[h] : 0.f;
   const float g_sub = exp2f(lg * kRows);
-  const T* vb = slice(p.q, b, h);
-  const T* gb = slice(p.k, b, h);
-  const T* qb = slice(p.v, b, h);
-  const T* kb = slice(p.q2, b, h);
-  T* dkb = static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1];
-  T* dvb = static_cast<T*>(p.out2) + b * p.out2_strides[0] + h * p.out2_strides[1];
+  const BackwardRows io(p, b, h);
   const int u_begin = blk * p.block_chunks * kRows;
   const int n_sub = min(p.block_chunks, (p.L - u_begin + kRows - 1) / kRows);
   load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * (p.n_blocks + 1) + blk, tid);
 
   auto prefetch_shared = [&](int i, int buf) {
     const int u0 = u_begin + i * kRows;
-    load_rows_async<D>(Gs + buf * Layout::kTileElems, gb, p.k.strides[2], u0, p.L, p.reverse, tid);
-    load_rows_async<D>(Qs + buf * Layout::kTileElems, qb, p.v.strides[2], u0, p.L, p.reverse, tid);
+    load_rows_async<D>(Gs + buf * Layout::kTileElems, io.g, p.k.strides[2], u0, p.L, p.reverse, tid);
+    load_rows_async<D>(Qs + buf * Layout::kTileElems, io.q, p.v.strides[2], u0, p.L, p.reverse, tid);
     cp_async_commit();
     load_scalars(es + buf * kRows, p.e, bh, u0, p.L, p.reverse, tid);
   };
@@ -693,8 +705,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
     cp_async_commit();
   };
   prefetch_shared(0, 0);
-  refill_rows(V, vb, p.q.strides[2], 0);
-  refill_rows(K, kb, p.q2.strides[2], 0);
+  refill_rows(V, io.v, p.q.strides[2], 0);
+  refill_rows(K, io.k, p.q2.strides[2], 0);
 
   for (int i = 0; i < n_sub; ++i) {
     const int buf = i & 1;
@@ -725,9 +737,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
       finish_inter<D>(oacc, w0, w1, 0.f, 0.f, nullptr, p.e ? ze_s : nullptr, t);
     }
     times_values<D>(oacc, pa, Q, lane);
-    store_rows<D>(oacc, V, dkb, p.out_strides[2], u0, p.L, p.reverse, warp, lane);
+    store_rows<D>(oacc, V, io.dk, p.out_strides[2], u0, p.L, p.reverse, warp, lane);
     __syncwarp();
-    if (more) refill_rows(V, vb, p.q.strides[2], i + 1);
+    if (more) refill_rows(V, io.v, p.q.strides[2], i + 1);
 
     // dv rows: (K Qᵀ) G, and γ^(r+1) K Rᵀ.
 #pragma unroll
@@ -741,9 +753,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
       finish_inter<D>(oacc, w0, w1, 0.f, 0.f, nullptr, nullptr, t);
     }
     times_values<D>(oacc, pa, G, lane);
-    store_rows<D>(oacc, K, dvb, p.out2_strides[2], u0, p.L, p.reverse, warp, lane);
+    store_rows<D>(oacc, K, io.dv, p.out2_strides[2], u0, p.L, p.reverse, warp, lane);
     __syncwarp();
-    if (more) refill_rows(K, kb, p.q2.strides[2], i + 1);
+    if (more) refill_rows(K, io.k, p.q2.strides[2], i + 1);
 
     if (more) {
       __syncthreads();  // every warp is done reading R and the vectors
@@ -786,13 +798,7 @@ __device__ __forceinline__ void weights_upper(const float (&sacc)[8][4], uint32_
     packed[nt][0] = P::from(s >= r0 ? sacc[nt][0] + c0 : 0.f, s + 1 >= r0 ? sacc[nt][1] + c0 : 0.f);
     packed[nt][1] = P::from(s >= r1 ? sacc[nt][2] + c1 : 0.f, s + 1 >= r1 ? sacc[nt][3] + c1 : 0.f);
   }
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    pa[kk][0] = packed[2 * kk][0];
-    pa[kk][1] = packed[2 * kk][1];
-    pa[kk][2] = packed[2 * kk + 1][0];
-    pa[kk][3] = packed[2 * kk + 1][1];
-  }
+  to_a_fragments(packed, pa);
 }
 
 // This warp's 16 rows of oacc straight from registers (no staging tile is
@@ -853,12 +859,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
 
   const int bh = blockIdx.x, blk = blockIdx.y, b = bh / p.H, h = bh % p.H;  // launch order: heads first
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-  const T* vb = slice(p.q, b, h);
-  const T* gb = slice(p.k, b, h);
-  const T* qb = slice(p.v, b, h);
-  const T* kb = slice(p.q2, b, h);
-  T* dkb = static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1];
-  T* dvb = static_cast<T*>(p.out2) + b * p.out2_strides[0] + h * p.out2_strides[1];
+  const BackwardRows io(p, b, h);
   T* dqb = static_cast<T*>(p.out3) + b * p.out3_strides[0] + h * p.out3_strides[1];
   const int Lv = (p.L + kRows - 1) / kRows * kRows, pad = Lv - p.L;
   const int rows = p.block_chunks * kRows, row_begin = blk * rows;
@@ -887,10 +888,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
     zv[tid] -= sk;
   };
   load_h(u_begin);
-  load_shared(G, gb, p.k.strides[2], u_begin);
-  load_shared(Q, qb, p.v.strides[2], u_begin);
-  load_shared(V, vb, p.q.strides[2], u_begin);
-  load_shared(K, kb, p.q2.strides[2], u_begin);
+  load_shared(G, io.g, p.k.strides[2], u_begin);
+  load_shared(Q, io.q, p.v.strides[2], u_begin);
+  load_shared(V, io.v, p.q.strides[2], u_begin);
+  load_shared(K, io.k, p.q2.strides[2], u_begin);
   cp_async_commit();
   const int64_t slots = p.n_blocks + 1;
   load_matrix<D>(Rhi, Rlo, p.states + (bh * slots + p.n_blocks - 1 - blk) * D * D, false, tid);
@@ -932,9 +933,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
     times_state<D, false>(oacc, V, Rhi, nullptr, warp, lane, unused0, unused1);
     if (norm) finish_inter<D>(oacc, 1.f, 1.f, 0.f, 0.f, nullptr, ze, t);
     times_values<D>(oacc, pa, Q, lane);
-    store_rows<D>(oacc, V, dkb, p.out_strides[2], u0, Lv, true, warp, lane, pad);
+    store_rows<D>(oacc, V, io.dk, p.out_strides[2], u0, Lv, true, warp, lane, pad);
     __syncwarp();
-    if (more) refill_rows(V, vb, p.q.strides[2], u0 + kRows);
+    if (more) refill_rows(V, io.v, p.q.strides[2], u0 + kRows);
 
     // dv rows: (K Qᵀ) G + K Rᵀ.
     zero_rows<D>(oacc);
@@ -942,10 +943,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
     weights(sacc, pa, 0.f, 0.f, nullptr, 0.f, false, u0, Lv, r0, r1, t, den0, den1);
     times_state<D, true>(oacc, K, Rhi, nullptr, warp, lane, unused0, unused1);
     times_values<D>(oacc, pa, G, lane);
-    store_rows<D>(oacc, K, dvb, p.out2_strides[2], u0, Lv, true, warp, lane, pad);
+    store_rows<D>(oacc, K, io.dv, p.out2_strides[2], u0, Lv, true, warp, lane, pad);
     __syncwarp();
     if (!more) break;
-    refill_rows(K, kb, p.q2.strides[2], u0 + kRows);
+    refill_rows(K, io.k, p.q2.strides[2], u0 + kRows);
 
     // The state updates, each in the shadow of a load: R's while the last K
     // rows land, S''s while the next G, Q do.
@@ -954,8 +955,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
     advance_vectors<D>(nullptr, nullptr, norm ? ze : nullptr, G, Q, hs, 1.f, 0.f, false, tid);  // ze += Σ h φq
     __syncthreads();  // every warp is done with G, Q, h
     load_h(u0 + kRows);
-    load_shared(G, gb, p.k.strides[2], u0 + kRows);
-    load_shared(Q, qb, p.v.strides[2], u0 + kRows);
+    load_shared(G, io.g, p.k.strides[2], u0 + kRows);
+    load_shared(Q, io.q, p.v.strides[2], u0 + kRows);
     cp_async_commit();
     cp_async_wait<1>();  // this thread's V, K rows
     __syncthreads();     // everyone's: the next V, K are in
