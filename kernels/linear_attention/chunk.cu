@@ -1,8 +1,8 @@
 // Chunked causal linear attention on tensor cores: the pass kernels of
 // params.h (block_state, scan, chunk, the fused dφk/dv and dφq/dφk/dv
-// backward kernels), the backward preparation and the recurrent step. mma.sync m16n8k16 (bf16 in, fp32 accumulate), 4 warps per
-// CTA, 16 rows of each 64-row sub-chunk per warp; tiles stream in through
-// cp.async, double-buffered. Fragment layouts: kernels/sparse_attention/tile.cuh.
+// backward kernels), the backward preparation and the recurrent step.
+// mma.sync m16n8k16 (bf16 in, fp32 accumulate), 4 warps per CTA, 16 rows of
+// each 64-row sub-chunk per warp; tiles stream in through cp.async. Fragment layouts: kernels/sparse_attention/tile.cuh.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -367,6 +367,15 @@ __device__ __forceinline__ void times_state(float (&oacc)[D / 8][4], const T* X,
   }
 }
 
+// oacc ← 0 for this warp's 16 output rows.
+template <int D>
+__device__ __forceinline__ void zero_rows(float (&oacc)[D / 8][4]) {
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
+}
+
 // oacc += A V for this warp's 16 rows (A as packed fragments over 64 keys).
 template <int D>
 __device__ __forceinline__ void times_values(float (&oacc)[D / 8][4], const uint32_t (&pa)[4][4], const T* V,
@@ -480,8 +489,6 @@ __device__ __forceinline__ void advance_vectors(float* zk, float* zv, float* ze,
   if (ze) ze[tid] = g_sub * ze[tid] + se;
 }
 
-// The carried state of block `slot` into shared memory as hi + lo (slot 0
-// holds zeros), and its vectors.
 // A [D, D] fp32 state (or its transpose) into shared memory as hi + lo.
 template <int D>
 __device__ __forceinline__ void load_matrix(T* Shi, T* Slo, const float* S, bool transposed, int tid) {
@@ -495,6 +502,8 @@ __device__ __forceinline__ void load_matrix(T* Shi, T* Slo, const float* S, bool
   }
 }
 
+// The carried state of block `slot` into shared memory as hi + lo (slot 0
+// holds zeros), and its vectors.
 template <int D>
 __device__ __forceinline__ void load_state(T* Shi, T* Slo, float* zk_s, float* zv_s, float* ze_s, const PassParams& p,
                                            int64_t slot, int tid) {
@@ -599,10 +608,7 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
 
     // Inter-chunk: γ^(r+1) (q_r S + c_r zv + ze), and γ^(r+1) q_r·zk for the denominator.
     float oacc[kNt][4];
-#pragma unroll
-    for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
+    zero_rows<D>(oacc);
     float qz0 = 0.f, qz1 = 0.f;
     if (u0 > 0) {
       times_state<D, false>(oacc, Q, Shi, p.normalize ? zk_s : nullptr, warp, lane, qz0, qz1);
@@ -640,6 +646,17 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
   }
 }
 
+// The backward passes' rows of one (batch, head): V, G, φq, φk in (the
+// pass's q, k, v, q2), dφk and dv out.
+struct BackwardRows {
+  const T *v, *g, *q, *k;
+  T *dk, *dv;
+  __device__ BackwardRows(const PassParams& p, int b, int h)
+      : v(slice(p.q, b, h)), g(slice(p.k, b, h)), q(slice(p.v, b, h)), k(slice(p.q2, b, h)),
+        dk(static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1]),
+        dv(static_cast<T*>(p.out2) + b * p.out2_strides[0] + h * p.out2_strides[1]) {}
+};
+
 // ---------------------------------------------------------------------------
 // 4. The fused reverse pass of the backward: dφk and dv of one block.
 //    In pass order (rows reversed), with the carried R = Σ γ^(·) g_t φq_tᵀ
@@ -654,16 +671,6 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
 //    it; G and Q, which every warp reads whole, are double-buffered. That is
 //    the chunk kernel's 75.5 KB of shared memory instead of 92 KB: 3 CTAs per
 //    SM instead of 2 (D = 64, with registers capped to fit).
-// The backward passes' rows of one (batch, head): V, G, φq, φk in (the
-// pass's q, k, v, q2), dφk and dv out.
-struct BackwardRows {
-  const T *v, *g, *q, *k;
-  T *dk, *dv;
-  __device__ BackwardRows(const PassParams& p, int b, int h)
-      : v(slice(p.q, b, h)), g(slice(p.k, b, h)), q(slice(p.v, b, h)), k(slice(p.q2, b, h)),
-        dk(static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1]),
-        dv(static_cast<T*>(p.out2) + b * p.out2_strides[0] + h * p.out2_strides[1]) {}
-};
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassParams p) {
@@ -726,10 +733,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
     float oacc[kNt][4];
 
     // dφk rows: (V Gᵀ + e) Q, and γ^(r+1) (V R + re).
-#pragma unroll
-    for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
+    zero_rows<D>(oacc);
     logits<D>(sacc, V, G, warp, lane);
     weights(sacc, pa, 0.f, 0.f, e_col, lg, decay, u0, p.L, r0, r1, t, den0, den1);
     if (u0 > 0) {
@@ -742,10 +746,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
     if (more) refill_rows(V, io.v, p.q.strides[2], i + 1);
 
     // dv rows: (K Qᵀ) G, and γ^(r+1) K Rᵀ.
-#pragma unroll
-    for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
+    zero_rows<D>(oacc);
     logits<D>(sacc, K, Q, warp, lane);
     weights(sacc, pa, 0.f, 0.f, nullptr, lg, decay, u0, p.L, r0, r1, t, den0, den1);
     if (u0 > 0) {
@@ -818,14 +819,6 @@ __device__ __forceinline__ void store_rows_direct(const float (&oacc)[D / 8][4],
       *reinterpret_cast<uint32_t*>(row + nt * 8 + 2 * t) = P::from(oacc[nt][2 * half], oacc[nt][2 * half + 1]);
     }
   }
-}
-
-template <int D>
-__device__ __forceinline__ void zero_rows(float (&oacc)[D / 8][4]) {
-#pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
 }
 
 template <int D>

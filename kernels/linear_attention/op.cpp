@@ -82,8 +82,8 @@ int block_chunks(int64_t L, int64_t BH, int64_t D, bool fused) {
 }
 
 // How the backward runs: `fused` (v6, the default), dφq, dφk and dv in one
-// pass when there is no decay, else as `v5`: dφk and dv
-// in one reverse pass (v2) and dφq in its own; `passes` (v1): three passes.
+// pass when there is no decay, else as `v5`: dφk and dv in one reverse pass
+// (v2) and dφq in its own; `passes` (v1): three passes.
 // LONGTRAIN_LINEAR_BWD picks one (for the benchmarks; read once).
 enum class Backward { kFused, kV5, kPasses };
 Backward backward_kind() {
