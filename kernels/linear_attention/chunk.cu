@@ -1038,9 +1038,11 @@ template <int D>
 void run_pass(const PassParams& p, cudaStream_t stream) {
   const int bh = p.B * p.H;
   if (!p.states_ready) {
-    // Every block's sum (the last one's too: the fused backward's last block
-    // starts from the whole sum); in mirror order the first block's is not needed.
-    const int n_sums = p.mirror ? p.n_blocks - 1 : p.n_blocks;
+    // Every block's sum but the last, whose prefix nothing reads; the forward
+    // pass keeps the whole sum too (the fused backward's last block starts
+    // from it). In mirror order the first block's sum is the one not needed.
+    const bool forward = !p.reverse && !p.mirror && p.q2.ptr == nullptr;
+    const int n_sums = forward ? p.n_blocks : p.n_blocks - 1;
     if (n_sums > 0) {
       const size_t smem1 = 4 * Smem<D>::kTileElems * sizeof(T) + 2 * kRows * sizeof(float);
       // D = 64: 80 registers and 37 KB, 6 CTAs per SM, so that the chunk

@@ -154,7 +154,7 @@ void run_pass(const torch::Tensor& q, const torch::Tensor& k, const torch::Tenso
   p.normalize = normalize;
   p.eps = static_cast<float>(eps);
   const auto f32 = q.options().dtype(torch::kFloat32);
-  // n_blocks + 1 slots: the prefix at each block's start, then the whole sum.
+  // n_blocks + 1 slots: the prefix at each block's start, then (forward) the whole sum.
   auto vec = [&](bool need) { return need ? torch::empty({B * H, p.n_blocks + 1, D}, f32) : torch::Tensor(); };
   torch::Tensor states, zk = vec(normalize), zv, ze = vec(e.defined());
   if (reuse) {

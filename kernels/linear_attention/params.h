@@ -57,8 +57,8 @@ struct PassParams {
   const float* log2_decay = nullptr;  // [H] log2 γ_h, or null (γ = 1)
   // Workspaces, [B·H, n_blocks + 1, ·] fp32: S [D·D], zk [D] (normalize),
   // zv [D] (c), ze [D] (e). After the scan slot b holds the prefix at the
-  // start of block b, and slot n_blocks the whole sum (the fused backward's
-  // last block starts from it).
+  // start of block b, and in the forward pass slot n_blocks the whole sum (the
+  // fused backward's last block starts from it).
   float* states = nullptr;
   float* zk = nullptr;
   float* zv = nullptr;
