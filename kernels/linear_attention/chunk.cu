@@ -1,8 +1,11 @@
 // Chunked causal linear attention on tensor cores: the pass kernels of
 // params.h (block_state, scan, chunk, the fused dφk/dv and dφq/dφk/dv
 // backward kernels), the backward preparation and the recurrent step.
-// mma.sync m16n8k16 (bf16 in, fp32 accumulate), 4 warps per CTA, 16 rows of
-// each 64-row sub-chunk per warp; tiles stream in through cp.async. Fragment layouts: kernels/sparse_attention/tile.cuh.
+// Products on tensor cores as wgmma (wgmma.cuh: A from each warp's registers,
+// B from swizzled shared memory, read once for the CTA's 4 warps), bf16 in,
+// fp32 accumulate; 4 warps per CTA (one warpgroup), 16 rows of each 64-row
+// sub-chunk per warp; tiles stream in through cp.async. Fragment layouts:
+// kernels/sparse_attention/tile.cuh (mma.m16n8k16's, which wgmma's match).
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -11,6 +14,7 @@
 #include <string>
 
 #include "kernels/linear_attention/params.h"
+#include "kernels/linear_attention/wgmma.cuh"
 #include "kernels/sparse_attention/tile.cuh"
 
 namespace longtrain::kernels::linear_attention {
@@ -18,25 +22,57 @@ namespace {
 
 using tile::cp_async_commit;
 using tile::cp_async_wait;
+using tile::ldmatrix_x4;
 using tile::ldmatrix_x4_trans;
-using tile::load_a;
-using tile::load_b_kn;
-using tile::load_b_nk;
-using tile::mma;
 using tile::quad_sum;
-using tile::Smem;
 using T = __nv_bfloat16;
 using P = tile::Pack<T>;
 
 constexpr int kThreads = 128;
 
+// Tiles in shared memory, in wgmma.cuh's swizzled layout: a sub-chunk's rows
+// [64][D] (offsets wg::at<kRows>) and a state [D][D] (wg::at<D>), each on a
+// 1024-byte boundary (every size here is a multiple of 1024 bytes).
+template <int D>
+struct Smem {
+  static constexpr int kTileElems = kRows * D;
+  static constexpr int kStateElems = D * D;
+};
+// The dynamic shared memory rounded up to 1024 bytes (hosts ask for kAlignSlack more).
+constexpr size_t kAlignSlack = 1024;
+__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* smem) {
+  return smem + ((1024 - (tile::smem_addr(smem) & 1023)) & 1023);
+}
+// A barrier after which the products (async proxy) may read what any thread
+// of the CTA wrote to shared memory, by cp.async or by plain stores.
+__device__ __forceinline__ void sync_tiles() {
+  wg::proxy_fence();
+  __syncthreads();
+}
+
+// A fragment (16 x 16) of a row tile at (row0, col0).
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int row0, int col0, int lane) {
+  ldmatrix_x4(a, tile + wg::at<kRows>(row0 + (lane & 15), col0 + (lane >> 4) * 8));
+}
+
+// B operand descriptors for k16 step kk of a tile of kR rows: b_nk where the
+// tile stores B transposed (row = n, column = k: K in Q Kᵀ), b_kn where it
+// stores B as is (row = k, column = n: V in A V).
+template <int kR>
+__device__ __forceinline__ uint64_t b_nk(const T* tile, int kk) {
+  return wg::desc(tile::smem_addr(tile) + (kk >> 2) * (kR * 128) + (kk & 3) * 32, 16);
+}
+template <int kR>
+__device__ __forceinline__ uint64_t b_kn(const T* tile, int kk) {
+  return wg::desc(tile::smem_addr(tile) + kk * 16 * 128, kR * 128);
+}
+
 __device__ __forceinline__ int64_t row_of(int u, int L, bool reverse) { return reverse ? L - 1 - u : u; }
 
 // A fragment (16 x 16) of Xᵀ at (m0, k0) where the tile stores X: row = k,
 // column = m (Kᵀ in Kᵀ V).
-template <int D>
 __device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* tile, int m0, int k0, int lane) {
-  ldmatrix_x4_trans(a, tile + (k0 + (lane & 7) + (lane >> 4) * 8) * Smem<D>::kStride + m0 + ((lane >> 3) & 1) * 8);
+  ldmatrix_x4_trans(a, tile + wg::at<kRows>(k0 + (lane & 7) + (lane >> 4) * 8, m0 + ((lane >> 3) & 1) * 8));
 }
 
 __device__ __forceinline__ uint32_t scale2(uint32_t x, float a, float b) {
@@ -57,7 +93,7 @@ __device__ __forceinline__ void decay_k(uint32_t (&a)[4], int k0, int lane, floa
 }
 
 // Rows u0 + r_first .. u0 + r_first + kN − 1 (pass order) of one (batch,
-// head) slice into rows r_first .. of a padded tile, by kBy threads (idx is
+// head) slice into rows r_first .. of a swizzled tile, by kBy threads (idx is
 // the thread's index among them); rows at or beyond L, and below `pad`, are
 // zero-filled. The whole tile by the CTA, or one warp's own 16 rows by its lanes.
 template <int D, int kN = kRows, int kBy = kThreads>
@@ -73,7 +109,7 @@ __device__ __forceinline__ void load_rows_async(T* tile, const T* base, int64_t 
     const int u = u0 + r;
     const bool in = u < L && u >= pad;
     const T* g = base + (in ? row_of(u, L, reverse) * row_stride + col : 0);
-    const uint32_t dst = tile::smem_addr(tile + r * Smem<D>::kStride + col);
+    const uint32_t dst = tile::smem_addr(tile + wg::at<kRows>(r, col));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(g), "r"(in ? 16 : 0));
   }
 }
@@ -97,35 +133,78 @@ __device__ __forceinline__ void load_scalars(float* dst, const float* src, int64
 template <int D>
 __device__ __forceinline__ void column_sums(float& sk, float& sv, float& se, const T* K, const T* V,
                                             const float* e_col, float lg, bool decay, int col) {
-  constexpr int kStride = Smem<D>::kStride;
   sk = sv = se = 0.f;
 #pragma unroll 8
   for (int j = 0; j < kRows; ++j) {
     const float w = decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
-    const float vv = __bfloat162float(V[j * kStride + col]);
-    sk += w * __bfloat162float(K[j * kStride + col]);
+    const float vv = __bfloat162float(V[wg::at<kRows>(j, col)]);
+    sk += w * __bfloat162float(K[wg::at<kRows>(j, col)]);
     sv += w * vv;
     if (e_col) se += w * e_col[j] * vv;
   }
+}
+
+// Row j of a sub-chunk tile times γ^(63 − j), in place (16 bytes per step).
+template <int D>
+__device__ __forceinline__ void decay_rows(T* tile, float lg, int tid) {
+  constexpr int kPerRow = D / 8;
+#pragma unroll
+  for (int c = tid; c < kRows * kPerRow; c += kThreads) {
+    const int r = c / kPerRow;
+    const float w = exp2f(lg * (kRows - 1 - r));
+    uint4* x = reinterpret_cast<uint4*>(tile + wg::at<kRows>(r, (c % kPerRow) * 8));
+    uint4 y = *x;
+    y.x = scale2(y.x, w, w);
+    y.y = scale2(y.y, w, w);
+    y.z = scale2(y.z, w, w);
+    y.w = scale2(y.w, w, w);
+    *x = y;
+  }
+}
+
+// acc += Kᵀ V for m-block mt of the [D, D] product (rows 64 mt .. 64 mt + 63;
+// this warp's accumulators hold rows 64 mt + 16 warp ..), each key row j
+// weighted by γ^(63 − j) if decay. Without decay Kᵀ is read by the tensor
+// cores straight from the K tile (M-major A); with it, its A fragments come
+// through ldmatrix.trans and are scaled in registers.
+template <int D>
+__device__ __forceinline__ void add_kt_v(float (&acc)[D / 8][4], const T* K, const T* V, int mt, bool decay,
+                                         float lg, int warp, int lane) {
+  auto b_desc = [&](int kk) { return b_kn<kRows>(V, kk); };
+  if (!decay) {
+    const uint32_t k_base = tile::smem_addr(K) + mt * (kRows * 128);
+    wg::product_ss<true, true, kRows / 16>(
+        acc, [&](int kk) { return wg::desc(k_base + kk * 16 * 128, kRows * 128); }, b_desc);
+    return;
+  }
+  uint32_t a[kRows / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < kRows / 16; ++kk) {
+    load_a_trans(a[kk], K, (warp + 4 * mt) * 16, kk * 16, lane);
+    decay_k(a[kk], kk * 16, lane, lg);
+  }
+  wg::product<true>(acc, a, b_desc);
 }
 
 // ---------------------------------------------------------------------------
 // 1. block_state: ΔS of block `blk` (fp32, [D, D]) and its vectors, into slot
 //    blk + 1 of the workspaces (the scan turns slots into prefixes); with
 //    p.mirror, of block blk + 1 into slot n_blocks − blk − 1 (params.h).
-template <int D, int kMin = 1>
+// kDecay: p.log2_decay is set (a template argument, so that the no-decay
+// kernel holds no registers for the decayed path).
+template <int D, bool kDecay, int kMin = 1>
 __global__ void __launch_bounds__(kThreads, kMin) block_state_kernel(PassParams p) {
   constexpr int kTileElems = Smem<D>::kTileElems;
   constexpr int kMt = D / 64;  // m-tiles (16 rows of S) per warp
   constexpr int kNt = D / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* Ks = reinterpret_cast<T*>(smem);
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Ks = reinterpret_cast<T*>(aligned_smem(smem_raw));
   T* Vs = Ks + 2 * kTileElems;
   float* es = reinterpret_cast<float*>(Vs + 2 * kTileElems);  // [2][64]
 
   const int bh = blockIdx.x, blk = blockIdx.y + p.mirror, b = bh / p.H, h = bh % p.H;  // heads first
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const float lg = p.log2_decay ? p.log2_decay[h] : 0.f;
+  const float lg = kDecay ? p.log2_decay[h] : 0.f;
   const float g_sub = exp2f(lg * kRows);
   const T* kb = slice(p.k, b, h);
   const T* vb = slice(p.v, b, h);
@@ -156,10 +235,10 @@ __global__ void __launch_bounds__(kThreads, kMin) block_state_kernel(PassParams 
     } else {
       cp_async_wait<0>();
     }
-    __syncthreads();
+    sync_tiles();
     const T* K = Ks + buf * kTileElems;
-    const T* V = Vs + buf * kTileElems;
-    if (i > 0 && p.log2_decay) {
+    T* V = Vs + buf * kTileElems;
+    if (kDecay && i > 0) {
 #pragma unroll
       for (int mt = 0; mt < kMt; ++mt)
 #pragma unroll
@@ -170,30 +249,20 @@ __global__ void __launch_bounds__(kThreads, kMin) block_state_kernel(PassParams 
       zv *= g_sub;
       ze *= g_sub;
     }
-#pragma unroll
-    for (int mt = 0; mt < kMt; ++mt) {
-      const int m0 = (warp + 4 * mt) * 16;
-#pragma unroll
-      for (int k0 = 0; k0 < kRows; k0 += 16) {
-        uint32_t a[4];
-        load_a_trans<D>(a, K, m0, k0, lane);
-        if (p.log2_decay) decay_k(a, k0, lane, lg);
-#pragma unroll
-        for (int n0 = 0; n0 < D; n0 += 16) {
-          uint32_t bb[4];
-          load_b_kn<D, T>(bb, V, k0, n0, lane);
-          mma<T>(acc[mt][n0 / 8], a, bb[0], bb[1]);
-          mma<T>(acc[mt][n0 / 8 + 1], a, bb[2], bb[3]);
-        }
-      }
-    }
     if (tid < D && (p.zk || p.zv || p.ze)) {
       float sk, sv, se;
-      column_sums<D>(sk, sv, se, K, V, p.e ? es + buf * kRows : nullptr, lg, p.log2_decay != nullptr, tid);
+      column_sums<D>(sk, sv, se, K, V, p.e ? es + buf * kRows : nullptr, lg, kDecay, tid);
       zk += sk;
       zv += sv;
       ze += se;
     }
+    if (kDecay) {  // V's rows weighted in place, so that Kᵀ V reads both tiles as they are
+      __syncthreads();  // the column sums are done with V
+      decay_rows<D>(V, lg, tid);
+      sync_tiles();
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) add_kt_v<D>(acc[mt], K, V, mt, false, 0.f, warp, lane);
     __syncthreads();  // the next prefetch refills this buffer
   }
 
@@ -256,18 +325,10 @@ __device__ __forceinline__ void logits(float (&sacc)[8][4], const T* X, const T*
   for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) sacc[nt][e] = 0.f;
+  uint32_t a[D / 16][4];
 #pragma unroll
-  for (int k0 = 0; k0 < D; k0 += 16) {
-    uint32_t a[4];
-    load_a<D, T>(a, X, warp * 16, k0, lane);
-#pragma unroll
-    for (int n0 = 0; n0 < kRows; n0 += 16) {
-      uint32_t bb[4];
-      load_b_nk<D, T>(bb, Y, n0, k0, lane);
-      mma<T>(sacc[n0 / 8], a, bb[0], bb[1]);
-      mma<T>(sacc[n0 / 8 + 1], a, bb[2], bb[3]);
-    }
-  }
+  for (int kk = 0; kk < D / 16; ++kk) load_a(a[kk], X, warp * 16, kk * 16, lane);
+  wg::product<false>(sacc, a, [&](int kk) { return b_nk<kRows>(Y, kk); });
 }
 
 // Packed bf16 pairs of a [16, 64] weight block (per 8-column group, rows r0
@@ -336,7 +397,7 @@ __device__ __forceinline__ void weights(float (&sacc)[8][4], uint32_t (&pa)[4][4
   to_a_fragments(packed, pa);
 }
 
-// oacc += X_w S (kTransposed: X_w Sᵀ) with S's bf16 part `Shi` [D][D + 8];
+// oacc += X_w S (kTransposed: X_w Sᵀ) with S's bf16 part `Shi` [D][D];
 // optionally the partial dots of X's rows with zk (quad-partial). The state
 // is carried in fp32 (hi + lo, advance_state), but the product takes hi
 // alone, as flash-linear-attention's does: with hi + lo (twice the MMAs) the
@@ -346,25 +407,19 @@ template <int D, bool kTransposed>
 __device__ __forceinline__ void times_state(float (&oacc)[D / 8][4], const T* X, const T* Shi, const float* zk,
                                             int warp, int lane, float& xz0, float& xz1) {
   const int t = lane & 3;
+  uint32_t a[D / 16][4];
 #pragma unroll
-  for (int k0 = 0; k0 < D; k0 += 16) {
-    uint32_t a[4];
-    load_a<D, T>(a, X, warp * 16, k0, lane);
+  for (int kk = 0; kk < D / 16; ++kk) {
+    load_a(a[kk], X, warp * 16, kk * 16, lane);
     if (zk) {
-      const int f = k0 + 2 * t;
-      const float2 q0 = P::to(a[0]), q1 = P::to(a[1]), q2 = P::to(a[2]), q3 = P::to(a[3]);
+      const int f = kk * 16 + 2 * t;
+      const float2 q0 = P::to(a[kk][0]), q1 = P::to(a[kk][1]), q2 = P::to(a[kk][2]), q3 = P::to(a[kk][3]);
       xz0 += q0.x * zk[f] + q0.y * zk[f + 1] + q2.x * zk[f + 8] + q2.y * zk[f + 9];
       xz1 += q1.x * zk[f] + q1.y * zk[f + 1] + q3.x * zk[f + 8] + q3.y * zk[f + 9];
     }
-#pragma unroll
-    for (int n0 = 0; n0 < D; n0 += 16) {
-      uint32_t bb[4];
-      if (kTransposed) load_b_nk<D, T>(bb, Shi, n0, k0, lane);
-      else load_b_kn<D, T>(bb, Shi, k0, n0, lane);
-      mma<T>(oacc[n0 / 8], a, bb[0], bb[1]);
-      mma<T>(oacc[n0 / 8 + 1], a, bb[2], bb[3]);
-    }
   }
+  if (kTransposed) wg::product<false>(oacc, a, [&](int kk) { return b_nk<D>(Shi, kk); });
+  else wg::product<true>(oacc, a, [&](int kk) { return b_kn<D>(Shi, kk); });
 }
 
 // oacc ← 0 for this warp's 16 output rows.
@@ -380,16 +435,7 @@ __device__ __forceinline__ void zero_rows(float (&oacc)[D / 8][4]) {
 template <int D>
 __device__ __forceinline__ void times_values(float (&oacc)[D / 8][4], const uint32_t (&pa)[4][4], const T* V,
                                              int lane) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-    for (int n0 = 0; n0 < D; n0 += 16) {
-      uint32_t bb[4];
-      load_b_kn<D, T>(bb, V, kk * 16, n0, lane);
-      mma<T>(oacc[n0 / 8], pa[kk], bb[0], bb[1]);
-      mma<T>(oacc[n0 / 8 + 1], pa[kk], bb[2], bb[3]);
-    }
-  }
+  wg::product<true>(oacc, pa, [&](int kk) { return b_kn<kRows>(V, kk); });
 }
 
 // Writes this warp's 16 output rows: rounded into its own rows of `stage` (a
@@ -397,14 +443,13 @@ __device__ __forceinline__ void times_values(float (&oacc)[D / 8][4], const uint
 template <int D>
 __device__ __forceinline__ void store_rows(const float (&oacc)[D / 8][4], T* stage, T* ob, int64_t row_stride,
                                            int u0, int L, bool reverse, int warp, int lane, int pad = 0) {
-  constexpr int kStride = Smem<D>::kStride;
   const int g = lane >> 2, t = lane & 3, r0 = warp * 16 + g, r1 = r0 + 8;
   __syncwarp();
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt) {
     const int d = nt * 8 + 2 * t;
-    *reinterpret_cast<uint32_t*>(stage + r0 * kStride + d) = P::from(oacc[nt][0], oacc[nt][1]);
-    *reinterpret_cast<uint32_t*>(stage + r1 * kStride + d) = P::from(oacc[nt][2], oacc[nt][3]);
+    *reinterpret_cast<uint32_t*>(stage + wg::at<kRows>(r0, d)) = P::from(oacc[nt][0], oacc[nt][1]);
+    *reinterpret_cast<uint32_t*>(stage + wg::at<kRows>(r1, d)) = P::from(oacc[nt][2], oacc[nt][3]);
   }
   __syncwarp();
   constexpr int kPerRow = D / 8;
@@ -413,7 +458,7 @@ __device__ __forceinline__ void store_rows(const float (&oacc)[D / 8][4], T* sta
     const int r = warp * 16 + c / kPerRow, col = (c % kPerRow) * 8;
     if (u0 + r < L && u0 + r >= pad) {
       *reinterpret_cast<uint4*>(ob + row_of(u0 + r, L, reverse) * row_stride + col) =
-          *reinterpret_cast<const uint4*>(stage + r * kStride + col);
+          *reinterpret_cast<const uint4*>(stage + wg::at<kRows>(r, col));
     }
   }
 }
@@ -425,7 +470,6 @@ __device__ __forceinline__ void store_rows(const float (&oacc)[D / 8][4], T* sta
 template <int D>
 __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const T* V, float g_sub, float lg,
                                               bool decay, int warp, int lane, float sign = 1.f) {
-  constexpr int kStride = Smem<D>::kStride;
   constexpr int kNt = D / 8;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -437,32 +481,20 @@ __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const 
       const int d = nt * 8 + 2 * t;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int at = (m0 + g + 8 * half) * kStride + d;
+        const int at = wg::at<D>(m0 + g + 8 * half, d);
         const float2 hi = P::to(*reinterpret_cast<const uint32_t*>(Shi + at));
         const float2 lo = P::to(*reinterpret_cast<const uint32_t*>(Slo + at));
         acc[nt][2 * half] = sign * g_sub * (hi.x + lo.x);
         acc[nt][2 * half + 1] = sign * g_sub * (hi.y + lo.y);
       }
     }
-#pragma unroll
-    for (int k0 = 0; k0 < kRows; k0 += 16) {
-      uint32_t a[4];
-      load_a_trans<D>(a, K, m0, k0, lane);
-      if (decay) decay_k(a, k0, lane, lg);
-#pragma unroll
-      for (int n0 = 0; n0 < D; n0 += 16) {
-        uint32_t bb[4];
-        load_b_kn<D, T>(bb, V, k0, n0, lane);
-        mma<T>(acc[n0 / 8], a, bb[0], bb[1]);
-        mma<T>(acc[n0 / 8 + 1], a, bb[2], bb[3]);
-      }
-    }
+    add_kt_v<D>(acc, K, V, mt, decay, lg, warp, lane);
 #pragma unroll
     for (int nt = 0; nt < kNt; ++nt) {
       const int d = nt * 8 + 2 * t;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int at = (m0 + g + 8 * half) * kStride + d;
+        const int at = wg::at<D>(m0 + g + 8 * half, d);
         const float x0 = sign * acc[nt][2 * half], x1 = sign * acc[nt][2 * half + 1];
         const uint32_t hi = P::from(x0, x1);
         const float2 hf = P::to(hi);
@@ -492,11 +524,10 @@ __device__ __forceinline__ void advance_vectors(float* zk, float* zv, float* ze,
 // A [D, D] fp32 state (or its transpose) into shared memory as hi + lo.
 template <int D>
 __device__ __forceinline__ void load_matrix(T* Shi, T* Slo, const float* S, bool transposed, int tid) {
-  constexpr int kStride = Smem<D>::kStride;
   for (int idx = tid; idx < D * D; idx += kThreads) {
     const float s = transposed ? S[(idx % D) * D + idx / D] : S[idx];
     const T hi = __float2bfloat16_rn(s);
-    const int at = (idx / D) * kStride + idx % D;
+    const int at = wg::at<D>(idx / D, idx % D);
     Shi[at] = hi;
     Slo[at] = __float2bfloat16_rn(s - __bfloat162float(hi));
   }
@@ -534,10 +565,11 @@ __device__ __forceinline__ void finish_inter(float (&oacc)[D / 8][4], float w0, 
 template <int D>
 struct ChunkSmem {
   static constexpr int kTileElems = Smem<D>::kTileElems;
-  static constexpr int kStateElems = D * Smem<D>::kStride;
+  static constexpr int kStateElems = Smem<D>::kStateElems;
   // n_tiles double-buffered tiles, S as hi + lo, three vectors, two scalar rows x 2.
   static constexpr size_t bytes(int n_tiles) {
-    return (2 * n_tiles * kTileElems + 2 * kStateElems) * sizeof(T) + (3 * D + 4 * kRows) * sizeof(float);
+    return (2 * n_tiles * kTileElems + 2 * kStateElems) * sizeof(T) + (3 * D + 4 * kRows) * sizeof(float) +
+           kAlignSlack;
   }
 };
 
@@ -545,11 +577,11 @@ template <int D>
 __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
   using Layout = ChunkSmem<D>;
   constexpr int kNt = D / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* Qs = reinterpret_cast<T*>(smem);
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(aligned_smem(smem_raw));
   T* Ks = Qs + 2 * Layout::kTileElems;
   T* Vs = Ks + 2 * Layout::kTileElems;
-  T* Shi = Vs + 2 * Layout::kTileElems;  // [D][D + 8]: S ≈ hi + lo
+  T* Shi = Vs + 2 * Layout::kTileElems;  // [D][D]: S ≈ hi + lo
   T* Slo = Shi + Layout::kStateElems;
   float* zk_s = reinterpret_cast<float*>(Slo + Layout::kStateElems);
   float* zv_s = zk_s + D;
@@ -589,7 +621,7 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
     } else {
       cp_async_wait<0>();
     }
-    __syncthreads();
+    sync_tiles();
     T* Q = Qs + buf * Layout::kTileElems;
     const T* K = Ks + buf * Layout::kTileElems;
     const T* V = Vs + buf * Layout::kTileElems;
@@ -637,12 +669,12 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
     store_rows<D>(oacc, Q, ob, p.out_strides[2], u0, p.L, p.reverse, warp, lane);
 
     if (i + 1 < n_sub) {
-      __syncthreads();  // every warp is done reading S and the vectors
+      sync_tiles();  // every warp is done reading S and the vectors
       advance_state<D>(Shi, Slo, K, V, g_sub, lg, decay, warp, lane);
       advance_vectors<D>(p.normalize ? zk_s : nullptr, p.c ? zv_s : nullptr, p.e ? ze_s : nullptr, K, V, e_col, g_sub,
                          lg, decay, tid);
     }
-    __syncthreads();  // the next prefetch refills this sub-chunk's buffers
+    sync_tiles();  // the next prefetch refills this sub-chunk's buffers
   }
 }
 
@@ -669,15 +701,15 @@ struct BackwardRows {
 //    rows of them (and stages its output rows there), so each is one tile,
 //    refilled warp by warp as soon as that warp's output has gone out through
 //    it; G and Q, which every warp reads whole, are double-buffered. That is
-//    the chunk kernel's 75.5 KB of shared memory instead of 92 KB: 3 CTAs per
+//    the chunk kernel's 66.8 KB of shared memory instead of 83 KB: 3 CTAs per
 //    SM instead of 2 (D = 64, with registers capped to fit).
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassParams p) {
   using Layout = ChunkSmem<D>;
   constexpr int kNt = D / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* Gs = reinterpret_cast<T*>(smem);  // [2] tiles
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Gs = reinterpret_cast<T*>(aligned_smem(smem_raw));  // [2] tiles
   T* Qs = Gs + 2 * Layout::kTileElems;  // [2]
   T* V = Qs + 2 * Layout::kTileElems;   // rows of the dφk output (its q), one tile
   T* K = V + Layout::kTileElems;        // rows of the dv output, one tile
@@ -719,7 +751,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
     const int buf = i & 1;
     const bool more = i + 1 < n_sub;
     cp_async_wait<0>();
-    __syncthreads();  // this sub-chunk's tiles are in; every warp is done with the other G, Q buffer
+    sync_tiles();  // this sub-chunk's tiles are in; every warp is done with the other G, Q buffer
     if (more) prefetch_shared(i + 1, buf ^ 1);
     const T* G = Gs + buf * Layout::kTileElems;
     const T* Q = Qs + buf * Layout::kTileElems;
@@ -759,7 +791,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
     if (more) refill_rows(K, io.k, p.q2.strides[2], i + 1);
 
     if (more) {
-      __syncthreads();  // every warp is done reading R and the vectors
+      sync_tiles();  // every warp is done reading R and the vectors
       advance_state<D>(Shi, Slo, G, Q, g_sub, lg, decay, warp, lane);
       advance_vectors<D>(nullptr, nullptr, p.e ? ze_s : nullptr, G, Q, e_col, g_sub, lg, decay, tid);
     }
@@ -783,9 +815,11 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
 //    before that sub-chunk's dφq (a difference of fp32 sums, carried as hi +
 //    lo like every state: no decay, whose inverse would grow without bound).
 //    Read once: V, G, φq, φk; written: dφq, dφk, dv — against the v5 passes'
-//    G, V, φk read again for dφq. Every tile is single-buffered (73.7 KB of
-//    shared memory, 3 CTAs per SM at D = 64): V and K are refilled warp by
-//    warp after the warp's dφk / dv rows, G and Q after the state updates.
+//    G, V, φk read again for dφq. Tiles are single-buffered but for G (73.8
+//    KB of shared memory, 3 CTAs per SM at D = 64): V and K are refilled warp
+//    by warp after the warp's dφk / dv rows, Q after R's update (waited for
+//    only after the next dφq, which does not read it), and the next G goes
+//    into the second G buffer from the start of each sub-chunk.
 
 // Adds the row scalars c0 / c1 and keeps weights with column s ≥ row r (in a
 // reversed tile, s ≤ r in the rows' order: dφq's causal mask), rounded to
@@ -824,11 +858,11 @@ __device__ __forceinline__ void store_rows_direct(const float (&oacc)[D / 8][4],
 template <int D>
 struct FusedSmem {
   static constexpr int kTileElems = Smem<D>::kTileElems;
-  static constexpr int kStateElems = D * Smem<D>::kStride;
-  // G, Q, V, K single tiles; R and S' as hi + lo; with the normaliser h of
+  static constexpr int kStateElems = Smem<D>::kStateElems;
+  // G twice, Q, V, K; R and S' as hi + lo; with the normaliser h of
   // the sub-chunk's rows, zv' = Σ φk before it and ze = Σ h φq after it.
   static constexpr size_t bytes() {
-    return (4 * kTileElems + 4 * kStateElems) * sizeof(T) + (kRows + 2 * D) * sizeof(float);
+    return (5 * kTileElems + 4 * kStateElems) * sizeof(T) + (kRows + 2 * D) * sizeof(float) + kAlignSlack;
   }
 };
 
@@ -836,9 +870,10 @@ template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassParams p) {
   using Layout = FusedSmem<D>;
   constexpr int kNt = D / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* G = reinterpret_cast<T*>(smem);
-  T* Q = G + Layout::kTileElems;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* G = reinterpret_cast<T*>(aligned_smem(smem_raw));
+  T* G_next = G + Layout::kTileElems;  // the next sub-chunk's G, loaded from the start of this one
+  T* Q = G_next + Layout::kTileElems;
   T* V = Q + Layout::kTileElems;
   T* K = V + Layout::kTileElems;
   T* Rhi = K + Layout::kTileElems;
@@ -894,15 +929,19 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
     ze[tid] = p.ze[(bh * slots + p.n_blocks - 1 - blk) * D + tid];
   }
   cp_async_wait<0>();
-  __syncthreads();
+  sync_tiles();
   advance_state<D>(Shi, Slo, V, K, 1.f, 0.f, false, warp, lane, -1.f);  // S' before the first sub-chunk
   shed_zv();
-  __syncthreads();
+  sync_tiles();
 
   for (int i = 0; i < n_sub; ++i) {
     const int u0 = u_begin + i * kRows;
     const bool more = i + 1 < n_sub;
     const int r0 = warp * 16 + g, r1 = r0 + 8;
+    if (more) {  // the other buffer's G was last read before the barrier that ended the previous sub-chunk
+      load_shared(G_next, io.g, p.k.strides[2], u0 + kRows);
+      cp_async_commit();
+    }
     float sacc[8][4];
     uint32_t pa[4][4];
     float oacc[kNt][4];
@@ -917,7 +956,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
     if (norm) finish_inter<D>(oacc, 1.f, 1.f, c0, c1, zv, nullptr, t);
     times_values<D>(oacc, pa, K, lane);
     store_rows_direct<D>(oacc, dqb, p.out3_strides[2], u0, Lv, pad, warp, lane);
-    __syncthreads();  // every warp is done with V, K whole and with S'
+    if (more) cp_async_wait<1>();  // this sub-chunk's Q, loaded during the last one's S' update and the above
+    else cp_async_wait<0>();       // (the group after it, if any: the next G)
+    sync_tiles();  // every warp is done with V, K whole and with S'; Q is in
 
     // dφk rows: (V Gᵀ + h) Q + V R + ze.
     zero_rows<D>(oacc);
@@ -942,21 +983,22 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
     refill_rows(K, io.k, p.q2.strides[2], u0 + kRows);
 
     // The state updates, each in the shadow of a load: R's while the last K
-    // rows land, S''s while the next G, Q do.
-    __syncthreads();  // every warp is done with G, Q, R and ze
+    // rows land, S''s while the next Q does (waited for after the next dφq).
+    sync_tiles();  // every warp is done with G, Q, R and ze
     advance_state<D>(Rhi, Rlo, G, Q, 1.f, 0.f, false, warp, lane);  // R += Gᵀ Q
     advance_vectors<D>(nullptr, nullptr, norm ? ze : nullptr, G, Q, hs, 1.f, 0.f, false, tid);  // ze += Σ h φq
-    __syncthreads();  // every warp is done with G, Q, h
+    sync_tiles();  // every warp is done with G, Q, h
     load_h(u0 + kRows);
-    load_shared(G, io.g, p.k.strides[2], u0 + kRows);
     load_shared(Q, io.q, p.v.strides[2], u0 + kRows);
     cp_async_commit();
     cp_async_wait<1>();  // this thread's V, K rows
-    __syncthreads();     // everyone's: the next V, K are in
+    sync_tiles();     // everyone's: the next V, K are in
     advance_state<D>(Shi, Slo, V, K, 1.f, 0.f, false, warp, lane, -1.f);  // S' −= V'ᵀ K'
     shed_zv();
-    cp_async_wait<0>();
-    __syncthreads();
+    sync_tiles();
+    T* const x = G;
+    G = G_next;
+    G_next = x;
   }
 }
 
@@ -1044,11 +1086,12 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
     const bool forward = !p.reverse && !p.mirror && p.q2.ptr == nullptr;
     const int n_sums = forward ? p.n_blocks : p.n_blocks - 1;
     if (n_sums > 0) {
-      const size_t smem1 = 4 * Smem<D>::kTileElems * sizeof(T) + 2 * kRows * sizeof(float);
-      // D = 64: 80 registers and 37 KB, 6 CTAs per SM, so that the chunk
+      const size_t smem1 = 4 * Smem<D>::kTileElems * sizeof(T) + 2 * kRows * sizeof(float) + kAlignSlack;
+      // D = 64: 80 registers and 33 KB, 6 CTAs per SM, so that the chunk
       // kernel's blocks (sized to its 3 per SM) fill whole waves here too
       // (H100 64K: 217 -> 210 µs for the two launches; 118 registers uncapped).
-      auto state_kernel = block_state_kernel<D, D == 64 ? 6 : 1>;
+      auto state_kernel = p.log2_decay ? block_state_kernel<D, true, D == 64 ? 6 : 1>
+                                       : block_state_kernel<D, false, D == 64 ? 6 : 1>;
       cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
       state_kernel<<<dim3(bh, n_sums), kThreads, smem1, stream>>>(p);
       check("linear_attention block_state_kernel");
