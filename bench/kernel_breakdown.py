@@ -21,8 +21,9 @@ dev = "cuda"
 bf16 = torch.bfloat16
 
 
-def linear_case(L, B=1, H=16, D=64, blhd=False):
-    """blhd: [B, H, L, D] views of [B, L, H, D] memory, as bench/linear_attention.py passes them."""
+def linear_case(L, B=1, H=16, D=64, blhd=False, normalize=False, decay=False):
+    """blhd: [B, H, L, D] views of [B, L, H, D] memory, as bench/linear_attention.py passes them;
+    decay: bench/linear_attention.py's per-head γ = 1 − 2^(−5−h)."""
     g = torch.Generator(device=dev).manual_seed(L)
     shape = (B, L, H, D) if blhd else (B, H, L, D)
     view = (lambda x: x.transpose(1, 2)) if blhd else (lambda x: x)
@@ -30,7 +31,8 @@ def linear_case(L, B=1, H=16, D=64, blhd=False):
     v = torch.randn(*shape, device=dev, generator=g).to(bf16)
     grad = torch.randn(*shape, device=dev, generator=g).to(bf16)
     ins = [t.requires_grad_() for t in (q, k, v)]
-    return (lambda: torch.ops.longtrain.linear_attention(view(q), view(k), view(v), None, False)), ins, view(grad)
+    gamma = (1 - 2.0 ** (-5 - torch.arange(H, device=dev, dtype=torch.float64))).float() if decay else None
+    return (lambda: torch.ops.longtrain.linear_attention(view(q), view(k), view(v), gamma, normalize)), ins, view(grad)
 
 
 def aft_case(L, d=1024, chunk=0):
@@ -112,6 +114,8 @@ CASES = {
     "linear64k": lambda: linear_case(65536),
     "linear16k_blhd": lambda: linear_case(16384, blhd=True),
     "linear64k_blhd": lambda: linear_case(65536, blhd=True),
+    "linear64k_norm": lambda: linear_case(65536, blhd=True, normalize=True),
+    "linear64k_norm_decay": lambda: linear_case(65536, blhd=True, normalize=True, decay=True),
     "aft4k": lambda: aft_case(4096),
     "aft16k": lambda: aft_case(16384),
     "aftconv16k": lambda: aft_band_case(16384, 1, 1024, 16, 64),
