@@ -30,9 +30,10 @@ using P = tile::Pack<T>;
 
 constexpr int kThreads = 128;
 
-// Tiles in shared memory, in wgmma.cuh's swizzled layout: a sub-chunk's rows
-// [64][D] (offsets wg::at<kRows>) and a state [D][D] (wg::at<D>), each on a
-// 1024-byte boundary (every size here is a multiple of 1024 bytes).
+// Tiles in shared memory, in params.h's swizzled layout: a sub-chunk's rows
+// [64][D] (offsets swizzled_offset<kRows>) and a state [D][D]
+// (swizzled_offset<D>), each on a 1024-byte boundary (every size here is a
+// multiple of 1024 bytes).
 template <int D>
 struct Smem {
   static constexpr int kTileElems = kRows * D;
@@ -52,7 +53,7 @@ __device__ __forceinline__ void sync_tiles() {
 
 // A fragment (16 x 16) of a row tile at (row0, col0).
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int row0, int col0, int lane) {
-  ldmatrix_x4(a, tile + wg::at<kRows>(row0 + (lane & 15), col0 + (lane >> 4) * 8));
+  ldmatrix_x4(a, tile + swizzled_offset<kRows>(row0 + (lane & 15), col0 + (lane >> 4) * 8));
 }
 
 // B operand descriptors for k16 step kk of a tile of kR rows: b_nk where the
@@ -72,7 +73,7 @@ __device__ __forceinline__ int64_t row_of(int u, int L, bool reverse) { return r
 // A fragment (16 x 16) of Xᵀ at (m0, k0) where the tile stores X: row = k,
 // column = m (Kᵀ in Kᵀ V).
 __device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* tile, int m0, int k0, int lane) {
-  ldmatrix_x4_trans(a, tile + wg::at<kRows>(k0 + (lane & 7) + (lane >> 4) * 8, m0 + ((lane >> 3) & 1) * 8));
+  ldmatrix_x4_trans(a, tile + swizzled_offset<kRows>(k0 + (lane & 7) + (lane >> 4) * 8, m0 + ((lane >> 3) & 1) * 8));
 }
 
 __device__ __forceinline__ uint32_t scale2(uint32_t x, float a, float b) {
@@ -109,7 +110,7 @@ __device__ __forceinline__ void load_rows_async(T* tile, const T* base, int64_t 
     const int u = u0 + r;
     const bool in = u < L && u >= pad;
     const T* g = base + (in ? row_of(u, L, reverse) * row_stride + col : 0);
-    const uint32_t dst = tile::smem_addr(tile + wg::at<kRows>(r, col));
+    const uint32_t dst = tile::smem_addr(tile + swizzled_offset<kRows>(r, col));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(g), "r"(in ? 16 : 0));
   }
 }
@@ -137,8 +138,8 @@ __device__ __forceinline__ void column_sums(float& sk, float& sv, float& se, con
 #pragma unroll 8
   for (int j = 0; j < kRows; ++j) {
     const float w = decay ? exp2f(lg * (kRows - 1 - j)) : 1.f;
-    const float vv = __bfloat162float(V[wg::at<kRows>(j, col)]);
-    sk += w * __bfloat162float(K[wg::at<kRows>(j, col)]);
+    const float vv = __bfloat162float(V[swizzled_offset<kRows>(j, col)]);
+    sk += w * __bfloat162float(K[swizzled_offset<kRows>(j, col)]);
     sv += w * vv;
     if (e_col) se += w * e_col[j] * vv;
   }
@@ -152,7 +153,7 @@ __device__ __forceinline__ void decay_rows(T* tile, float lg, int tid) {
   for (int c = tid; c < kRows * kPerRow; c += kThreads) {
     const int r = c / kPerRow;
     const float w = exp2f(lg * (kRows - 1 - r));
-    uint4* x = reinterpret_cast<uint4*>(tile + wg::at<kRows>(r, (c % kPerRow) * 8));
+    uint4* x = reinterpret_cast<uint4*>(tile + swizzled_offset<kRows>(r, (c % kPerRow) * 8));
     uint4 y = *x;
     y.x = scale2(y.x, w, w);
     y.y = scale2(y.y, w, w);
@@ -448,8 +449,8 @@ __device__ __forceinline__ void store_rows(const float (&oacc)[D / 8][4], T* sta
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt) {
     const int d = nt * 8 + 2 * t;
-    *reinterpret_cast<uint32_t*>(stage + wg::at<kRows>(r0, d)) = P::from(oacc[nt][0], oacc[nt][1]);
-    *reinterpret_cast<uint32_t*>(stage + wg::at<kRows>(r1, d)) = P::from(oacc[nt][2], oacc[nt][3]);
+    *reinterpret_cast<uint32_t*>(stage + swizzled_offset<kRows>(r0, d)) = P::from(oacc[nt][0], oacc[nt][1]);
+    *reinterpret_cast<uint32_t*>(stage + swizzled_offset<kRows>(r1, d)) = P::from(oacc[nt][2], oacc[nt][3]);
   }
   __syncwarp();
   constexpr int kPerRow = D / 8;
@@ -458,7 +459,7 @@ __device__ __forceinline__ void store_rows(const float (&oacc)[D / 8][4], T* sta
     const int r = warp * 16 + c / kPerRow, col = (c % kPerRow) * 8;
     if (u0 + r < L && u0 + r >= pad) {
       *reinterpret_cast<uint4*>(ob + row_of(u0 + r, L, reverse) * row_stride + col) =
-          *reinterpret_cast<const uint4*>(stage + wg::at<kRows>(r, col));
+          *reinterpret_cast<const uint4*>(stage + swizzled_offset<kRows>(r, col));
     }
   }
 }
@@ -481,7 +482,7 @@ __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const 
       const int d = nt * 8 + 2 * t;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int at = wg::at<D>(m0 + g + 8 * half, d);
+        const int at = swizzled_offset<D>(m0 + g + 8 * half, d);
         const float2 hi = P::to(*reinterpret_cast<const uint32_t*>(Shi + at));
         const float2 lo = P::to(*reinterpret_cast<const uint32_t*>(Slo + at));
         acc[nt][2 * half] = sign * g_sub * (hi.x + lo.x);
@@ -494,7 +495,7 @@ __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const 
       const int d = nt * 8 + 2 * t;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int at = wg::at<D>(m0 + g + 8 * half, d);
+        const int at = swizzled_offset<D>(m0 + g + 8 * half, d);
         const float x0 = sign * acc[nt][2 * half], x1 = sign * acc[nt][2 * half + 1];
         const uint32_t hi = P::from(x0, x1);
         const float2 hf = P::to(hi);
@@ -527,7 +528,7 @@ __device__ __forceinline__ void load_matrix(T* Shi, T* Slo, const float* S, bool
   for (int idx = tid; idx < D * D; idx += kThreads) {
     const float s = transposed ? S[(idx % D) * D + idx / D] : S[idx];
     const T hi = __float2bfloat16_rn(s);
-    const int at = wg::at<D>(idx / D, idx % D);
+    const int at = swizzled_offset<D>(idx / D, idx % D);
     Shi[at] = hi;
     Slo[at] = __float2bfloat16_rn(s - __bfloat162float(hi));
   }

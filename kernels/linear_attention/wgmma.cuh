@@ -5,24 +5,13 @@
 // mma.m16n8 C layout (d[n8 tile][4]). One B operand is read from shared
 // memory once for the 4 warps, where each warp's mma.sync reloaded all of it.
 //
-// Shared-memory layout (`at`): rows of 64 bf16 (128 bytes) with the 128-byte
-// swizzle — the 16-byte chunk c of row r sits at chunk c ^ (r % 8) — and
-// tiles wider than 64 columns stored as column halves of 64, one after the
-// other. Each tile starts on a 1024-byte boundary, so the swizzle is the
-// hardware's (address bits 4-6 xor bits 7-9). ldmatrix and cp.async read and
-// write 16-byte chunks, so they are conflict-free on it too.
+// The operands' shared-memory layout is params.h's swizzled_offset (the
+// 128-byte swizzle, which desc() names).
 #pragma once
 
 #include <cstdint>
 
 namespace longtrain::kernels::linear_attention::wg {
-
-// Element offset of (row r, column c) in a tile of kR rows (64 for a
-// sub-chunk's rows, D for a state).
-template <int kR>
-__device__ __forceinline__ int at(int r, int c) {
-  return (c >> 6) * (kR * 64) + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
-}
 
 // Matrix descriptor of a 128-byte-swizzled operand at shared address `addr`:
 // 8-row groups 1024 bytes apart (SBO); `lbo` the distance between 64-column

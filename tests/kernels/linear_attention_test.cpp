@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -203,6 +204,44 @@ TEST(LinearKernel, BlocksFillTheFewestWholeWaves) {
     }
   }
   EXPECT_EQ(fewest_waves_block(0, 396, 32), 1);
+}
+
+// The kernels' shared-memory tile layout (params.h): every element of a tile
+// once, 16-byte chunks whole, and exactly the tensor cores' 128-byte swizzle
+// of the row-major address, which the wgmma descriptors (wgmma.cuh) assume.
+// ldmatrix reads one chunk from each of 8 consecutive rows: those must fall
+// in 8 distinct 16-byte bank groups.
+template <int kR>
+void check_swizzled_layout(int cols) {
+  using kernels::linear_attention::swizzled_offset;
+  std::vector<int> seen(kR * cols, 0);
+  for (int r = 0; r < kR; ++r) {
+    for (int c = 0; c < cols; ++c) {
+      const int off = swizzled_offset<kR>(r, c);
+      ASSERT_GE(off, 0);
+      ASSERT_LT(off, kR * cols);
+      ++seen[off];
+      if (c % 8 != 0) {
+        EXPECT_EQ(off, swizzled_offset<kR>(r, c - c % 8) + c % 8) << "chunk split at " << r << ", " << c;
+      }
+      const int plain = (c / 64) * kR * 128 + r * 128 + (c % 64) * 2;  // row-major bytes in the column half
+      EXPECT_EQ(2 * off, plain ^ (((plain >> 7) & 7) << 4)) << r << ", " << c;
+    }
+  }
+  for (int i = 0; i < kR * cols; ++i) ASSERT_EQ(seen[i], 1) << "offset " << i;
+  for (int r0 = 0; r0 < kR; r0 += 8) {
+    for (int c = 0; c < cols; c += 8) {
+      std::set<int> groups;
+      for (int r = r0; r < r0 + 8; ++r) groups.insert((swizzled_offset<kR>(r, c) * 2 / 16) % 8);
+      EXPECT_EQ(groups.size(), 8u) << "rows " << r0 << "+, column " << c;
+    }
+  }
+}
+
+TEST(LinearKernel, SwizzledTilesHoldEveryElementOnceInTheTensorCoreSwizzle) {
+  check_swizzled_layout<64>(64);    // a sub-chunk's rows, D = 64
+  check_swizzled_layout<64>(128);   // D = 128: two column halves
+  check_swizzled_layout<128>(128);  // a D = 128 state
 }
 
 // A decay that requires grad is refused with the way out, not silently frozen.
