@@ -192,9 +192,12 @@ __device__ __forceinline__ void add_kt_v(float (&acc)[D / 8][4], const T* K, con
 //    blk + 1 of the workspaces (the scan turns slots into prefixes); with
 //    p.mirror, of block blk + 1 into slot n_blocks − blk − 1 (params.h).
 // kDecay: p.log2_decay is set (a template argument, so that the no-decay
-// kernel holds no registers for the decayed path).
-template <int D, bool kDecay, int kMin = 1>
-__global__ void __launch_bounds__(kThreads, kMin) block_state_kernel(PassParams p) {
+// kernel holds no registers for the decayed path). D = 64: 80 registers and
+// 33 KB, 6 CTAs per SM, so that the chunk kernel's blocks (sized to its 3 per
+// SM) fill whole waves here too (H100 64K: 217 -> 210 µs for the two
+// launches; 118 registers uncapped).
+template <int D, bool kDecay>
+__global__ void __launch_bounds__(kThreads, D == 64 ? 6 : 1) block_state_kernel(PassParams p) {
   constexpr int kTileElems = Smem<D>::kTileElems;
   constexpr int kMt = D / 64;  // m-tiles (16 rows of S) per warp
   constexpr int kNt = D / 8;
@@ -319,13 +322,19 @@ __global__ void scan_kernel(float* buf, int64_t slot_elems, int n_slots, int las
 //    device functions shared with the fused dφk/dv kernel below; every warp
 //    works on its own 16 rows (r0 = 16·warp + g and r1 = r0 + 8 for a thread).
 
+// acc ← 0: this warp's 16 rows of an accumulator of D columns.
+template <int D>
+__device__ __forceinline__ void zero_rows(float (&oacc)[D / 8][4]) {
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
+}
+
 // sacc = X_w Yᵀ: [16, 64] logits of this warp's rows of X against all 64 rows of Y.
 template <int D>
 __device__ __forceinline__ void logits(float (&sacc)[8][4], const T* X, const T* Y, int warp, int lane) {
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) sacc[nt][e] = 0.f;
+  zero_rows<kRows>(sacc);
   uint32_t a[D / 16][4];
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) load_a(a[kk], X, warp * 16, kk * 16, lane);
@@ -421,15 +430,6 @@ __device__ __forceinline__ void times_state(float (&oacc)[D / 8][4], const T* X,
   }
   if (kTransposed) wg::product<false>(oacc, a, [&](int kk) { return b_nk<D>(Shi, kk); });
   else wg::product<true>(oacc, a, [&](int kk) { return b_kn<D>(Shi, kk); });
-}
-
-// oacc ← 0 for this warp's 16 output rows.
-template <int D>
-__device__ __forceinline__ void zero_rows(float (&oacc)[D / 8][4]) {
-#pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.f;
 }
 
 // oacc += A V for this warp's 16 rows (A as packed fragments over 64 keys).
@@ -704,7 +704,6 @@ struct BackwardRows {
 //    it; G and Q, which every warp reads whole, are double-buffered. That is
 //    the chunk kernel's 66.8 KB of shared memory instead of 83 KB: 3 CTAs per
 //    SM instead of 2 (D = 64, with registers capped to fit).
-
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassParams p) {
   using Layout = ChunkSmem<D>;
@@ -1088,11 +1087,7 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
     const int n_sums = forward ? p.n_blocks : p.n_blocks - 1;
     if (n_sums > 0) {
       const size_t smem1 = 4 * Smem<D>::kTileElems * sizeof(T) + 2 * kRows * sizeof(float) + kAlignSlack;
-      // D = 64: 80 registers and 33 KB, 6 CTAs per SM, so that the chunk
-      // kernel's blocks (sized to its 3 per SM) fill whole waves here too
-      // (H100 64K: 217 -> 210 µs for the two launches; 118 registers uncapped).
-      auto state_kernel = p.log2_decay ? block_state_kernel<D, true, D == 64 ? 6 : 1>
-                                       : block_state_kernel<D, false, D == 64 ? 6 : 1>;
+      auto state_kernel = p.log2_decay ? block_state_kernel<D, true> : block_state_kernel<D, false>;
       cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
       state_kernel<<<dim3(bh, n_sums), kThreads, smem1, stream>>>(p);
       check("linear_attention block_state_kernel");

@@ -17,8 +17,8 @@
 //   dφq_t = Σ_{s ≤ t} γ^(t−s) (g_t·v_s + h_t) φk_s        q=g, k=v,  v=φk, c=h
 //   dφk_s = Σ_{t ≥ s} γ^(t−s) (v_s·g_t + h_t) φq_t        q=v, k=g,  v=φq, e=h, reverse
 //   dv_s  = Σ_{t ≥ s} γ^(t−s) (φk_s·φq_t) g_t             q=φk, k=φq, v=g,    reverse
-// (the last two fused into one reverse pass since v2; with neither decay nor
-// normaliser all three are one pass since v6, see `out3` below).
+// (the last two fused into one reverse pass since v2; without decay all
+// three are one pass since v6, see `out3` below).
 //
 // A pass is three kernels (Lightning Attention-2 / fla "chunk" form):
 //   1. block_state: for each block of kBlockChunks·64 rows, its contribution
