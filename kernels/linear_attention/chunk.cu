@@ -15,6 +15,7 @@
 
 #include "kernels/linear_attention/params.h"
 #include "kernels/linear_attention/wgmma.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/sparse_attention/tile.cuh"
 
 namespace longtrain::kernels::linear_attention {
@@ -206,6 +207,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 6 : 1) block_state_kernel(
   T* Vs = Ks + 2 * kTileElems;
   float* es = reinterpret_cast<float*>(Vs + 2 * kTileElems);  // [2][64]
 
+  pdl::let_next_grid_launch();  // the first kernel of its chain: the scan may take SMs as CTAs here finish
   const int bh = blockIdx.x, blk = blockIdx.y + p.mirror, b = bh / p.H, h = bh % p.H;  // heads first
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float lg = kDecay ? p.log2_decay[h] : 0.f;
@@ -292,24 +294,55 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 6 : 1) block_state_kernel(
 
 // ---------------------------------------------------------------------------
 // 2. scan: slot b ← γ^(rows per block) · slot (b − 1) + slot b for slots
-//    1 .. last of n_slots per head, slot 0 ← 0. The slot loads do not depend
-//    on the chain, so they go out 8 at a time.
-__global__ void scan_kernel(float* buf, int64_t slot_elems, int n_slots, int last, const float* log2_decay, int H,
-                            float rows_per_block) {
-  const int bh = blockIdx.y;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= slot_elems) return;
-  const float g = log2_decay ? exp2f(log2_decay[bh % H] * rows_per_block) : 1.f;
+//    1 .. last of n_slots per head, slot 0 ← 0. A CTA takes 32 elements of
+//    the slots; its 8 warps each take one of 8 runs of consecutive slots,
+//    sum their run (all its loads in flight), meet the earlier runs' sums
+//    through shared memory, and write their prefixes: one round trip to
+//    memory where a thread per element walking all slots 8 at a time paid
+//    7 at 64K's 49 blocks. (Chained, its time is not measured apart; across
+//    H100 instances v8 with it was no faster than with 32 loads in flight per
+//    thread, which took 8.0 µs per scan against 6.9 at 8: NOTES.md, v8.)
+constexpr int kScanRuns = 8, kScanBatch = 8;
+__global__ void __launch_bounds__(32 * kScanRuns) scan_kernel(float* buf, int64_t slot_elems, int n_slots, int last,
+                                                            const float* log2_decay, int H, float rows_per_block) {
+  pdl::wait_for_previous_grid();  // block_state's sums (or the previous scan's: chained launches)
+  pdl::let_next_grid_launch();
+  __shared__ float run_sum[kScanRuns][32];
+  const int bh = blockIdx.y, run = threadIdx.x / 32;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * 32 + (threadIdx.x & 31);
+  const bool live = idx < slot_elems;
+  const float lg = log2_decay ? log2_decay[bh % H] * rows_per_block : 0.f;
+  const float g = exp2f(lg);
   float* x = buf + static_cast<int64_t>(bh) * n_slots * slot_elems + idx;
-  x[0] = 0.f;
-  float s = 0.f;
-  for (int b0 = 1; b0 <= last; b0 += 8) {
-    float in[8];
+  const int per = (last + kScanRuns - 1) / kScanRuns;
+  const int b_begin = 1 + run * per, b_end = min(last, (run + 1) * per);  // this run's slots, inclusive
+  const bool in_registers = per <= kScanBatch;
+  float in[kScanBatch];
+  float s = 0.f;  // the run's own sum, decayed to its last slot
+  for (int b0 = b_begin; b0 <= b_end; b0 += kScanBatch) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) in[j] = b0 + j <= last ? x[(b0 + j) * slot_elems] : 0.f;
+    for (int j = 0; j < kScanBatch; ++j) in[j] = live && b0 + j <= b_end ? x[(b0 + j) * slot_elems] : 0.f;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      if (b0 + j <= last) {
+    for (int j = 0; j < kScanBatch; ++j)
+      if (b0 + j <= b_end) s = g * s + in[j];
+  }
+  run_sum[run][threadIdx.x & 31] = s;
+  __syncthreads();
+  if (!live) return;
+  if (run == 0) x[0] = 0.f;
+  s = 0.f;  // the prefix before this run: the earlier runs, each decayed over the runs after it
+  for (int r = 0; r < run; ++r) {
+    const int len = min(last, (r + 1) * per) - (1 + r * per) + 1;
+    s = (len > 0 ? exp2f(lg * len) : 1.f) * s + (len > 0 ? run_sum[r][threadIdx.x & 31] : 0.f);
+  }
+  for (int b0 = b_begin; b0 <= b_end; b0 += kScanBatch) {
+    if (!in_registers) {
+#pragma unroll
+      for (int j = 0; j < kScanBatch; ++j) in[j] = b0 + j <= b_end ? x[(b0 + j) * slot_elems] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kScanBatch; ++j) {
+      if (b0 + j <= b_end) {
         s = g * s + in[j];
         x[(b0 + j) * slot_elems] = s;
       }
@@ -464,27 +497,41 @@ __device__ __forceinline__ void store_rows(const float (&oacc)[D / 8][4], T* sta
   }
 }
 
+// The low halves of a carried state (hi + lo): thread-private, in the order
+// of advance_state's accumulator fragments, so that a thread moves them 16
+// bytes at a time (4 + 4 accesses per update at D = 64 instead of 16 + 16 in
+// the hi tile's layout). Chunk q of m-tile mt holds the bf16 pairs of
+// (nt, half) = (2q, 0), (2q, 1), (2q + 1, 0), (2q + 1, 1); consecutive threads'
+// chunks are adjacent (no bank conflicts).
+template <int D>
+__device__ __forceinline__ uint4* lo_chunk(T* Slo, int mt, int q, int tid) {
+  return reinterpret_cast<uint4*>(Slo) + (mt * (D / 16) + q) * kThreads + tid;
+}
+
 // S ← γ^64 S + Σ_j γ^(63−j) k_j v_jᵀ over one sub-chunk (K, V tiles), S held
-// as hi + lo in shared memory; warp w owns rows 16 w (and 16 (w + 4)).
+// as hi + lo in shared memory (hi in the swizzled tile the products read, lo
+// as lo_chunk); warp w owns rows 16 w (and 16 (w + 4)).
 // sign = −1: S ← S − Σ_j k_j v_jᵀ (no decay; the fused backward's walk).
 // Callers synchronise before (every warp done reading S) and after.
 template <int D>
 __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const T* V, float g_sub, float lg,
                                               bool decay, int warp, int lane, float sign = 1.f) {
   constexpr int kNt = D / 8;
-  const int g = lane >> 2, t = lane & 3;
+  const int g = lane >> 2, t = lane & 3, tid = warp * 32 + lane;
 #pragma unroll
   for (int mt = 0; mt < D / 64; ++mt) {
     const int m0 = (warp + 4 * mt) * 16;
     float acc[kNt][4];
+    uint4 lo4[kNt / 2];
+#pragma unroll
+    for (int q = 0; q < kNt / 2; ++q) lo4[q] = *lo_chunk<D>(Slo, mt, q, tid);
 #pragma unroll
     for (int nt = 0; nt < kNt; ++nt) {
       const int d = nt * 8 + 2 * t;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int at = swizzled_offset<D>(m0 + g + 8 * half, d);
-        const float2 hi = P::to(*reinterpret_cast<const uint32_t*>(Shi + at));
-        const float2 lo = P::to(*reinterpret_cast<const uint32_t*>(Slo + at));
+        const float2 hi = P::to(*reinterpret_cast<const uint32_t*>(Shi + swizzled_offset<D>(m0 + g + 8 * half, d)));
+        const float2 lo = P::to(reinterpret_cast<const uint32_t*>(&lo4[nt / 2])[(nt % 2) * 2 + half]);
         acc[nt][2 * half] = sign * g_sub * (hi.x + lo.x);
         acc[nt][2 * half + 1] = sign * g_sub * (hi.y + lo.y);
       }
@@ -495,14 +542,15 @@ __device__ __forceinline__ void advance_state(T* Shi, T* Slo, const T* K, const 
       const int d = nt * 8 + 2 * t;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int at = swizzled_offset<D>(m0 + g + 8 * half, d);
         const float x0 = sign * acc[nt][2 * half], x1 = sign * acc[nt][2 * half + 1];
         const uint32_t hi = P::from(x0, x1);
         const float2 hf = P::to(hi);
-        *reinterpret_cast<uint32_t*>(Shi + at) = hi;
-        *reinterpret_cast<uint32_t*>(Slo + at) = P::from(x0 - hf.x, x1 - hf.y);
+        *reinterpret_cast<uint32_t*>(Shi + swizzled_offset<D>(m0 + g + 8 * half, d)) = hi;
+        reinterpret_cast<uint32_t*>(&lo4[nt / 2])[(nt % 2) * 2 + half] = P::from(x0 - hf.x, x1 - hf.y);
       }
     }
+#pragma unroll
+    for (int q = 0; q < kNt / 2; ++q) *lo_chunk<D>(Slo, mt, q, tid) = lo4[q];
   }
 }
 
@@ -522,15 +570,28 @@ __device__ __forceinline__ void advance_vectors(float* zk, float* zv, float* ze,
   if (ze) ze[tid] = g_sub * ze[tid] + se;
 }
 
-// A [D, D] fp32 state (or its transpose) into shared memory as hi + lo.
+// A [D, D] fp32 state (or its transpose) into shared memory as hi + lo
+// (advance_state's layouts: each thread writes the lo of its own fragments).
 template <int D>
 __device__ __forceinline__ void load_matrix(T* Shi, T* Slo, const float* S, bool transposed, int tid) {
-  for (int idx = tid; idx < D * D; idx += kThreads) {
-    const float s = transposed ? S[(idx % D) * D + idx / D] : S[idx];
-    const T hi = __float2bfloat16_rn(s);
-    const int at = swizzled_offset<D>(idx / D, idx % D);
-    Shi[at] = hi;
-    Slo[at] = __float2bfloat16_rn(s - __bfloat162float(hi));
+  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < D / 64; ++mt) {
+#pragma unroll
+    for (int q = 0; q < D / 16; ++q) {
+      uint32_t lo[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = (warp + 4 * mt) * 16 + g + 8 * (j % 2), c = (2 * q + j / 2) * 8 + 2 * t;
+        const float2 s = transposed ? make_float2(S[c * D + r], S[(c + 1) * D + r])
+                                    : *reinterpret_cast<const float2*>(S + r * D + c);
+        const uint32_t hi = P::from(s.x, s.y);
+        const float2 hf = P::to(hi);
+        *reinterpret_cast<uint32_t*>(Shi + swizzled_offset<D>(r, c)) = hi;
+        lo[j] = P::from(s.x - hf.x, s.y - hf.y);
+      }
+      *lo_chunk<D>(Slo, mt, q, tid) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    }
   }
 }
 
@@ -601,7 +662,6 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
   T* ob = static_cast<T*>(p.out) + b * p.out_strides[0] + h * p.out_strides[1];
   const int u_begin = blk * p.block_chunks * kRows;
   const int n_sub = min(p.block_chunks, (p.L - u_begin + kRows - 1) / kRows);
-  load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * (p.n_blocks + 1) + blk, tid);
 
   auto prefetch = [&](int i, int buf) {
     const int u0 = u_begin + i * kRows;
@@ -612,7 +672,8 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
     load_scalars(cs + buf * kRows, p.c, bh, u0, p.L, p.reverse, tid);
     load_scalars(es + buf * kRows, p.e, bh, u0, p.L, p.reverse, tid);
   };
-  prefetch(0, 0);
+  prefetch(0, 0);  // the pass's inputs, complete before its chain began (pdl.cuh)
+  if (n_sub <= 0) pdl::wait_for_previous_grid();
 
   for (int i = 0; i < n_sub; ++i) {
     const int buf = i & 1;
@@ -638,6 +699,11 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
     const float c0 = p.c ? c_row[r0] : 0.f, c1 = p.c ? c_row[r1] : 0.f;
     logits<D>(sacc, Q, K, warp, lane);
     weights(sacc, pa, c0, c1, e_col, lg, decay, u0, p.L, r0, r1, t, den0, den1);
+    if (i == 0) {  // the first weights came before the scan's prefixes (pdl.cuh)
+      pdl::wait_for_previous_grid();
+      load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * (p.n_blocks + 1) + blk, tid);
+      sync_tiles();
+    }
 
     // Inter-chunk: γ^(r+1) (q_r S + c_r zv + ze), and γ^(r+1) q_r·zk for the denominator.
     float oacc[kNt][4];
@@ -728,7 +794,6 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
   const BackwardRows io(p, b, h);
   const int u_begin = blk * p.block_chunks * kRows;
   const int n_sub = min(p.block_chunks, (p.L - u_begin + kRows - 1) / kRows);
-  load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * (p.n_blocks + 1) + blk, tid);
 
   auto prefetch_shared = [&](int i, int buf) {
     const int u0 = u_begin + i * kRows;
@@ -746,6 +811,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dkdv_kernel(PassPar
   prefetch_shared(0, 0);
   refill_rows(V, io.v, p.q.strides[2], 0);
   refill_rows(K, io.k, p.q2.strides[2], 0);
+  pdl::wait_for_previous_grid();  // the scan's prefixes
+  load_state<D>(Shi, Slo, zk_s, zv_s, ze_s, p, static_cast<int64_t>(bh) * (p.n_blocks + 1) + blk, tid);
 
   for (int i = 0; i < n_sub; ++i) {
     const int buf = i & 1;
@@ -922,12 +989,11 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
   load_shared(K, io.k, p.q2.strides[2], u_begin);
   cp_async_commit();
   const int64_t slots = p.n_blocks + 1;
-  load_matrix<D>(Rhi, Rlo, p.states + (bh * slots + p.n_blocks - 1 - blk) * D * D, false, tid);
+  // The forward's S' and its inputs were complete before this pass's chain
+  // began; R and ze come from its scan, waited for after the first dφq.
   load_matrix<D>(Shi, Slo, p.states2 + (bh * slots + blk + 1) * D * D, true, tid);
-  if (norm && tid < D) {
-    zv[tid] = p.zk2[(bh * slots + blk + 1) * D + tid];
-    ze[tid] = p.ze[(bh * slots + p.n_blocks - 1 - blk) * D + tid];
-  }
+  if (norm && tid < D) zv[tid] = p.zk2[(bh * slots + blk + 1) * D + tid];
+  if (n_sub <= 0) pdl::wait_for_previous_grid();
   cp_async_wait<0>();
   sync_tiles();
   advance_state<D>(Shi, Slo, V, K, 1.f, 0.f, false, warp, lane, -1.f);  // S' before the first sub-chunk
@@ -956,6 +1022,11 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
     if (norm) finish_inter<D>(oacc, 1.f, 1.f, c0, c1, zv, nullptr, t);
     times_values<D>(oacc, pa, K, lane);
     store_rows_direct<D>(oacc, dqb, p.out3_strides[2], u0, Lv, pad, warp, lane);
+    if (i == 0) {  // visible after the barrier below
+      pdl::wait_for_previous_grid();
+      load_matrix<D>(Rhi, Rlo, p.states + (bh * slots + p.n_blocks - 1 - blk) * D * D, false, tid);
+      if (norm && tid < D) ze[tid] = p.ze[(bh * slots + p.n_blocks - 1 - blk) * D + tid];
+    }
     if (more) cp_async_wait<1>();  // this sub-chunk's Q, loaded during the last one's S' update and the above
     else cp_async_wait<0>();       // (the group after it, if any: the next G)
     sync_tiles();  // every warp is done with V, K whole and with S'; Q is in
@@ -1076,9 +1147,15 @@ void check_dim(int D, const char* what) {
 // [B, L, H, D] layout of the model's projections are one contiguous row of
 // memory (H100, 64K: 1.006 -> 0.996 ms fwd+bwd against block-first, alternated
 // twice in one run; 16K unchanged). Blocks are at most 65535 (op.cpp checks).
+//
+// A pass is one chain of launches (kernels/pdl.cuh): block_state plainly, then
+// each scan and the pass kernel as soon as the kernel before lets them, so
+// that they launch, load their first tiles and wait for the prefixes while
+// the CTAs of the kernel before drain.
 template <int D>
 void run_pass(const PassParams& p, cudaStream_t stream) {
   const int bh = p.B * p.H;
+  bool chained = false;  // a kernel of this pass ran before the next launch
   if (!p.states_ready) {
     // Every block's sum but the last, whose prefix nothing reads; the forward
     // pass keeps the whole sum too (the fused backward's last block starts
@@ -1091,13 +1168,15 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
       cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
       state_kernel<<<dim3(bh, n_sums), kThreads, smem1, stream>>>(p);
       check("linear_attention block_state_kernel");
+      chained = true;
     }
     const float rows = static_cast<float>(p.block_chunks * kRows);
     auto scan = [&](float* buf, int64_t elems) {
       if (!buf) return;
-      scan_kernel<<<dim3(static_cast<unsigned>((elems + 255) / 256), bh), 256, 0, stream>>>(
-          buf, elems, p.n_blocks + 1, n_sums, p.log2_decay, p.H, rows);
+      pdl::launch(scan_kernel, dim3(static_cast<unsigned>((elems + 31) / 32), bh), dim3(32 * kScanRuns), 0, stream, chained,
+                  buf, elems, p.n_blocks + 1, n_sums, p.log2_decay, p.H, rows);
       check("linear_attention scan_kernel");
+      chained = true;
     };
     scan(p.states, static_cast<int64_t>(D) * D);
     scan(p.zk, D);
@@ -1107,7 +1186,7 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
   if (p.out3) {
     const size_t smem = FusedSmem<D>::bytes();
     cudaFuncSetAttribute(dqkv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    dqkv_kernel<D><<<dim3(bh, p.n_blocks), kThreads, smem, stream>>>(p);
+    pdl::launch(dqkv_kernel<D>, dim3(bh, p.n_blocks), dim3(kThreads), smem, stream, chained, p);
     check("linear_attention dqkv_kernel");
     return;
   }
@@ -1115,7 +1194,7 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
   const size_t smem = ChunkSmem<D>::bytes(3);  // both kernels: 3 double-buffered tiles' worth
   auto kernel = fused ? dkdv_kernel<D> : chunk_kernel<D>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  kernel<<<dim3(bh, p.n_blocks), kThreads, smem, stream>>>(p);
+  pdl::launch(kernel, dim3(bh, p.n_blocks), dim3(kThreads), smem, stream, chained, p);
   check(fused ? "linear_attention dkdv_kernel" : "linear_attention chunk_kernel");
 }
 
