@@ -308,8 +308,8 @@ __global__ void __launch_bounds__(32 * kScanRuns) scan_kernel(float* buf, int64_
   pdl::wait_for_previous_grid();  // block_state's sums (or the previous scan's: chained launches)
   pdl::let_next_grid_launch();
   __shared__ float run_sum[kScanRuns][32];
-  const int bh = blockIdx.y, run = threadIdx.x / 32;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * 32 + (threadIdx.x & 31);
+  const int bh = blockIdx.y, run = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * 32 + lane;
   const bool live = idx < slot_elems;
   const float lg = log2_decay ? log2_decay[bh % H] * rows_per_block : 0.f;
   const float g = exp2f(lg);
@@ -326,15 +326,15 @@ __global__ void __launch_bounds__(32 * kScanRuns) scan_kernel(float* buf, int64_
     for (int j = 0; j < kScanBatch; ++j)
       if (b0 + j <= b_end) s = g * s + in[j];
   }
-  run_sum[run][threadIdx.x & 31] = s;
+  run_sum[run][lane] = s;
   __syncthreads();
   if (!live) return;
   if (run == 0) x[0] = 0.f;
-  s = 0.f;  // the prefix before this run: the earlier runs, each decayed over the runs after it
-  for (int r = 0; r < run; ++r) {
-    const int len = min(last, (r + 1) * per) - (1 + r * per) + 1;
-    s = (len > 0 ? exp2f(lg * len) : 1.f) * s + (len > 0 ? run_sum[r][threadIdx.x & 31] : 0.f);
-  }
+  // The prefix before this run: the earlier runs, each decayed over the runs
+  // after it. Where this run holds a slot, every earlier run is whole (per slots).
+  const float g_run = exp2f(lg * per);
+  s = 0.f;
+  for (int r = 0; r < run; ++r) s = g_run * s + run_sum[r][lane];
   for (int b0 = b_begin; b0 <= b_end; b0 += kScanBatch) {
     if (!in_registers) {
 #pragma unroll
@@ -673,7 +673,7 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(PassParams p) {
     load_scalars(es + buf * kRows, p.e, bh, u0, p.L, p.reverse, tid);
   };
   prefetch(0, 0);  // the pass's inputs, complete before its chain began (pdl.cuh)
-  if (n_sub <= 0) pdl::wait_for_previous_grid();
+  if (n_sub <= 0) pdl::wait_for_previous_grid();  // a CTA of a chained grid waits before it exits (pdl.cuh)
 
   for (int i = 0; i < n_sub; ++i) {
     const int buf = i & 1;
@@ -993,7 +993,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) dqkv_kernel(PassPar
   // began; R and ze come from its scan, waited for after the first dφq.
   load_matrix<D>(Shi, Slo, p.states2 + (bh * slots + blk + 1) * D * D, true, tid);
   if (norm && tid < D) zv[tid] = p.zk2[(bh * slots + blk + 1) * D + tid];
-  if (n_sub <= 0) pdl::wait_for_previous_grid();
+  if (n_sub <= 0) pdl::wait_for_previous_grid();  // a CTA of a chained grid waits before it exits (pdl.cuh)
   cp_async_wait<0>();
   sync_tiles();
   advance_state<D>(Shi, Slo, V, K, 1.f, 0.f, false, warp, lane, -1.f);  // S' before the first sub-chunk
