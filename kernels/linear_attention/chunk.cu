@@ -1173,8 +1173,9 @@ void run_pass(const PassParams& p, cudaStream_t stream) {
     const float rows = static_cast<float>(p.block_chunks * kRows);
     auto scan = [&](float* buf, int64_t elems) {
       if (!buf) return;
-      pdl::launch(scan_kernel, dim3(static_cast<unsigned>((elems + 31) / 32), bh), dim3(32 * kScanRuns), 0, stream, chained,
-                  buf, elems, p.n_blocks + 1, n_sums, p.log2_decay, p.H, rows);
+      const dim3 grid(static_cast<unsigned>((elems + 31) / 32), bh);
+      pdl::launch(scan_kernel, grid, dim3(32 * kScanRuns), 0, stream, chained, buf, elems, p.n_blocks + 1, n_sums,
+                  p.log2_decay, p.H, rows);
       check("linear_attention scan_kernel");
       chained = true;
     };
