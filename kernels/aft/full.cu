@@ -6,15 +6,17 @@
 //
 // m[r] is the row max of the unmasked bias (detached: it cancels in num/den).
 // The algorithm, its shapes and the GEMMs are in full_op.cpp; the params in
-// params.h. Three kernels, one CTA per tile row (threads stride the columns,
+// params.h. Two kernels, one CTA per tile row (threads stride the columns,
 // so every load and store is coalesced):
 //   aft_full_p_rows_kernel  forward row block: row max, then P and its row sum
 //                           (the row is read twice; the second read from L2);
-//   aft_full_p_cols_kernel  backward column block: P with the saved m;
-//   aft_full_dw_kernel      backward column block: the product written straight
-//                           into dw's slab (rows above the block written as 0),
-//                           P recomputed in fp32 from w rather than read back
-//                           rounded.
+//   aft_full_p_dw_kernel    backward column block, after the dP GEMM: P with
+//                           the saved m (the dAE GEMM's operand) and the
+//                           product written straight into dw's slab (rows above
+//                           the block written as 0), from one read of w; P in
+//                           the product is the fp32 value, not the rounded one.
+//                           (v2 read w twice, in a P kernel and a dw kernel:
+//                           0.20 + 0.41 ms per 16K step, fused 0.49.)
 // exp is the fast __expf (--use_fast_math): 2 ulp in fp32, far below the
 // operand dtype's rounding (bf16 2^-9, fp16 2^-11). Memory-bound: 16-byte
 // accesses where the rows are aligned (v1 moved 2- and 4-byte scalars).
@@ -91,6 +93,9 @@ __device__ __forceinline__ void put8(X* row, int c, int end, const float (&v)[8]
 }
 
 // One CTA per row r = row0 + blockIdx.x; columns [0, col1), 8 per thread step.
+// (Holding the row's first 16K columns in registers between the max and the
+// exp, 127 registers, was slower on the H100: 0.258 -> 0.327 ms per 16K step;
+// 2 CTAs per SM leave the load and store phases of a row unoverlapped.)
 template <typename W, typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) aft_full_p_rows_kernel(const AftFullTileParams p) {
   const int r = p.row0 + blockIdx.x;
@@ -122,26 +127,10 @@ __global__ void __launch_bounds__(kThreads) aft_full_p_rows_kernel(const AftFull
   }
 }
 
-// One CTA per row r = row0 + blockIdx.x; columns [col0, col1).
+// One CTA per row r = blockIdx.x of [0, L); columns [col0, col1) of dw, and
+// for r >= row0 row r - row0 of the tile's P.
 template <typename W, typename T, bool kVec>
-__global__ void __launch_bounds__(kThreads) aft_full_p_cols_kernel(const AftFullTileParams p) {
-  const int r = p.row0 + blockIdx.x;
-  const W* w = static_cast<const W*>(p.w) + static_cast<int64_t>(r) * p.w_stride;
-  T* out = static_cast<T*>(p.p) + static_cast<int64_t>(blockIdx.x) * p.p_stride;
-  const int n = unmasked_end(p, r);
-  const float mx = p.m[r];
-  float x[8];
-  for (int c = p.col0 + 8 * threadIdx.x; c < p.col1; c += 8 * kThreads) {
-    get8<kVec>(w, c, p.col1, x);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) x[j] = c + j < n ? __expf(x[j] - mx) : 0.f;
-    put8<kVec>(out, c - p.col0, p.col1 - p.col0, x);
-  }
-}
-
-// One CTA per row r = blockIdx.x of [0, L); columns [col0, col1) of dw.
-template <typename W, typename T, bool kVec>
-__global__ void __launch_bounds__(kThreads) aft_full_dw_kernel(const AftFullTileParams p) {
+__global__ void __launch_bounds__(kThreads) aft_full_p_dw_kernel(const AftFullTileParams p) {
   const int r = blockIdx.x;
   W* dw = static_cast<W*>(p.dw) + static_cast<int64_t>(r) * p.dw_stride;
   float x[8], g[8];
@@ -153,25 +142,49 @@ __global__ void __launch_bounds__(kThreads) aft_full_dw_kernel(const AftFullTile
   }
   const W* w = static_cast<const W*>(p.w) + static_cast<int64_t>(r) * p.w_stride;
   const T* dp = static_cast<const T*>(p.dp) + static_cast<int64_t>(r - p.row0) * p.dp_stride;
+  T* out = static_cast<T*>(p.p) + static_cast<int64_t>(r - p.row0) * p.p_stride;
   const int n = unmasked_end(p, r);
   const float mx = p.m[r], corr = p.dcorr[r];
   for (int c = p.col0 + 8 * threadIdx.x; c < p.col1; c += 8 * kThreads) {
     get8<kVec>(w, c, p.col1, x);
     get8<kVec>(dp, c - p.col0, p.col1 - p.col0, g);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) x[j] = c + j < n ? __expf(x[j] - mx) * (g[j] - corr) : 0.f;
-    put8<kVec>(dw, c, p.col1, x);
+    for (int j = 0; j < 8; ++j) {
+      x[j] = c + j < n ? __expf(x[j] - mx) : 0.f;
+      g[j] = x[j] * (g[j] - corr);
+    }
+    put8<kVec>(out, c - p.col0, p.col1 - p.col0, x);
+    put8<kVec>(dw, c, p.col1, g);
   }
 }
 
 // ---- The O(L·d) steps: one CTA per row l of the pair tensors; threads
-// stride the B·d (batch, channel) pairs of the row, so loads and stores are
-// coalesced along the channels. Each is the plain-torch chain of full_op.cpp's
-// CPU path with the same rounding points (AE and G in the operand dtype).
+// stride the B·d (batch, channel) pairs of the row, N = 8 consecutive
+// channels per step as 16-byte accesses where d % 8 == 0 and the inputs' rows
+// are 16-byte aligned (checked on the host), else N = 1. Each is the
+// plain-torch chain of full_op.cpp's CPU path with the same rounding points
+// (AE and G in the operand dtype).
+
+template <int N, typename X>
+__device__ __forceinline__ void ldn(const X* src, float (&v)[N]) {
+  if constexpr (N == 8) {
+    load8(src, v);
+  } else {
+    v[0] = to_float(*src);
+  }
+}
+template <int N, typename X>
+__device__ __forceinline__ void stn(X* dst, const float (&v)[N]) {
+  if constexpr (N == 8) {
+    store8(dst, v);
+  } else {
+    *dst = from_float<X>(v[0]);
+  }
+}
 
 template <typename T>
-__device__ __forceinline__ float in(const void* base, const int64_t (&strides)[2], int b, int l, int c) {
-  return to_float(static_cast<const T*>(base)[b * strides[0] + l * strides[1] + c]);
+__device__ __forceinline__ const T* in(const void* base, const int64_t (&strides)[2], int b, int l, int c) {
+  return static_cast<const T*>(base) + b * strides[0] + l * strides[1] + c;
 }
 
 __device__ __forceinline__ int64_t out_at(const AftFullRowsParams& p, int b, int l, int c) {
@@ -182,57 +195,90 @@ __device__ __forceinline__ int64_t pair_at(const AftFullRowsParams& p, int l, in
   return (static_cast<int64_t>(l) * p.B + b) * 2 * p.d + c;  // the second of the pair: + d
 }
 
-template <typename T>
+template <typename T, int N>
 __global__ void __launch_bounds__(kThreads) aft_full_fwd_prep_kernel(const AftFullRowsParams p) {
   const int l = blockIdx.x;
   T* ae = static_cast<T*>(p.pairs);
-  for (int i = threadIdx.x; i < p.B * p.d; i += kThreads) {
+  for (int i = N * threadIdx.x; i < p.B * p.d; i += N * kThreads) {
     const int b = i / p.d, c = i % p.d;
-    const float e = __expf(in<T>(p.k, p.k_strides, b, l, c) - p.ref[b * p.d + c]);
-    ae[pair_at(p, l, b, c)] = from_float<T>(e * in<T>(p.v, p.v_strides, b, l, c));
-    ae[pair_at(p, l, b, c) + p.d] = from_float<T>(e);
+    float k[N], v[N], ref[N];
+    ldn<N>(in<T>(p.k, p.k_strides, b, l, c), k);
+    ldn<N>(in<T>(p.v, p.v_strides, b, l, c), v);
+    ldn<N>(p.ref + b * p.d + c, ref);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      k[j] = __expf(k[j] - ref[j]);  // e
+      v[j] *= k[j];                   // e·v
+    }
+    stn<N>(ae + pair_at(p, l, b, c), v);
+    stn<N>(ae + pair_at(p, l, b, c) + p.d, k);
   }
 }
 
-template <typename T>
+template <typename T, int N>
 __global__ void __launch_bounds__(kThreads) aft_full_fwd_out_kernel(const AftFullRowsParams p) {
   const int l = blockIdx.x;
-  for (int i = threadIdx.x; i < p.B * p.d; i += kThreads) {
+  for (int i = N * threadIdx.x; i < p.B * p.d; i += N * kThreads) {
     const int b = i / p.d, c = i % p.d;
-    const float ratio = p.nd[pair_at(p, l, b, c)] / p.nd[pair_at(p, l, b, c) + p.d];
-    static_cast<T*>(p.y)[out_at(p, b, l, c)] = from_float<T>(sigmoid(in<T>(p.q, p.q_strides, b, l, c)) * ratio);
+    float num[N], den[N], q[N];
+    ldn<N>(p.nd + pair_at(p, l, b, c), num);
+    ldn<N>(p.nd + pair_at(p, l, b, c) + p.d, den);
+    ldn<N>(in<T>(p.q, p.q_strides, b, l, c), q);
+#pragma unroll
+    for (int j = 0; j < N; ++j) q[j] = sigmoid(q[j]) * (num[j] / den[j]);
+    stn<N>(static_cast<T*>(p.y) + out_at(p, b, l, c), q);
   }
 }
 
-template <typename T>
+template <typename T, int N>
 __global__ void __launch_bounds__(kThreads) aft_full_bwd_prep_kernel(const AftFullRowsParams p) {
   const int l = blockIdx.x;
   T* g = static_cast<T*>(p.pairs);
   float corr = 0.f;
-  for (int i = threadIdx.x; i < p.B * p.d; i += kThreads) {
+  for (int i = N * threadIdx.x; i < p.B * p.d; i += N * kThreads) {
     const int b = i / p.d, c = i % p.d;
-    const float num = p.nd[pair_at(p, l, b, c)], den = p.nd[pair_at(p, l, b, c) + p.d], ratio = num / den;
-    const float dy = in<T>(p.dy, p.dy_strides, b, l, c), sig = sigmoid(in<T>(p.q, p.q_strides, b, l, c));
-    static_cast<T*>(p.dq)[out_at(p, b, l, c)] = from_float<T>(dy * ratio * sig * (1.f - sig));
-    const float dnum = dy * sig / den;
-    const T gn = from_float<T>(dnum), gd = from_float<T>(-dnum * ratio);
-    g[pair_at(p, l, b, c)] = gn;
-    g[pair_at(p, l, b, c) + p.d] = gd;
-    corr = fmaf(to_float(gn), num, fmaf(to_float(gd), den, corr));  // from the rounded G, as the GEMMs see it
+    float num[N], den[N], dy[N], q[N], gn[N], gd[N];
+    ldn<N>(p.nd + pair_at(p, l, b, c), num);
+    ldn<N>(p.nd + pair_at(p, l, b, c) + p.d, den);
+    ldn<N>(in<T>(p.dy, p.dy_strides, b, l, c), dy);
+    ldn<N>(in<T>(p.q, p.q_strides, b, l, c), q);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float ratio = num[j] / den[j], sig = sigmoid(q[j]);
+      q[j] = dy[j] * ratio * sig * (1.f - sig);  // dq
+      const float dnum = dy[j] * sig / den[j];
+      // G rounded to the operand dtype, and corr from the rounded G, as the GEMMs see it.
+      gn[j] = to_float(from_float<T>(dnum));
+      gd[j] = to_float(from_float<T>(-dnum * ratio));
+      corr = fmaf(gn[j], num[j], fmaf(gd[j], den[j], corr));
+    }
+    stn<N>(static_cast<T*>(p.dq) + out_at(p, b, l, c), q);
+    stn<N>(g + pair_at(p, l, b, c), gn);
+    stn<N>(g + pair_at(p, l, b, c) + p.d, gd);
   }
   corr = block_sum(corr);
   if (threadIdx.x == 0) p.corr[l] = corr / p.row_sums[l];
 }
 
-template <typename T>
+template <typename T, int N>
 __global__ void __launch_bounds__(kThreads) aft_full_bwd_post_kernel(const AftFullRowsParams p) {
   const int l = blockIdx.x;
-  for (int i = threadIdx.x; i < p.B * p.d; i += kThreads) {
+  for (int i = N * threadIdx.x; i < p.B * p.d; i += N * kThreads) {
     const int b = i / p.d, c = i % p.d;
-    const float e = __expf(in<T>(p.k, p.k_strides, b, l, c) - p.ref[b * p.d + c]);
-    const float da = p.dae[pair_at(p, l, b, c)], de = p.dae[pair_at(p, l, b, c) + p.d];
-    static_cast<T*>(p.dv)[out_at(p, b, l, c)] = from_float<T>(da * e);
-    static_cast<T*>(p.dk)[out_at(p, b, l, c)] = from_float<T>(fmaf(da, in<T>(p.v, p.v_strides, b, l, c), de) * e);
+    float k[N], v[N], ref[N], da[N], de[N];
+    ldn<N>(in<T>(p.k, p.k_strides, b, l, c), k);
+    ldn<N>(in<T>(p.v, p.v_strides, b, l, c), v);
+    ldn<N>(p.ref + b * p.d + c, ref);
+    ldn<N>(p.dae + pair_at(p, l, b, c), da);
+    ldn<N>(p.dae + pair_at(p, l, b, c) + p.d, de);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float e = __expf(k[j] - ref[j]);
+      k[j] = fmaf(da[j], v[j], de[j]) * e;  // dk
+      v[j] = da[j] * e;                     // dv
+    }
+    stn<N>(static_cast<T*>(p.dk) + out_at(p, b, l, c), k);
+    stn<N>(static_cast<T*>(p.dv) + out_at(p, b, l, c), v);
   }
 }
 
@@ -250,7 +296,7 @@ void check_tile(const char* name, const AftFullTileParams& p) {
   }
 }
 
-enum class Step { kRows, kCols, kDw };
+enum class Step { kRows, kColsDw };
 
 template <typename W, typename T, bool kVec>
 void launch(Step step, const AftFullTileParams& p, cudaStream_t s) {
@@ -258,12 +304,9 @@ void launch(Step step, const AftFullTileParams& p, cudaStream_t s) {
     case Step::kRows:
       aft_full_p_rows_kernel<W, T, kVec><<<p.row1 - p.row0, kThreads, 0, s>>>(p);
       return check_launch("aft_full_p_rows_kernel");
-    case Step::kCols:
-      aft_full_p_cols_kernel<W, T, kVec><<<p.row1 - p.row0, kThreads, 0, s>>>(p);
-      return check_launch("aft_full_p_cols_kernel");
-    case Step::kDw:
-      aft_full_dw_kernel<W, T, kVec><<<p.L, kThreads, 0, s>>>(p);
-      return check_launch("aft_full_dw_kernel");
+    case Step::kColsDw:
+      aft_full_p_dw_kernel<W, T, kVec><<<p.L, kThreads, 0, s>>>(p);
+      return check_launch("aft_full_p_dw_kernel");
   }
 }
 
@@ -272,9 +315,9 @@ bool vectors_fit(Step step, const AftFullTileParams& p) {
   auto fits = [](const void* ptr, int64_t stride) {
     return ptr == nullptr || (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride % 8 == 0);
   };
-  bool ok = p.col0 % 8 == 0 && fits(p.w, p.w_stride);
-  if (step == Step::kDw) return ok && fits(p.dp, p.dp_stride) && fits(p.dw, p.dw_stride);
-  return ok && fits(p.p, p.p_stride);
+  const bool ok = p.col0 % 8 == 0 && fits(p.w, p.w_stride) && fits(p.p, p.p_stride);
+  if (step == Step::kColsDw) return ok && fits(p.dp, p.dp_stride) && fits(p.dw, p.dw_stride);
+  return ok;
 }
 
 template <typename W>
@@ -306,40 +349,50 @@ void aft_full_p_rows(const AftFullTileParams& p, AftFullWDType w, AftDType op, v
   dispatch(Step::kRows, p, w, op, stream);
 }
 
-void aft_full_p_cols(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream) {
-  check_tile("aft_full_p_cols", p);
-  if (p.p == nullptr) throw std::invalid_argument("aft_full_p_cols: needs an output P");
-  dispatch(Step::kCols, p, w, op, stream);
-}
-
-void aft_full_dw(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream) {
-  check_tile("aft_full_dw", p);
-  if (p.row1 != p.L || p.dp == nullptr || p.dw == nullptr || p.dcorr == nullptr) {
-    throw std::invalid_argument("aft_full_dw: needs row1 = L, dP, dcorr and dw");
+void aft_full_p_dw(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream) {
+  check_tile("aft_full_p_dw", p);
+  if (p.row1 != p.L || p.p == nullptr || p.dp == nullptr || p.dw == nullptr || p.dcorr == nullptr) {
+    throw std::invalid_argument("aft_full_p_dw: needs row1 = L, an output P, dP, dcorr and dw");
   }
-  dispatch(Step::kDw, p, w, op, stream);
+  dispatch(Step::kColsDw, p, w, op, stream);
 }
 
 namespace {
 
 enum class RowStep { kFwdPrep, kFwdOut, kBwdPrep, kBwdPost };
 
-template <typename T>
-void launch_rows(RowStep step, const AftFullRowsParams& p, cudaStream_t s) {
+template <typename T, int N>
+void launch_rows_of(RowStep step, const AftFullRowsParams& p, cudaStream_t s) {
   switch (step) {
     case RowStep::kFwdPrep:
-      aft_full_fwd_prep_kernel<T><<<p.L, kThreads, 0, s>>>(p);
+      aft_full_fwd_prep_kernel<T, N><<<p.L, kThreads, 0, s>>>(p);
       return check_launch("aft_full_fwd_prep_kernel");
     case RowStep::kFwdOut:
-      aft_full_fwd_out_kernel<T><<<p.L, kThreads, 0, s>>>(p);
+      aft_full_fwd_out_kernel<T, N><<<p.L, kThreads, 0, s>>>(p);
       return check_launch("aft_full_fwd_out_kernel");
     case RowStep::kBwdPrep:
-      aft_full_bwd_prep_kernel<T><<<p.L, kThreads, 0, s>>>(p);
+      aft_full_bwd_prep_kernel<T, N><<<p.L, kThreads, 0, s>>>(p);
       return check_launch("aft_full_bwd_prep_kernel");
     case RowStep::kBwdPost:
-      aft_full_bwd_post_kernel<T><<<p.L, kThreads, 0, s>>>(p);
+      aft_full_bwd_post_kernel<T, N><<<p.L, kThreads, 0, s>>>(p);
       return check_launch("aft_full_bwd_post_kernel");
   }
+}
+
+// 8 channels per step: d % 8 == 0 and every [B, L, d] input row 16-byte
+// aligned (the pair tensors, ref and the outputs are contiguous, so then are they).
+bool rows_vector(const AftFullRowsParams& p) {
+  auto fits = [](const void* ptr, const int64_t (&strides)[2]) {
+    return ptr == nullptr ||
+           (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && strides[0] % 8 == 0 && strides[1] % 8 == 0);
+  };
+  return p.d % 8 == 0 && fits(p.q, p.q_strides) && fits(p.k, p.k_strides) && fits(p.v, p.v_strides) &&
+         fits(p.dy, p.dy_strides);
+}
+
+template <typename T>
+void launch_rows(RowStep step, const AftFullRowsParams& p, cudaStream_t s) {
+  rows_vector(p) ? launch_rows_of<T, 8>(step, p, s) : launch_rows_of<T, 1>(step, p, s);
 }
 
 void rows(RowStep step, const AftFullRowsParams& p, AftDType op, void* stream, const char* name, bool ok) {

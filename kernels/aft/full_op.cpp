@@ -19,10 +19,9 @@
 //   ND[r0:r1] = P_i @ AE[0:c1]            [r1−r0, B·2d] fp32 out
 // Backward, with G = [dnum | dden]: [L, B·2d], dnum = dy σ(q)/den,
 // dden = −dnum ⊙ num/den, column blocks [c0, c1) (causal: rows [c0, L)):
-//   P_c = p_cols(w, m)        [L−c0, c1−c0]
-//   dAE[c0:c1] = P_cᵀ @ G[c0:L]           fp32 out, written once (no accumulation)
 //   dP = G[c0:L] @ AE[c0:c1]ᵀ              operand dtype (summed over the batch)
-//   dw[:, c0:c1] = P_c ⊙ (dP − corr) (0 masked / above)
+//   P_c, dw[:, c0:c1] = P_c ⊙ (dP − corr) (0 masked / above)   one read of w
+//   dAE[c0:c1] = P_cᵀ @ G[c0:L]           fp32 out, written once (no accumulation)
 // then dv = dA ⊙ E, dk = (dA ⊙ v + dE) ⊙ E, dq = dy ⊙ num/den ⊙ σ'(q).
 // corr_r = Σ_h G_rh ND_rh / Σ_c P_rc: each row of the true dw sums to zero
 // (y does not change when a constant is added to a row of w), i.e.
@@ -184,9 +183,11 @@ Tensor p_rows(const Tensor& w, Tensor& m, Tensor& s, int64_t r0, int64_t r1, int
   return p;
 }
 
-// Backward column block: P of rows [r0, L) x columns [c0, c1) with the saved m.
-Tensor p_cols(const Tensor& w, const Tensor& m, int64_t r0, int64_t c0, int64_t c1, bool causal,
-              torch::ScalarType op) {
+// Backward column block, from one read of w: P of rows [r0, L) x columns
+// [c0, c1) with the saved m (returned, in the operand dtype `op`), and
+// dw[:, c0:c1] = exp(w − m) ⊙ (dP − corr) on rows [r0, L), 0 above and where masked.
+Tensor p_cols_and_dw(Tensor& dw, const Tensor& w, const Tensor& m, const Tensor& corr, const Tensor& dp, int64_t r0,
+                     int64_t c0, int64_t c1, bool causal, torch::ScalarType op) {
   const int64_t L = w.size(0);
   auto p = tile(L - r0, c1 - c0, w.options().dtype(op));
 #ifdef LONGTRAIN_WITH_CUDA
@@ -194,36 +195,22 @@ Tensor p_cols(const Tensor& w, const Tensor& m, int64_t r0, int64_t c0, int64_t 
     AftFullTileParams tp = tile_params(w, m, r0, L, c0, c1, causal);
     tp.p = p.data_ptr();
     tp.p_stride = p.stride(0);
-    aft_full_p_cols(tp, w_dtype_of(w), op == torch::kBFloat16 ? AftDType::kBFloat16 : AftDType::kFloat16, stream());
-    return p;
-  }
-#endif
-  auto wb = masked_bias(w, r0, L - r0, c0, c1 - c0, causal, m.scalar_type());
-  p.copy_(torch::exp(wb - m.narrow(0, r0, L - r0).unsqueeze(1)));
-  return p;
-}
-
-// dw[:, c0:c1]: exp(w − m) ⊙ (dP − corr) on rows [r0, L), 0 above and where masked.
-void write_dw(Tensor& dw, const Tensor& w, const Tensor& m, const Tensor& corr, const Tensor& dp, int64_t r0,
-              int64_t c0, int64_t c1, bool causal) {
-  const int64_t L = w.size(0);
-#ifdef LONGTRAIN_WITH_CUDA
-  if (w.is_cuda()) {
-    AftFullTileParams tp = tile_params(w, m, r0, L, c0, c1, causal);
     tp.dcorr = corr.data_ptr<float>();
     tp.dp = dp.data_ptr();
     tp.dp_stride = dp.stride(0);
     tp.dw = dw.data_ptr();
     tp.dw_stride = dw.stride(0);
-    aft_full_dw(tp, w_dtype_of(w), op_dtype_of(dp), stream());
-    return;
+    aft_full_p_dw(tp, w_dtype_of(w), op_dtype_of(dp), stream());
+    return p;
   }
 #endif
+  auto rows = [&](const Tensor& t) { return t.narrow(0, r0, L - r0).unsqueeze(1); };
+  auto e = torch::exp(masked_bias(w, r0, L - r0, c0, c1 - c0, causal, m.scalar_type()) - rows(m));
+  p.copy_(e);
   auto slab = dw.narrow(1, c0, c1 - c0);
   slab.narrow(0, 0, r0).zero_();
-  auto wb = masked_bias(w, r0, L - r0, c0, c1 - c0, causal, m.scalar_type());
-  auto rows = [&](const Tensor& t) { return t.narrow(0, r0, L - r0).unsqueeze(1); };
-  slab.narrow(0, r0, L - r0).copy_(torch::exp(wb - rows(m)) * (dp.to(m.scalar_type()) - rows(corr)));
+  slab.narrow(0, r0, L - r0).copy_(e * (dp.to(m.scalar_type()) - rows(corr)));
+  return p;
 }
 
 // a @ b of operand-dtype tensors, into `out` (acc dtype): cuBLAS with an fp32
@@ -359,18 +346,17 @@ class AftFullFunction : public torch::autograd::Function<AftFullFunction> {
       corr = (g.to(acc) * nd).sum(1) / row_sums;
     }
     auto dae = torch::empty({L, B * 2 * d}, q.options().dtype(acc));
-    // The whole table's gradient: write_dw fills the corner, zeros outside it.
+    // The whole table's gradient: p_cols_and_dw fills the corner, zeros outside it.
     auto dtable = torch::empty({P0, P1}, table.options());
     if (P0 > L) dtable.narrow(0, L, P0 - L).zero_();
     if (P1 > L) dtable.narrow(0, 0, L).narrow(1, L, P1 - L).zero_();
     auto dw = corner(dtable, L);
     for (int64_t c0 = 0; c0 < L; c0 += block) {
       const int64_t c1 = std::min(L, c0 + block), r0 = causal ? c0 : 0;
-      auto p = p_cols(w, m, r0, c0, c1, causal, op);  // [L − r0, c1 − c0]
       auto g_rows = g.narrow(0, r0, L - r0);
-      gemm_acc(dae.narrow(0, c0, c1 - c0), p.t(), g_rows);
       auto dp = gemm_op(g_rows, ae.narrow(0, c0, c1 - c0).t(), acc);  // [L − r0, c1 − c0]
-      write_dw(dw, w, m, corr, dp, r0, c0, c1, causal);
+      auto p = p_cols_and_dw(dw, w, m, corr, dp, r0, c0, c1, causal, op);  // [L − r0, c1 − c0]
+      gemm_acc(dae.narrow(0, c0, c1 - c0), p.t(), g_rows);
     }
     Tensor dk, dv;
 #ifdef LONGTRAIN_WITH_CUDA

@@ -107,12 +107,12 @@ struct AftFullTileParams {
   int64_t w_stride = 0;
   float* m = nullptr;         // [L] row shifts: written by aft_full_p_rows, read by the others
   float* s = nullptr;         // [L] row sums of exp(w - m) in fp32: written by aft_full_p_rows
-  const float* dcorr = nullptr;  // [L] (dw) per-row shift of dP, see aft_full_dw below
-  void* p = nullptr;          // out (p_rows, p_cols): the tile's P
+  const float* dcorr = nullptr;  // [L] (p_dw) per-row shift of dP, see aft_full_p_dw below
+  void* p = nullptr;          // out (p_rows, p_dw): the tile's P
   int64_t p_stride = 0;
-  const void* dp = nullptr;   // in (dw): dP of rows [row0, L) x [col0, col1), operand dtype
+  const void* dp = nullptr;   // in (p_dw): dP of rows [row0, L) x [col0, col1), operand dtype
   int64_t dp_stride = 0;
-  void* dw = nullptr;         // out (dw): the [L, L] bias gradient in w's dtype
+  void* dw = nullptr;         // out (p_dw): the [L, L] bias gradient in w's dtype
   int64_t dw_stride = 0;
   int row0 = 0, row1 = 0, col0 = 0, col1 = 0, L = 0;
   bool causal = true;
@@ -121,9 +121,9 @@ struct AftFullTileParams {
 // Launchers (full.cu), each on `stream` (a cudaStream_t), checking the launch:
 // - p_rows: rows [row0, row1) x columns [0, col1): m[r] = max of row r's
 //   unmasked w over those columns, then P, and s[r] = the row's sum of P (fp32).
-// - p_cols: rows [row0, row1) x columns [col0, col1) with the saved m.
-// - dw: rows [0, L) x columns [col0, col1) of dw: exp(w - m[r]) * (dP - dcorr[r])
-//   for unmasked r >= row0, 0 elsewhere (every element of the column slab written).
+// - p_dw: rows [0, L) x columns [col0, col1) (row1 = L): P of rows [row0, L)
+//   with the saved m, and dw = exp(w - m[r]) * (dP - dcorr[r]) for unmasked
+//   r >= row0, 0 elsewhere (every element of the column slab written).
 // The O(L·d) steps around the GEMMs, one fused kernel each (full.cu). q, k,
 // v, dy: [B, L, d] in the operand dtype with unit channel stride; the pair
 // tensors [L, B·2d] (column b·2d + c: the first of the pair, b·2d + d + c: the
@@ -154,7 +154,6 @@ void aft_full_bwd_prep(const AftFullRowsParams& p, AftDType op, void* stream);
 void aft_full_bwd_post(const AftFullRowsParams& p, AftDType op, void* stream);
 
 void aft_full_p_rows(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
-void aft_full_p_cols(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
-void aft_full_dw(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
+void aft_full_p_dw(const AftFullTileParams& p, AftFullWDType w, AftDType op, void* stream);
 
 }  // namespace longtrain::kernels

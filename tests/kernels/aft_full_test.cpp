@@ -229,6 +229,7 @@ std::vector<LowpCase> cuda_cases() {
       {2, 1, 64, 0, fp16, fp16, true},
       {2, 37, 64, 16, bf16, f32, true},
       {2, 37, 64, 0, fp16, f32, true},
+      {2, 37, 36, 16, bf16, f32, true},  // d % 8 != 0: the row kernels one channel at a time
       {1, 37, 1024, 8, bf16, bf16, true},
       {2, 700, 64, 256, bf16, f32, true},
       {1, 700, 64, 100, fp16, bf16, true},
@@ -237,6 +238,7 @@ std::vector<LowpCase> cuda_cases() {
       {1, 2049, 64, 512, bf16, f32, true},
       {2, 2049, 1024, 0, bf16, bf16, true},
       {1, 2049, 1024, 1000, fp16, f32, true},
+      {1, 16500, 8, 0, bf16, bf16, true},  // L > 16K: rows of many thread steps, the last block partial
   };
 }
 
