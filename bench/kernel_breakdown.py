@@ -120,6 +120,7 @@ CASES = {
     "aft16k": lambda: aft_case(16384),
     "aftconv16k": lambda: aft_band_case(16384, 1, 1024, 16, 64),
     "aftlocal_e2e": lambda: aft_band_case(4096, 16, 768, 12, 256),
+    "aftfull4k": lambda: aft_full_case(4096),
     "aftfull16k": lambda: aft_full_case(16384),
     # the scan's chunk (positions per thread) forced, for tuning aft_chunk_size
     **{f"aft16k_chunk{c}": (lambda c=c: aft_case(16384, chunk=c)) for c in (32, 64, 128, 256)},

@@ -64,10 +64,14 @@ torch::Tensor aft_band_cuda(const torch::Tensor& q, const torch::Tensor& k, cons
 std::string aft_full_kernel_unsupported(const torch::Tensor& q, const torch::Tensor& w);
 
 // block: query rows / key columns per tile, >= 1; 0 takes the default:
-// kAftFullBlock, doubled from L = 8K on (fewer, larger GEMMs: 3.98 against
-// 4.16 ms fwd+bwd at 16K on the H100, kernels/aft/NOTES.md).
-constexpr int64_t kAftFullBlock = 1024;
-inline int64_t aft_full_default_block(int64_t L) { return L >= 8192 ? 2 * kAftFullBlock : kAftFullBlock; }
+// one block up to L = kAftFullOneBlock (the tiles P and dP then [L, L], at
+// most 32 MiB each in bf16: 0.85 against 1.49 ms fwd+bwd at 4K with blocks of
+// 1024), kAftFullBlock below 8K, doubled from 8K on (fewer, larger GEMMs: 3.98
+// against 4.16 ms at 16K). H100, kernels/aft/NOTES.md.
+constexpr int64_t kAftFullBlock = 1024, kAftFullOneBlock = 4096;
+inline int64_t aft_full_default_block(int64_t L) {
+  return L <= kAftFullOneBlock ? kAftFullOneBlock : L >= 8192 ? 2 * kAftFullBlock : kAftFullBlock;
+}
 torch::Tensor aft_full_blocked(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& w, bool causal, int64_t block = 0);
 
