@@ -14,7 +14,7 @@
 #include <string>
 
 #include "kernels/linear_attention/params.h"
-#include "kernels/linear_attention/wgmma.cuh"
+#include "kernels/wgmma.cuh"
 #include "kernels/pdl.cuh"
 #include "kernels/sparse_attention/tile.cuh"
 
@@ -62,11 +62,11 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int row0
 // stores B as is (row = k, column = n: V in A V).
 template <int kR>
 __device__ __forceinline__ uint64_t b_nk(const T* tile, int kk) {
-  return wg::desc(tile::smem_addr(tile) + (kk >> 2) * (kR * 128) + (kk & 3) * 32, 16);
+  return wg::desc_nk<kR>(tile::smem_addr(tile), kk);
 }
 template <int kR>
 __device__ __forceinline__ uint64_t b_kn(const T* tile, int kk) {
-  return wg::desc(tile::smem_addr(tile) + kk * 16 * 128, kR * 128);
+  return wg::desc_kn<kR>(tile::smem_addr(tile), kk);
 }
 
 __device__ __forceinline__ int64_t row_of(int u, int L, bool reverse) { return reverse ? L - 1 - u : u; }

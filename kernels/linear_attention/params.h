@@ -33,6 +33,8 @@
 
 #include <cstdint>
 
+#include "kernels/swizzle.h"
+
 namespace longtrain::kernels::linear_attention {
 
 constexpr int kRows = 64;  // rows per sub-chunk (one tile of the mma products)
@@ -90,22 +92,8 @@ struct PassParams {
   float eps = 1e-6f;
 };
 
-// The kernels' shared-memory tiles (chunk.cu, wgmma.cuh): the element offset
-// of (row r, column c) in a bf16 tile of kR rows (64 for a sub-chunk's rows,
-// D for a state). Rows of 64 elements (128 bytes) with the 128-byte swizzle —
-// the 16-byte chunk c of row r sits at chunk c ^ (r % 8) — and tiles wider
-// than 64 columns stored as column halves of 64, one after the other. Every
-// tile starts on a 1024-byte boundary, so this is the tensor cores' own
-// swizzle (address bits 4-6 xor bits 7-9); ldmatrix and cp.async move
-// 16-byte chunks, which it keeps whole and, 8 rows at a time, in distinct
-// bank groups.
-template <int kR>
-#ifdef __CUDACC__
-__host__ __device__
-#endif
-constexpr int swizzled_offset(int r, int c) {
-  return (c >> 6) * (kR * 64) + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
-}
+// The kernels' shared-memory tiles (chunk.cu): swizzle.h's swizzled_offset.
+using kernels::swizzled_offset;
 
 // Sub-chunks per block so that `sub_chunks` fill the fewest whole waves of
 // `slots` resident CTAs with blocks of at most `max_per_block` (op.cpp's block

@@ -22,6 +22,7 @@
 
 #include "kernels/linear_attention/op.h"
 #include "kernels/linear_attention/params.h"
+#include "kernels/swizzle.h"
 #include "model/linear_attention.h"
 #include "model/mixer.h"
 #include "trainer/device.h"
@@ -206,14 +207,15 @@ TEST(LinearKernel, BlocksFillTheFewestWholeWaves) {
   EXPECT_EQ(fewest_waves_block(0, 396, 32), 1);
 }
 
-// The kernels' shared-memory tile layout (params.h): every element of a tile
-// once, 16-byte chunks whole, and exactly the tensor cores' 128-byte swizzle
-// of the row-major address, which the wgmma descriptors (wgmma.cuh) assume.
+// The wgmma kernels' shared-memory tile layout (kernels/swizzle.h, used by the
+// linear- and sparse-attention kernels): every element of a tile once, 16-byte
+// chunks whole, and exactly the tensor cores' 128-byte swizzle of the
+// row-major address, which the wgmma descriptors (kernels/wgmma.cuh) assume.
 // ldmatrix reads one chunk from each of 8 consecutive rows: those must fall
 // in 8 distinct 16-byte bank groups.
 template <int kR>
 void check_swizzled_layout(int cols) {
-  using kernels::linear_attention::swizzled_offset;
+  using kernels::swizzled_offset;
   std::vector<int> seen(kR * cols, 0);
   for (int r = 0; r < kR; ++r) {
     for (int c = 0; c < cols; ++c) {
