@@ -3,11 +3,12 @@
 //   o[i] = sum_j softmax_j(q_i . k_j * scale) v_j over the keys j the layout
 //   allows for query i;  lse[i] = log sum_j exp(q_i . k_j * scale)
 //
-// One CTA per (query tile of 64 rows, batch * head); 4 warps, 16 query rows
-// each. The CTA walks its tile row of the layout: K and V tiles are copied
-// asynchronously into shared memory one visit ahead, S = Q K^T and O += P V
-// run on tensor cores (mma.sync m16n8k16, fp32 accumulators), and the softmax
-// is the online one (running max and sum in registers, base-2 exponentials).
+// One CTA per (query tile of 64 rows, batch * head); 4 warps (one warpgroup),
+// 16 query rows each. The CTA walks its tile row of the layout: K and V tiles
+// are copied asynchronously into shared memory one visit ahead, S = Q K^T and
+// O += P V run on tensor cores (wgmma, fp32 accumulators; v1-v3 used mma.sync),
+// and the softmax is the online one (running max and sum in registers,
+// base-2 exponentials).
 // Full visits skip element masking; partial visits, the sequence end and
 // excluded keys mask per element. Never an L x L matrix in memory.
 //
@@ -20,6 +21,8 @@
 
 #include "kernels/math_constants.h"
 #include "kernels/sparse_attention/tile.cuh"
+#include "kernels/swizzle.h"
+#include "kernels/wgmma.cuh"
 
 namespace longtrain::kernels {
 namespace {
@@ -28,15 +31,48 @@ using namespace tile;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 
-// At D = 64, 4 CTAs per SM (128 registers, an 8-byte spill outside the hot
-// path) beat 3 (167 registers, no spill): 0.196 vs 0.203 ms at 16K and 0.534
-// vs 0.560 ms at the 134M layer's shape (NOTES.md, v3).
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
+// v4: the products as warpgroup instructions (kernels/wgmma.cuh): the 4 warps
+// are one warpgroup, Q, K and V are read by the tensor cores straight from
+// shared memory in swizzle.h's layout (one read per CTA, where each warp's
+// mma.sync loaded all of K and V through ldmatrix), and P goes from the S
+// accumulators to the P V product's A registers. The accumulators keep the
+// mma.sync C layout, so the masking and the online softmax are v3's. (Q as
+// register A fragments held across visits gave wrong scores from the second
+// visit on at D = 64, though not at D = 128; Q from shared memory is right
+// at both: NOTES.md, v4.)
+template <int D>
+struct WgSmem {
+  static constexpr int kTileElems = kTile * D;  // 8 or 16 KiB: every tile stays on a 1024-byte boundary
+  static constexpr size_t kBytes = 5 * kTileElems * 2 + 1024;  // Q, K[2], V[2] and the alignment slack
+};
+
+// Asynchronous copy of rows [row0, row0 + 64) of a [L, D] matrix into a
+// swizzled tile; rows at or beyond L are zero-filled.
+template <int D, typename T>
+__device__ __forceinline__ void load_tile_swizzled(T* tile, const T* src, int64_t stride, int row0, int L, int tid) {
+  constexpr int kChunksPerRow = D / 8, kChunks = kTile * kChunksPerRow;
+  static_assert(kChunks % kThreads == 0, "tile copy must split evenly over the threads");
+#pragma unroll
+  for (int i = 0; i < kChunks / kThreads; ++i) {
+    const int c = tid + i * kThreads;
+    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+    const int row = row0 + r;
+    const bool in = row < L;
+    const T* g = src + (in ? static_cast<int64_t>(row) * stride + col : 0);
+    const uint32_t dst = smem_addr(tile + swizzled_offset<kTile>(r, col));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(g), "r"(in ? 16 : 0));
+  }
+}
+
+// kMinBlocks CTAs per SM: 4 at D = 64 (127 registers, no spill; with Q in
+// registers 3 had been slower than 4, 0.164 against 0.147 ms at 16K), 2 at
+// D = 128 (191 registers; its 81 KiB of shared memory allow 2).
+template <typename T, int D, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* qs = reinterpret_cast<T*>(smem_raw);
-  T* ks = qs + Smem<D>::kTileElems;  // [2] buffers
-  T* vs = ks + 2 * Smem<D>::kTileElems;
+  T* qs = reinterpret_cast<T*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
+  T* ks = qs + WgSmem<D>::kTileElems;  // [2] buffers
+  T* vs = ks + 2 * WgSmem<D>::kTileElems;
 
   const int qt = p.layout.row_order[blockIdx.y], bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -53,33 +89,30 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) sparse_attention_fw
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const float scale_log2 = p.scale * kLog2e;
 
-  load_tile_async<D, kThreads>(qs, q, p.q_strides[2], qt * kTile, p.L, tid);
+  load_tile_swizzled<D>(qs, q, p.q_strides[2], qt * kTile, p.L, tid);
   if (v0 < v1) {
     const int kt = lay.cols[v0];
-    load_tile_async<D, kThreads>(ks, k, p.k_strides[2], kt * kTile, p.L, tid);
-    load_tile_async<D, kThreads>(vs, v, p.v_strides[2], kt * kTile, p.L, tid);
+    load_tile_swizzled<D>(ks, k, p.k_strides[2], kt * kTile, p.L, tid);
+    load_tile_swizzled<D>(vs, v, p.v_strides[2], kt * kTile, p.L, tid);
   }
   cp_async_commit();
 
-  uint32_t qf[D / 16][4];
+  const uint32_t qa = smem_addr(qs);
   for (int visit = v0; visit < v1; ++visit) {
     const int buf = (visit - v0) & 1;
     if (visit + 1 < v1) {
       const int next = lay.cols[visit + 1];
-      load_tile_async<D, kThreads>(ks + (buf ^ 1) * Smem<D>::kTileElems, k, p.k_strides[2], next * kTile, p.L, tid);
-      load_tile_async<D, kThreads>(vs + (buf ^ 1) * Smem<D>::kTileElems, v, p.v_strides[2], next * kTile, p.L, tid);
+      load_tile_swizzled<D>(ks + (buf ^ 1) * WgSmem<D>::kTileElems, k, p.k_strides[2], next * kTile, p.L, tid);
+      load_tile_swizzled<D>(vs + (buf ^ 1) * WgSmem<D>::kTileElems, v, p.v_strides[2], next * kTile, p.L, tid);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
+    wg::proxy_fence();  // the copies visible to the products' asynchronous proxy
     __syncthreads();
-    if (visit == v0) {
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qf[kk], qs, warp * 16, kk * 16, lane);
-    }
-    const T* kb = ks + buf * Smem<D>::kTileElems;
-    const T* vb = vs + buf * Smem<D>::kTileElems;
+    const uint32_t kb = smem_addr(ks + buf * WgSmem<D>::kTileElems);
+    const uint32_t vb = smem_addr(vs + buf * WgSmem<D>::kTileElems);
 
     const int kt = lay.cols[visit];
     const int mask_index = lay.row_mask[visit];
@@ -91,19 +124,10 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) sparse_attention_fw
     const uint64_t words[2] = {masked ? (mask ? mask[row_a] & keep : keep) : ~0ull,
                                masked ? (mask ? mask[row_b] & keep : keep) : ~0ull};
 
-    // S = Q K^T for this warp's 16 rows x kTile keys (raw scores; the
-    // scale is folded into the exponent's FMA).
+    // S = Q K^T (raw scores; the scale is folded into the exponent's FMA).
     float s[kTile / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int np = 0; np < kTile / 16; ++np) {
-        uint32_t bf[4];
-        load_b_nk<D>(bf, kb, np * 16, kk * 16, lane);
-        mma<T>(s[2 * np], qf[kk], bf[0], bf[1]);
-        mma<T>(s[2 * np + 1], qf[kk], bf[2], bf[3]);
-      }
-    }
+    wg::product_ss<false, false, D / 16, T>(
+        s, [&](int kk) { return wg::desc_nk<kTile>(qa, kk); }, [&](int kk) { return wg::desc_nk<kTile>(kb, kk); });
     if (masked) {
 #pragma unroll
       for (int nb = 0; nb < kTile / 8; ++nb) {
@@ -145,19 +169,15 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) sparse_attention_fw
     }
 
     // O += P V, P straight from the S registers.
+    uint32_t pa[kTile / 16][4];
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
-      const uint32_t a[4] = {Pack<T>::from(s[2 * kk][0], s[2 * kk][1]), Pack<T>::from(s[2 * kk][2], s[2 * kk][3]),
-                             Pack<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             Pack<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t bf[4];
-        load_b_kn<D>(bf, vb, kk * 16, dp * 16, lane);
-        mma<T>(o[2 * dp], a, bf[0], bf[1]);
-        mma<T>(o[2 * dp + 1], a, bf[2], bf[3]);
-      }
+      pa[kk][0] = Pack<T>::from(s[2 * kk][0], s[2 * kk][1]);
+      pa[kk][1] = Pack<T>::from(s[2 * kk][2], s[2 * kk][3]);
+      pa[kk][2] = Pack<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[kk][3] = Pack<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3]);
     }
+    wg::product<true, T>(o, pa, [&](int kk) { return wg::desc_kn<kTile>(vb, kk); });
     __syncthreads();  // the next visit's copy overwrites this buffer
   }
   cp_async_wait<0>();
@@ -184,8 +204,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 4 : 1) sparse_attention_fw
 
 template <typename T, int D>
 void launch_fwd(const SparseAttentionParams& p, cudaStream_t stream) {
-  constexpr int smem = 5 * Smem<D>::kTileElems * sizeof(T);
-  auto kernel = sparse_attention_fwd_kernel<T, D>;
+  constexpr int smem = static_cast<int>(WgSmem<D>::kBytes);
+  auto kernel = sparse_attention_fwd_kernel<T, D, D == 64 ? 4 : 2>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const dim3 grid(p.B * p.H, p.layout.n_tiles);
   kernel<<<grid, kThreads, smem, stream>>>(p);
