@@ -73,42 +73,41 @@ __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.
   "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, " \
   "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
 
-// The instruction's operand type: bf16 or f16 (T = __half).
-#define LT_WG_TYPES(T) (std::is_same_v<T, __half> ? 1 : 0)
+// The instructions, their operand type TY ("bf16" or "f16") pasted into the
+// opcode, and their operand lists: A from registers (RS) or shared memory
+// (SS), N = 64 or 128 columns. scale-d is the predicate p, always set.
+#define LT_WG_RS64(TY)                                                                         \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY \
+  " " LT_WG_D32 "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+#define LT_WG_RS128(TY)                                                                         \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY \
+  " " LT_WG_D64 "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+#define LT_WG_RS_IN(a, desc, tb) "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1), "n"(tb)
+#define LT_WG_SS64(TY)                                                                         \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY \
+  " " LT_WG_D32 "%32, %33, p, 1, 1, %35, %36;\n}\n"
+#define LT_WG_SS128(TY)                                                                         \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY \
+  " " LT_WG_D64 "%64, %65, p, 1, 1, %67, %68;\n}\n"
+#define LT_WG_SS_IN(da, db, ta, tb) "l"(da), "l"(db), "r"(1), "n"(ta), "n"(tb)
 
-// d += A B for m64 x N x k16 (N = 64: d[8][4], N = 128: d[16][4]); kTransB:
-// B is N-major (B[k][n] stored with n contiguous), else K-major (stored
-// [n][k], k contiguous). scale-d is the predicate p, always set.
+// d += A B for m64 x N x k16 (N = 64: d[8][4], N = 128: d[16][4]) with A from
+// registers; kTransB: B is N-major (B[k][n] stored with n contiguous), else
+// K-major (stored [n][k], k contiguous). T: __nv_bfloat16 or __half.
 template <bool kTransB, typename T = __nv_bfloat16>
 __device__ __forceinline__ void wgmma_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b) {
-  if constexpr (LT_WG_TYPES(T)) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " LT_WG_D32
-                 "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-                 : LT_WG_ACC8(d, 0)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(kTransB ? 1 : 0));
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(LT_WG_RS64("f16") : LT_WG_ACC8(d, 0) : LT_WG_RS_IN(a, desc_b, kTransB ? 1 : 0));
   } else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LT_WG_D32
-                 "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-                 : LT_WG_ACC8(d, 0)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(kTransB ? 1 : 0));
+    asm volatile(LT_WG_RS64("bf16") : LT_WG_ACC8(d, 0) : LT_WG_RS_IN(a, desc_b, kTransB ? 1 : 0));
   }
 }
 template <bool kTransB, typename T = __nv_bfloat16>
 __device__ __forceinline__ void wgmma_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b) {
-  if constexpr (LT_WG_TYPES(T)) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " LT_WG_D64
-                 "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
-                 : LT_WG_ACC8(d, 0), LT_WG_ACC8(d, 8)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(kTransB ? 1 : 0));
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(LT_WG_RS128("f16") : LT_WG_ACC8(d, 0), LT_WG_ACC8(d, 8) : LT_WG_RS_IN(a, desc_b, kTransB ? 1 : 0));
   } else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LT_WG_D64
-                 "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
-                 : LT_WG_ACC8(d, 0), LT_WG_ACC8(d, 8)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(kTransB ? 1 : 0));
+    asm volatile(LT_WG_RS128("bf16") : LT_WG_ACC8(d, 0), LT_WG_ACC8(d, 8) : LT_WG_RS_IN(a, desc_b, kTransB ? 1 : 0));
   }
 }
 
@@ -116,34 +115,29 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[16][4], const uint32_t (&a)[
 // stored with m contiguous), else K-major.
 template <bool kTransA, bool kTransB, typename T = __nv_bfloat16>
 __device__ __forceinline__ void wgmma_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {
-  if constexpr (LT_WG_TYPES(T)) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " LT_WG_D32 "%32, %33, p, 1, 1, %35, %36;\n}\n"
-                 : LT_WG_ACC8(d, 0)
-                 : "l"(desc_a), "l"(desc_b), "r"(1), "n"(kTransA ? 1 : 0), "n"(kTransB ? 1 : 0));
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(LT_WG_SS64("f16") : LT_WG_ACC8(d, 0) : LT_WG_SS_IN(desc_a, desc_b, kTransA ? 1 : 0, kTransB ? 1 : 0));
   } else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LT_WG_D32 "%32, %33, p, 1, 1, %35, %36;\n}\n"
-                 : LT_WG_ACC8(d, 0)
-                 : "l"(desc_a), "l"(desc_b), "r"(1), "n"(kTransA ? 1 : 0), "n"(kTransB ? 1 : 0));
+    asm volatile(LT_WG_SS64("bf16") : LT_WG_ACC8(d, 0) : LT_WG_SS_IN(desc_a, desc_b, kTransA ? 1 : 0, kTransB ? 1 : 0));
   }
 }
 template <bool kTransA, bool kTransB, typename T = __nv_bfloat16>
 __device__ __forceinline__ void wgmma_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b) {
-  if constexpr (LT_WG_TYPES(T)) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " LT_WG_D64 "%64, %65, p, 1, 1, %67, %68;\n}\n"
-                 : LT_WG_ACC8(d, 0), LT_WG_ACC8(d, 8)
-                 : "l"(desc_a), "l"(desc_b), "r"(1), "n"(kTransA ? 1 : 0), "n"(kTransB ? 1 : 0));
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(LT_WG_SS128("f16") : LT_WG_ACC8(d, 0), LT_WG_ACC8(d, 8)
+                 : LT_WG_SS_IN(desc_a, desc_b, kTransA ? 1 : 0, kTransB ? 1 : 0));
   } else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LT_WG_D64 "%64, %65, p, 1, 1, %67, %68;\n}\n"
-                 : LT_WG_ACC8(d, 0), LT_WG_ACC8(d, 8)
-                 : "l"(desc_a), "l"(desc_b), "r"(1), "n"(kTransA ? 1 : 0), "n"(kTransB ? 1 : 0));
+    asm volatile(LT_WG_SS128("bf16") : LT_WG_ACC8(d, 0), LT_WG_ACC8(d, 8)
+                 : LT_WG_SS_IN(desc_a, desc_b, kTransA ? 1 : 0, kTransB ? 1 : 0));
   }
 }
 
-#undef LT_WG_TYPES
+#undef LT_WG_RS64
+#undef LT_WG_RS128
+#undef LT_WG_RS_IN
+#undef LT_WG_SS64
+#undef LT_WG_SS128
+#undef LT_WG_SS_IN
 #undef LT_WG_ACC4
 #undef LT_WG_ACC8
 #undef LT_WG_D32
