@@ -145,7 +145,11 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[16][4], uint64_t desc_a, uin
 
 // acc += A B over kSteps k16 steps: A's fragments a[kk], B's descriptor
 // desc_of(kk). Issued together, then waited for: the accumulators are the
-// caller's again on return.
+// caller's again on return. A caution from the sparse forward (its NOTES.md,
+// v4): Q's fragments loaded once and held in registers across a loop of such
+// products gave wrong scores from the loop's second trip at D = 64 (not at
+// D = 128, and the PTX looked right); the linear kernels load theirs before
+// each product, and product_ss (A from shared memory) avoids the question.
 template <bool kTransB, typename T = __nv_bfloat16, int kN, int kSteps, typename Desc>
 __device__ __forceinline__ void product(float (&acc)[kN][4], const uint32_t (&a)[kSteps][4], Desc desc_of) {
   fence_operand(acc);
