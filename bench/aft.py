@@ -118,11 +118,6 @@ def rotating(sets, fn, backward, extra=()):
     return step
 
 
-def default_block(L):
-    # kernels/aft/op.h aft_full_default_block: what block = 0 runs.
-    return 4096 if L <= 4096 else 2048 if L >= 8192 else 1024
-
-
 def run_full_case(L, d=1024, B=1, block=0):
     # The bias is one [L, L] bf16 leaf, as in run_torch_aft, the same tensor
     # for both. The peer's own memory is O(L^2) several times over, so both
@@ -133,7 +128,7 @@ def run_full_case(L, d=1024, B=1, block=0):
     w = (torch.randn(L, L, device=dev) * 0.5).to(dt).requires_grad_()
     sets = [(q, k, v, g)]
     rec = dict(case="aft_full_causal" + (f"_block{block}" if block else ""), B=B, L=L, d=d, dtype="bf16",
-               w_dtype="bf16", input_sets=1, block=block or default_block(L))
+               w_dtype="bf16", input_sets=1, block=block or torch.ops.longtrain.aft_full_default_block(L))
     ref = full_reference64(q, k, v, w)
     ours = lambda q, k, v: torch.ops.longtrain.aft_full(q, k, v, w, True, block)
     peer = lambda q, k, v: torch_aft_full(q, k, v, w)

@@ -18,6 +18,7 @@
 //     u: [H, window] the banded relative bias (bench/aft.py).
 //   torch.ops.longtrain.aft_full(q, k, v, w, causal, block) -> AFT-full, blocked
 //     GEMMs (kernels/aft/full_op.cpp), w: [P, P] the pairwise bias (bench/aft.py).
+//   torch.ops.longtrain.aft_full_default_block(L) -> the block aft_full runs with block = 0.
 //   torch.ops.longtrain.add_norm(x, branch, weight, bias) -> LayerNorm(x + branch)
 //     (kernels/norm; bias None: RMSNorm), for bench/kernel_breakdown.py.
 //   torch.ops.longtrain.gelu_mlp(x, w1, b1, w2, b2) -> proj(gelu_tanh(fc(x))) on
@@ -107,6 +108,8 @@ torch::Tensor aft_full_op(const torch::Tensor& q, const torch::Tensor& k, const 
   return kernels::aft_full_blocked(q, k, v, w, causal, block);
 }
 
+int64_t aft_full_default_block_op(int64_t L) { return kernels::aft_full_default_block(L); }
+
 torch::Tensor add_norm_op(const torch::Tensor& x, const torch::Tensor& branch, const torch::Tensor& weight,
                           const std::optional<torch::Tensor>& bias) {
   return kernels::add_norm_cuda(x, branch, weight, bias.value_or(torch::Tensor()), bias ? 1e-5 : 1e-6).first;
@@ -129,6 +132,7 @@ TORCH_LIBRARY(longtrain, m) {
   m.def("aft_simple(Tensor q, Tensor k, Tensor v, int chunk=0) -> Tensor");
   m.def("aft_band(Tensor q, Tensor k, Tensor v, Tensor u, int window) -> Tensor");
   m.def("aft_full(Tensor q, Tensor k, Tensor v, Tensor w, bool causal=True, int block=0) -> Tensor");
+  m.def("aft_full_default_block(int L) -> int", longtrain::aft_full_default_block_op);
   m.def("add_norm(Tensor x, Tensor branch, Tensor weight, Tensor? bias=None) -> Tensor");
   m.def("gelu_mlp(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor");
 }

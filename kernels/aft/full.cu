@@ -310,13 +310,15 @@ void launch(Step step, const AftFullTileParams& p, cudaStream_t s) {
   }
 }
 
+// Rows from ptr, `stride` elements apart, each starting 16-byte aligned (or no tensor).
+bool rows_aligned(const void* ptr, int64_t stride) {
+  return ptr == nullptr || (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride % 8 == 0);
+}
+
 // Every row and tile start of the step's tensors 16-byte aligned, col0 a multiple of 8.
 bool vectors_fit(Step step, const AftFullTileParams& p) {
-  auto fits = [](const void* ptr, int64_t stride) {
-    return ptr == nullptr || (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride % 8 == 0);
-  };
-  const bool ok = p.col0 % 8 == 0 && fits(p.w, p.w_stride) && fits(p.p, p.p_stride);
-  if (step == Step::kColsDw) return ok && fits(p.dp, p.dp_stride) && fits(p.dw, p.dw_stride);
+  const bool ok = p.col0 % 8 == 0 && rows_aligned(p.w, p.w_stride) && rows_aligned(p.p, p.p_stride);
+  if (step == Step::kColsDw) return ok && rows_aligned(p.dp, p.dp_stride) && rows_aligned(p.dw, p.dw_stride);
   return ok;
 }
 
@@ -383,8 +385,7 @@ void launch_rows_of(RowStep step, const AftFullRowsParams& p, cudaStream_t s) {
 // aligned (the pair tensors, ref and the outputs are contiguous, so then are they).
 bool rows_vector(const AftFullRowsParams& p) {
   auto fits = [](const void* ptr, const int64_t (&strides)[2]) {
-    return ptr == nullptr ||
-           (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && strides[0] % 8 == 0 && strides[1] % 8 == 0);
+    return rows_aligned(ptr, strides[0]) && rows_aligned(ptr, strides[1]);
   };
   return p.d % 8 == 0 && fits(p.q, p.q_strides) && fits(p.k, p.k_strides) && fits(p.v, p.v_strides) &&
          fits(p.dy, p.dy_strides);

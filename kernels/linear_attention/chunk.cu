@@ -14,9 +14,9 @@
 #include <string>
 
 #include "kernels/linear_attention/params.h"
-#include "kernels/wgmma.cuh"
 #include "kernels/pdl.cuh"
 #include "kernels/sparse_attention/tile.cuh"
+#include "kernels/wgmma.cuh"
 
 namespace longtrain::kernels::linear_attention {
 namespace {

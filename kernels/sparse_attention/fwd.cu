@@ -46,24 +46,6 @@ struct WgSmem {
   static constexpr size_t kBytes = 5 * kTileElems * 2 + 1024;  // Q, K[2], V[2] and the alignment slack
 };
 
-// Asynchronous copy of rows [row0, row0 + 64) of a [L, D] matrix into a
-// swizzled tile; rows at or beyond L are zero-filled.
-template <int D, typename T>
-__device__ __forceinline__ void load_tile_swizzled(T* tile, const T* src, int64_t stride, int row0, int L, int tid) {
-  constexpr int kChunksPerRow = D / 8, kChunks = kTile * kChunksPerRow;
-  static_assert(kChunks % kThreads == 0, "tile copy must split evenly over the threads");
-#pragma unroll
-  for (int i = 0; i < kChunks / kThreads; ++i) {
-    const int c = tid + i * kThreads;
-    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
-    const int row = row0 + r;
-    const bool in = row < L;
-    const T* g = src + (in ? static_cast<int64_t>(row) * stride + col : 0);
-    const uint32_t dst = smem_addr(tile + swizzled_offset<kTile>(r, col));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(g), "r"(in ? 16 : 0));
-  }
-}
-
 // kMinBlocks CTAs per SM: 4 at D = 64 (127 registers, no spill; with Q in
 // registers 3 had been slower than 4, 0.164 against 0.147 ms at 16K), 2 at
 // D = 128 (191 registers; its 81 KiB of shared memory allow 2).
@@ -89,11 +71,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const float scale_log2 = p.scale * kLog2e;
 
-  load_tile_swizzled<D>(qs, q, p.q_strides[2], qt * kTile, p.L, tid);
+  // Tile row `tr` of a [L, D] matrix into a swizzled tile.
+  auto load = [&](T* tile, const T* src, int64_t stride, int tr) {
+    load_tile_async<D, kThreads, true>(tile, src, stride, tr * kTile, p.L, tid);
+  };
+  load(qs, q, p.q_strides[2], qt);
   if (v0 < v1) {
     const int kt = lay.cols[v0];
-    load_tile_swizzled<D>(ks, k, p.k_strides[2], kt * kTile, p.L, tid);
-    load_tile_swizzled<D>(vs, v, p.v_strides[2], kt * kTile, p.L, tid);
+    load(ks, k, p.k_strides[2], kt);
+    load(vs, v, p.v_strides[2], kt);
   }
   cp_async_commit();
 
@@ -102,8 +88,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
     const int buf = (visit - v0) & 1;
     if (visit + 1 < v1) {
       const int next = lay.cols[visit + 1];
-      load_tile_swizzled<D>(ks + (buf ^ 1) * WgSmem<D>::kTileElems, k, p.k_strides[2], next * kTile, p.L, tid);
-      load_tile_swizzled<D>(vs + (buf ^ 1) * WgSmem<D>::kTileElems, v, p.v_strides[2], next * kTile, p.L, tid);
+      load(ks + (buf ^ 1) * WgSmem<D>::kTileElems, k, p.k_strides[2], next);
+      load(vs + (buf ^ 1) * WgSmem<D>::kTileElems, v, p.v_strides[2], next);
       cp_async_commit();
       cp_async_wait<1>();
     } else {

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "kernels/sparse_attention/params.h"
+#include "kernels/swizzle.h"
 
 namespace longtrain::kernels::tile {
 
@@ -103,8 +104,10 @@ __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const T* tile, int k
 }
 
 // Asynchronous copy of rows [row0, row0 + 64) of a [L, D] matrix (row stride
-// `stride` elements) into a padded tile; rows at or beyond L are zero-filled.
-template <int D, int kThreads, typename T>
+// `stride` elements) into a padded tile, or with kSwizzled into a tile in
+// swizzle.h's layout (the wgmma operands' form); rows at or beyond L are
+// zero-filled.
+template <int D, int kThreads, bool kSwizzled = false, typename T>
 __device__ __forceinline__ void load_tile_async(T* tile, const T* src, int64_t stride, int row0, int L, int tid) {
   constexpr int kChunksPerRow = D * sizeof(T) / 16;
   constexpr int kChunks = kTile * kChunksPerRow;
@@ -116,7 +119,7 @@ __device__ __forceinline__ void load_tile_async(T* tile, const T* src, int64_t s
     const int row = row0 + r;
     const bool in = row < L;
     const T* g = src + (in ? static_cast<int64_t>(row) * stride + col : 0);
-    const uint32_t dst = smem_addr(tile + r * Smem<D>::kStride + col);
+    const uint32_t dst = smem_addr(tile + (kSwizzled ? swizzled_offset<kTile>(r, col) : r * Smem<D>::kStride + col));
     const int bytes = in ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(g), "r"(bytes));
   }
