@@ -42,7 +42,12 @@ __device__ __forceinline__ uint64_t desc_kn(uint32_t tile, int kk) {
 
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Waits until at most kPending committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+__device__ __forceinline__ void wait_all() { wait<0>(); }
 
 // Orders the compiler's uses of accumulator registers around the asynchronous
 // products: after wait_all (no read moves above it) and before fence().
@@ -75,27 +80,28 @@ __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.
 
 // The instructions, their operand type TY ("bf16" or "f16") pasted into the
 // opcode, and their operand lists: A from registers (RS) or shared memory
-// (SS), N = 64 or 128 columns. scale-d is the predicate p, always set.
+// (SS), N = 64 or 128 columns. scale-d is the predicate p: d = A B + d when
+// set, d = A B (the accumulators' old values ignored) when not.
 #define LT_WG_RS64(TY)                                                                         \
   "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY \
   " " LT_WG_D32 "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
 #define LT_WG_RS128(TY)                                                                         \
   "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY \
   " " LT_WG_D64 "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
-#define LT_WG_RS_IN(a, desc, tb) "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1), "n"(tb)
+#define LT_WG_RS_IN(a, desc, tb) "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d), "n"(tb)
 #define LT_WG_SS64(TY)                                                                         \
   "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY \
   " " LT_WG_D32 "%32, %33, p, 1, 1, %35, %36;\n}\n"
 #define LT_WG_SS128(TY)                                                                         \
   "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY \
   " " LT_WG_D64 "%64, %65, p, 1, 1, %67, %68;\n}\n"
-#define LT_WG_SS_IN(da, db, ta, tb) "l"(da), "l"(db), "r"(1), "n"(ta), "n"(tb)
+#define LT_WG_SS_IN(da, db, ta, tb) "l"(da), "l"(db), "r"(scale_d), "n"(ta), "n"(tb)
 
 // d += A B for m64 x N x k16 (N = 64: d[8][4], N = 128: d[16][4]) with A from
 // registers; kTransB: B is N-major (B[k][n] stored with n contiguous), else
 // K-major (stored [n][k], k contiguous). T: __nv_bfloat16 or __half.
 template <bool kTransB, typename T = __nv_bfloat16>
-__device__ __forceinline__ void wgmma_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d = 1) {
   if constexpr (std::is_same_v<T, __half>) {
     asm volatile(LT_WG_RS64("f16") : LT_WG_ACC8(d, 0) : LT_WG_RS_IN(a, desc_b, kTransB ? 1 : 0));
   } else {
@@ -103,7 +109,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[8][4], const uint32_t (&a)[4
   }
 }
 template <bool kTransB, typename T = __nv_bfloat16>
-__device__ __forceinline__ void wgmma_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d = 1) {
   if constexpr (std::is_same_v<T, __half>) {
     asm volatile(LT_WG_RS128("f16") : LT_WG_ACC8(d, 0), LT_WG_ACC8(d, 8) : LT_WG_RS_IN(a, desc_b, kTransB ? 1 : 0));
   } else {
@@ -114,7 +120,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[16][4], const uint32_t (&a)[
 // d += A B with A from shared memory too; kTransA: A is M-major (A[m][k]
 // stored with m contiguous), else K-major.
 template <bool kTransA, bool kTransB, typename T = __nv_bfloat16>
-__device__ __forceinline__ void wgmma_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {
+__device__ __forceinline__ void wgmma_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b, int scale_d = 1) {
   if constexpr (std::is_same_v<T, __half>) {
     asm volatile(LT_WG_SS64("f16") : LT_WG_ACC8(d, 0) : LT_WG_SS_IN(desc_a, desc_b, kTransA ? 1 : 0, kTransB ? 1 : 0));
   } else {
@@ -122,7 +128,7 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[8][4], uint64_t desc_a, uint
   }
 }
 template <bool kTransA, bool kTransB, typename T = __nv_bfloat16>
-__device__ __forceinline__ void wgmma_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b) {
+__device__ __forceinline__ void wgmma_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b, int scale_d = 1) {
   if constexpr (std::is_same_v<T, __half>) {
     asm volatile(LT_WG_SS128("f16") : LT_WG_ACC8(d, 0), LT_WG_ACC8(d, 8)
                  : LT_WG_SS_IN(desc_a, desc_b, kTransA ? 1 : 0, kTransB ? 1 : 0));
@@ -143,31 +149,52 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[16][4], uint64_t desc_a, uin
 #undef LT_WG_D32
 #undef LT_WG_D64
 
-// acc += A B over kSteps k16 steps: A's fragments a[kk], B's descriptor
-// desc_of(kk). Issued together, then waited for: the accumulators are the
-// caller's again on return. A caution from the sparse forward (its NOTES.md,
-// v4): Q's fragments loaded once and held in registers across a loop of such
-// products gave wrong scores from the loop's second trip at D = 64 (not at
-// D = 128, and the PTX looked right); the linear kernels load theirs before
-// each product, and product_ss (A from shared memory) avoids the question.
+// Issue (no fence, commit or wait) acc += A B over kSteps k16 steps: A's
+// fragments a[kk] (issue) or descriptor desc_a(kk) (issue_ss), B's descriptor
+// desc_of(kk) / desc_b(kk). Several issues may share one fence() before them
+// and one commit() after, or each be committed as its own group and waited
+// for in turn (wait<N>); fence_operand(acc) after the wait that covers it.
+template <bool kTransB, typename T = __nv_bfloat16, int kN, int kSteps, typename Desc>
+__device__ __forceinline__ void issue(float (&acc)[kN][4], const uint32_t (&a)[kSteps][4], Desc desc_of) {
+  fence_operand(acc);
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) wgmma_rs<kTransB, T>(acc, a[kk], desc_of(kk));
+}
+// kOverwrite: acc = A B, its old values (uninitialised, say) ignored.
+template <bool kTransA, bool kTransB, int kSteps, typename T = __nv_bfloat16, bool kOverwrite = false, int kN,
+          typename DescA, typename DescB>
+__device__ __forceinline__ void issue_ss(float (&acc)[kN][4], DescA desc_a, DescB desc_b) {
+  fence_operand(acc);
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+    wgmma_ss<kTransA, kTransB, T>(acc, desc_a(kk), desc_b(kk), kOverwrite && kk == 0 ? 0 : 1);
+  }
+}
+
+// acc += A B over kSteps k16 steps, issued together, then waited for: the
+// accumulators are the caller's again on return. A caution from the sparse
+// forward (its NOTES.md, v4): Q's fragments loaded once and held in registers
+// across a loop of such products gave wrong scores from the loop's second
+// trip at D = 64 (not at D = 128, and the PTX looked right); the linear
+// kernels load theirs before each product, and product_ss (A from shared
+// memory) avoids the question.
 template <bool kTransB, typename T = __nv_bfloat16, int kN, int kSteps, typename Desc>
 __device__ __forceinline__ void product(float (&acc)[kN][4], const uint32_t (&a)[kSteps][4], Desc desc_of) {
   fence_operand(acc);
   fence();
-#pragma unroll
-  for (int kk = 0; kk < kSteps; ++kk) wgmma_rs<kTransB, T>(acc, a[kk], desc_of(kk));
+  issue<kTransB, T>(acc, a, desc_of);
   commit();
   wait_all();
   fence_operand(acc);
 }
 
 // The same with A from shared memory: A's descriptor desc_a(kk).
-template <bool kTransA, bool kTransB, int kSteps, typename T = __nv_bfloat16, int kN, typename DescA, typename DescB>
+template <bool kTransA, bool kTransB, int kSteps, typename T = __nv_bfloat16, bool kOverwrite = false, int kN,
+          typename DescA, typename DescB>
 __device__ __forceinline__ void product_ss(float (&acc)[kN][4], DescA desc_a, DescB desc_b) {
   fence_operand(acc);
   fence();
-#pragma unroll
-  for (int kk = 0; kk < kSteps; ++kk) wgmma_ss<kTransA, kTransB, T>(acc, desc_a(kk), desc_b(kk));
+  issue_ss<kTransA, kTransB, kSteps, T, kOverwrite>(acc, desc_a, desc_b);
   commit();
   wait_all();
   fence_operand(acc);

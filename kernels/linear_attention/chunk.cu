@@ -43,7 +43,7 @@ struct Smem {
 // The dynamic shared memory rounded up to 1024 bytes (hosts ask for kAlignSlack more).
 constexpr size_t kAlignSlack = 1024;
 __device__ __forceinline__ unsigned char* aligned_smem(unsigned char* smem) {
-  return smem + ((1024 - (tile::smem_addr(smem) & 1023)) & 1023);
+  return tile::align_1024<unsigned char>(smem);
 }
 // A barrier after which the products (async proxy) may read what any thread
 // of the CTA wrote to shared memory, by cp.async or by plain stores.

@@ -40,11 +40,6 @@ constexpr int kThreads = kWarps * 32;
 // register A fragments held across visits gave wrong scores from the second
 // visit on at D = 64, though not at D = 128; Q from shared memory is right
 // at both: NOTES.md, v4.)
-template <int D>
-struct WgSmem {
-  static constexpr int kTileElems = kTile * D;  // 8 or 16 KiB: every tile stays on a 1024-byte boundary
-  static constexpr size_t kBytes = 5 * kTileElems * 2 + 1024;  // Q, K[2], V[2] and the alignment slack
-};
 
 // kMinBlocks CTAs per SM: 4 at D = 64 (127 registers, no spill; with Q in
 // registers 3 had been slower than 4, 0.164 against 0.147 ms at 16K), 2 at
@@ -52,7 +47,7 @@ struct WgSmem {
 template <typename T, int D, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* qs = reinterpret_cast<T*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
+  T* qs = align_1024<T>(smem_raw);
   T* ks = qs + WgSmem<D>::kTileElems;  // [2] buffers
   T* vs = ks + 2 * WgSmem<D>::kTileElems;
 
@@ -73,7 +68,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
 
   // Tile row `tr` of a [L, D] matrix into a swizzled tile.
   auto load = [&](T* tile, const T* src, int64_t stride, int tr) {
-    load_tile_async<D, kThreads, true>(tile, src, stride, tr * kTile, p.L, tid);
+    load_tile_async<D, kThreads>(tile, src, stride, tr * kTile, p.L, tid);
   };
   load(qs, q, p.q_strides[2], qt);
   if (v0 < v1) {
@@ -100,30 +95,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
     const uint32_t kb = smem_addr(ks + buf * WgSmem<D>::kTileElems);
     const uint32_t vb = smem_addr(vs + buf * WgSmem<D>::kTileElems);
 
-    const int kt = lay.cols[visit];
-    const int mask_index = lay.row_mask[visit];
-    const uint64_t* mask = mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr;
-    uint64_t keep = ~0ull;
-    if (kt == lay.n_tiles - 1 && p.L % kTile) keep = (1ull << (p.L % kTile)) - 1;
-    if (lay.exclude) keep &= ~lay.exclude[static_cast<int64_t>(b) * lay.n_tiles + kt];
-    const bool masked = mask != nullptr || keep != ~0ull;
-    const uint64_t words[2] = {masked ? (mask ? mask[row_a] & keep : keep) : ~0ull,
-                               masked ? (mask ? mask[row_b] & keep : keep) : ~0ull};
+    const RowVisitMask vm = row_visit_mask(p, b, visit);
 
-    // S = Q K^T (raw scores; the scale is folded into the exponent's FMA).
-    float s[kTile / 8][4] = {};
-    wg::product_ss<false, false, D / 16, T>(
+    // S = Q K^T (raw scores; the scale is folded into the exponent's FMA),
+    // written over s (v5: no zeroing first).
+    float s[kTile / 8][4];
+    wg::product_ss<false, false, D / 16, T, true>(
         s, [&](int kk) { return wg::desc_nk<kTile>(qa, kk); }, [&](int kk) { return wg::desc_nk<kTile>(kb, kk); });
-    if (masked) {
-#pragma unroll
-      for (int nb = 0; nb < kTile / 8; ++nb) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int c = nb * 8 + 2 * t + (i & 1);
-          if (!((words[i >> 1] >> c) & 1ull)) s[nb][i] = -INFINITY;
-        }
-      }
-    }
+    if (vm.any()) mask_scores(s, vm, row_a, row_b, t, -INFINITY);
 
     // Online softmax (base 2, m in the scaled domain): new running max,
     // rescale what was accumulated.
@@ -156,13 +135,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
 
     // O += P V, P straight from the S registers.
     uint32_t pa[kTile / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      pa[kk][0] = Pack<T>::from(s[2 * kk][0], s[2 * kk][1]);
-      pa[kk][1] = Pack<T>::from(s[2 * kk][2], s[2 * kk][3]);
-      pa[kk][2] = Pack<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[kk][3] = Pack<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-    }
+    pack_a<T>(pa, s);
     wg::product<true, T>(o, pa, [&](int kk) { return wg::desc_kn<kTile>(vb, kk); });
     __syncthreads();  // the next visit's copy overwrites this buffer
   }
@@ -190,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
 
 template <typename T, int D>
 void launch_fwd(const SparseAttentionParams& p, cudaStream_t stream) {
-  constexpr int smem = static_cast<int>(WgSmem<D>::kBytes);
+  constexpr int smem = WgSmem<D>::bytes(5);  // Q, K[2], V[2]
   auto kernel = sparse_attention_fwd_kernel<T, D, D == 64 ? 4 : 2>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const dim3 grid(p.B * p.H, p.layout.n_tiles);

@@ -1,14 +1,16 @@
 // Tile primitives of the sparse attention kernels: async copies of 64 x D
-// tiles into padded shared memory, ldmatrix fragment loads, the m16n8k16
-// tensor-core product (bf16 / fp16 in, fp32 accumulate), and the register
-// layouts they imply.
+// tiles into swizzled shared memory (the wgmma operands' form), the packing
+// of fp32 accumulators into the next product's A fragments, the scores' mask,
+// and the register layouts they imply (also the linear-attention kernels').
 //
-// Fragment layout of mma.m16n8k16 (lane = 4 * g + t):
+// Fragment layout of mma.m16n8k16 (lane = 4 * g + t), which is also a
+// warpgroup product's layout for warp w's 16 rows (kernels/wgmma.cuh):
 //   A (16 x 16): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
-//   B (16 x 8):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8.., n g)
 //   C (16 x 8):  c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
 // Two adjacent C tiles (n = 16 columns) in bf16 are exactly one A fragment,
 // which is how P (and dS) feed the second product without shared memory.
+// (The mma.sync kernels of v1-v3, with padded tiles and ldmatrix fragment
+// loads, are in the history: NOTES.md.)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -21,12 +23,14 @@
 
 namespace longtrain::kernels::tile {
 
-// Shared-memory rows are padded by 8 elements (16 bytes), so the 8 rows an
-// ldmatrix reads fall in 8 different 16-byte bank groups.
+// The wgmma kernels' tiles: kTile x D elements in swizzle.h's layout,
+// unpadded (8 or 16 KiB, so every tile stays on a 1024-byte boundary when the
+// first does), from the first 1024-byte boundary of the dynamic shared memory.
 template <int D>
-struct Smem {
-  static constexpr int kStride = D + 8;           // elements per row
-  static constexpr int kTileElems = kTile * kStride;
+struct WgSmem {
+  static constexpr int kTileElems = kTile * D;
+  // n tiles, `extra` bytes after them, and the alignment slack.
+  static constexpr int bytes(int n, int extra = 0) { return n * kTileElems * 2 + extra + 1024; }
 };
 
 template <typename T>
@@ -50,27 +54,26 @@ struct Pack<__half> {
   static __device__ __forceinline__ float2 to(uint32_t x) { return __half22float2(*reinterpret_cast<__half2*>(&x)); }
 };
 
-template <typename T>
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+// C tiles (fp32, kN n8 tiles: 8 kN columns) packed as the kN / 2 k16 A
+// fragments of the next product (P for P V, dS for dS K).
+template <typename T, int kN>
+__device__ __forceinline__ void pack_a(uint32_t (&a)[kN / 2][4], const float (&c)[kN][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kN / 2; ++kk) {
+    a[kk][0] = Pack<T>::from(c[2 * kk][0], c[2 * kk][1]);
+    a[kk][1] = Pack<T>::from(c[2 * kk][2], c[2 * kk][3]);
+    a[kk][2] = Pack<T>::from(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+    a[kk][3] = Pack<T>::from(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+  }
 }
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+template <typename T>
+__device__ __forceinline__ T* align_1024(unsigned char* raw) {
+  return reinterpret_cast<T*>(raw + ((1024 - (smem_addr(raw) & 1023)) & 1023));
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
@@ -84,30 +87,10 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "r"(smem_addr(p)));
 }
 
-// A fragment (16 x 16) of a row-major tile at (row0, col0).
-template <int D, typename T>
-__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int row0, int col0, int lane) {
-  ldmatrix_x4(a, tile + (row0 + (lane & 15)) * Smem<D>::kStride + col0 + (lane >> 4) * 8);
-}
-// B fragments for two n8 blocks (n0, n0+8) and one k16 step at k0, where the
-// tile stores B transposed: row = n, column = k (K in Q K^T). b[0], b[1]: n0;
-// b[2], b[3]: n0 + 8.
-template <int D, typename T>
-__device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* tile, int n0, int k0, int lane) {
-  ldmatrix_x4(b, tile + (n0 + (lane & 7) + (lane >> 4) * 8) * Smem<D>::kStride + k0 + ((lane >> 3) & 1) * 8);
-}
-// B fragments for two n8 blocks (n0, n0+8) and one k16 step at k0, where the
-// tile stores B as is: row = k, column = n (V in P V).
-template <int D, typename T>
-__device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const T* tile, int k0, int n0, int lane) {
-  ldmatrix_x4_trans(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * Smem<D>::kStride + n0 + (lane >> 4) * 8);
-}
-
 // Asynchronous copy of rows [row0, row0 + 64) of a [L, D] matrix (row stride
-// `stride` elements) into a padded tile, or with kSwizzled into a tile in
-// swizzle.h's layout (the wgmma operands' form); rows at or beyond L are
-// zero-filled.
-template <int D, int kThreads, bool kSwizzled = false, typename T>
+// `stride` elements) into a tile in swizzle.h's layout; rows at or beyond L
+// are zero-filled.
+template <int D, int kThreads, typename T>
 __device__ __forceinline__ void load_tile_async(T* tile, const T* src, int64_t stride, int row0, int L, int tid) {
   constexpr int kChunksPerRow = D * sizeof(T) / 16;
   constexpr int kChunks = kTile * kChunksPerRow;
@@ -119,7 +102,7 @@ __device__ __forceinline__ void load_tile_async(T* tile, const T* src, int64_t s
     const int row = row0 + r;
     const bool in = row < L;
     const T* g = src + (in ? static_cast<int64_t>(row) * stride + col : 0);
-    const uint32_t dst = smem_addr(tile + (kSwizzled ? swizzled_offset<kTile>(r, col) : r * Smem<D>::kStride + col));
+    const uint32_t dst = smem_addr(tile + swizzled_offset<kTile>(r, col));
     const int bytes = in ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(g), "r"(bytes));
   }
@@ -138,11 +121,38 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
-// Whether element (row r, key column c) of a tile visit is allowed: the
-// partial mask (if any), the sequence end, and the per-batch exclusion word.
-__device__ __forceinline__ bool allowed(const uint64_t* mask, uint64_t keep_cols, int r, int c) {
-  const uint64_t bits = mask ? mask[r] & keep_cols : keep_cols;
-  return (bits >> c) & 1ull;
+// The masking of a row visit (forward and dQ): the partial mask (null when
+// the tile is full) and the key columns kept (the sequence end, the batch's
+// excluded keys).
+struct RowVisitMask {
+  const uint64_t* mask;
+  uint64_t keep;
+  __device__ bool any() const { return mask != nullptr || keep != ~0ull; }
+};
+__device__ __forceinline__ RowVisitMask row_visit_mask(const SparseAttentionParams& p, int b, int visit) {
+  const SparseLayoutParams& lay = p.layout;
+  const int kt = lay.cols[visit], mask_index = lay.row_mask[visit];
+  RowVisitMask vm{mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr, ~0ull};
+  if (kt == lay.n_tiles - 1 && p.L % kTile) vm.keep = (1ull << (p.L % kTile)) - 1;
+  if (lay.exclude) vm.keep &= ~lay.exclude[static_cast<int64_t>(b) * lay.n_tiles + kt];
+  return vm;
+}
+
+// Sets the scores of a row visit's disallowed elements to `fill`, in the C
+// layout of a warpgroup's 64 x 64 product: this thread's rows row_a and
+// row_b, columns nb * 8 + 2t (+1). The words are shifted by 2t once, so that
+// each element tests a bit at a constant position.
+__device__ __forceinline__ void mask_scores(float (&s)[kTile / 8][4], const RowVisitMask& vm, int row_a, int row_b,
+                                            int t, float fill) {
+  const uint64_t words[2] = {(vm.mask ? vm.mask[row_a] & vm.keep : vm.keep) >> (2 * t),
+                             (vm.mask ? vm.mask[row_b] & vm.keep : vm.keep) >> (2 * t)};
+#pragma unroll
+  for (int nb = 0; nb < kTile / 8; ++nb) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if (!((words[i >> 1] >> (nb * 8 + (i & 1))) & 1ull)) s[nb][i] = fill;
+    }
+  }
 }
 
 }  // namespace longtrain::kernels::tile
