@@ -35,6 +35,7 @@
 #include "kernels/aft/params.h"
 #include "kernels/aft/scan.cuh"
 #include "kernels/convert.cuh"
+#include "kernels/launch_check.h"
 
 namespace longtrain::kernels {
 namespace {
@@ -280,11 +281,6 @@ __global__ void __launch_bounds__(kThreads) aft_full_bwd_post_kernel(const AftFu
     stn<N>(static_cast<T*>(p.dk) + out_at(p, b, l, c), k);
     stn<N>(static_cast<T*>(p.dv) + out_at(p, b, l, c), v);
   }
-}
-
-void check_launch(const char* name) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(name) + ": " + cudaGetErrorString(err));
 }
 
 void check_tile(const char* name, const AftFullTileParams& p) {

@@ -9,13 +9,9 @@
 
 #include "kernels/aft/params.h"
 #include "kernels/aft/scan.cuh"
+#include "kernels/launch_check.h"
 
 namespace longtrain::kernels::aft {
-
-inline void check_launch(const char* name) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(name) + ": " + cudaGetErrorString(err));
-}
 
 // The backward's scan across chunk summaries (bwd.cu), shared by the banded variants.
 void launch_bwd_carry(const AftSimpleBwdParams& bp, cudaStream_t stream);
