@@ -131,6 +131,7 @@ CASES = {
     # bench/sparse_attention.py's Longformer (+-256, 64 global tokens) and BigBird cases
     "longformer16k": lambda: sliding_case(16384, global_first=64, causal=False),
     "bigbird16k": lambda: sliding_case(16384, pattern="bigbird", causal=False),
+    "bigbird64k": lambda: sliding_case(65536, pattern="bigbird", causal=False),
     "longformer_layer": longformer_layer_case,
     "addnorm": lambda: add_norm_case(False),
     "addnorm_aten": lambda: add_norm_case(True),

@@ -23,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/launch_check.h"
 #include "kernels/math_constants.h"
 #include "kernels/sparse_attention/tile.cuh"
 #include "kernels/swizzle.h"
@@ -35,11 +36,6 @@ using namespace tile;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 
-void check_launch(const char* name) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(name) + ": " + cudaGetErrorString(err));
-}
-
 // The dK/dV epilogue: a split column's piece adds fp32 partials into its
 // slot (the finish kernel writes them out); a whole column writes its rows.
 template <typename T, int D>
@@ -49,7 +45,7 @@ __device__ __forceinline__ void write_dkdv(const SparseAttentionBwdParams& bp, c
   const SparseAttentionParams& p = bp.fwd;
   const SparseLayoutParams& lay = p.layout;
   if (slot >= 0) {  // a piece of a split column: fp32 partials, written out by the finish kernel
-    float* acc = bp.dkv_acc + (static_cast<int64_t>(bh) * lay.n_split + slot) * 2 * kTile * D;
+    float* acc = bp.dkv_acc + (static_cast<int64_t>(bh) * lay.col_work.n_split + slot) * 2 * kTile * D;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int key = r ? key_b : key_a;
@@ -85,20 +81,15 @@ __device__ __forceinline__ void write_dkdv(const SparseAttentionBwdParams& bp, c
 template <typename T, int D>
 __global__ void __launch_bounds__(256) sparse_attention_bwd_split_finish_kernel(const SparseAttentionBwdParams bp) {
   const SparseAttentionParams& p = bp.fwd;
+  const WorkItems& w = p.layout.col_work;
   const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H, slot = blockIdx.y;
-  const int kt = p.layout.split_cols[p.layout.head_layout[h] * p.layout.n_split + slot];
+  const int kt = w.splits[(p.layout.head_layout[h] * w.n_split + slot) * kSplitFields];
   if (kt < 0) return;
-  const float* acc = bp.dkv_acc + (static_cast<int64_t>(bh) * p.layout.n_split + slot) * 2 * kTile * D;
-  T* dk_out = static_cast<T*>(bp.dk) + b * bp.dk_strides[0] + h * bp.dk_strides[1];
-  T* dv_out = static_cast<T*>(bp.dv) + b * bp.dv_strides[0] + h * bp.dv_strides[1];
-  for (int e = 2 * threadIdx.x; e < kTile * D; e += 2 * blockDim.x) {
-    const int key = e / D, col = e % D, row = kt * kTile + key;
-    if (row >= p.L) continue;
-    *reinterpret_cast<uint32_t*>(dk_out + static_cast<int64_t>(row) * bp.dk_strides[2] + col) =
-        Pack<T>::from(acc[e], acc[e + 1]);
-    *reinterpret_cast<uint32_t*>(dv_out + static_cast<int64_t>(row) * bp.dv_strides[2] + col) =
-        Pack<T>::from(acc[kTile * D + e], acc[kTile * D + e + 1]);
-  }
+  const float* acc = bp.dkv_acc + (static_cast<int64_t>(bh) * w.n_split + slot) * 2 * kTile * D;
+  T* dk = static_cast<T*>(bp.dk) + b * bp.dk_strides[0] + h * bp.dk_strides[1];
+  T* dv = static_cast<T*>(bp.dv) + b * bp.dv_strides[0] + h * bp.dv_strides[1];
+  store_tile_rows<T, D>(acc, dk, bp.dk_strides[2], kt, p.L);
+  store_tile_rows<T, D>(acc + kTile * D, dv, bp.dv_strides[2], kt, p.L);
 }
 
 // v5: the products as warpgroup instructions (kernels/wgmma.cuh), as in the
@@ -120,11 +111,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
   T* ks = dos + E;    // [2]
   T* vs = ks + 2 * E;  // [2]
 
-  const int qt = p.layout.row_order[blockIdx.y], bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const SparseLayoutParams& lay = p.layout;
-  const int layout = lay.head_layout[h];
-  const int v0 = lay.row_ptr[layout * (lay.n_tiles + 1) + qt], v1 = lay.row_ptr[layout * (lay.n_tiles + 1) + qt + 1];
+  const int32_t* item = work_item(lay.dq_work, lay, h);
+  const int qt = item[0], v0 = item[1], v1 = item[2];
+  if (qt < 0) return;  // this layout has fewer work items than the grid
   const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
   const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
   const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
@@ -262,8 +254,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
   const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const SparseLayoutParams& lay = p.layout;
-  const int layout = lay.head_layout[h];
-  const int32_t* item = lay.col_items + (static_cast<int64_t>(layout) * lay.n_col_items + blockIdx.y) * 4;
+  const int32_t* item = work_item(lay.col_work, lay, h);
   const int kt = item[0], v0 = item[1], v1 = item[2];
   if (kt < 0) return;  // this layout has fewer work items than the grid
   const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
@@ -374,7 +365,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
   cp_async_wait<0>();
 
   // Re-read here rather than held through the loop (registers are at the cap).
-  const int32_t* item_end = lay.col_items + (static_cast<int64_t>(lay.head_layout[h]) * lay.n_col_items + blockIdx.y) * 4;
+  const int32_t* item_end = work_item(lay.col_work, lay, h);
   const int slot = __ldcg(item_end + 3), kt_out = __ldcg(item_end);
   write_dkdv<T, D>(bp, dk, dv, bh, b, h, slot, kt_out, key_a, key_b, t);
 }
@@ -396,16 +387,16 @@ void launch_bwd(const SparseAttentionBwdParams& p, cudaStream_t stream) {
   constexpr int dq_smem = WgSmem<D>::bytes(6);
   auto dq_kernel = sparse_attention_bwd_dq_kernel<T, D, kDqBlocks<D>>;
   cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem);
-  dq_kernel<<<dim3(bh, p.fwd.layout.n_tiles), kThreads, dq_smem, stream>>>(p);
+  dq_kernel<<<dim3(bh, p.fwd.layout.dq_work.n_items), kThreads, dq_smem, stream>>>(p);
   check_launch("sparse_attention_bwd_dq_kernel");
 
   constexpr int dkdv_smem = WgSmem<D>::bytes(6, 4 * kTile * sizeof(float));
   auto dkdv_kernel = sparse_attention_bwd_dkdv_kernel<T, D, kDkdvBlocks<D>>;
   cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem);
-  dkdv_kernel<<<dim3(bh, p.fwd.layout.n_col_items), kThreads, dkdv_smem, stream>>>(p);
+  dkdv_kernel<<<dim3(bh, p.fwd.layout.col_work.n_items), kThreads, dkdv_smem, stream>>>(p);
   check_launch("sparse_attention_bwd_dkdv_kernel");
-  if (p.fwd.layout.n_split > 0) {
-    sparse_attention_bwd_split_finish_kernel<T, D><<<dim3(bh, p.fwd.layout.n_split), 256, 0, stream>>>(p);
+  if (p.fwd.layout.col_work.n_split > 0) {
+    sparse_attention_bwd_split_finish_kernel<T, D><<<dim3(bh, p.fwd.layout.col_work.n_split), 256, 0, stream>>>(p);
     check_launch("sparse_attention_bwd_split_finish_kernel");
   }
 }

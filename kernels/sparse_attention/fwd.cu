@@ -19,6 +19,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/launch_check.h"
 #include "kernels/math_constants.h"
 #include "kernels/sparse_attention/tile.cuh"
 #include "kernels/swizzle.h"
@@ -44,18 +45,23 @@ constexpr int kThreads = kWarps * 32;
 // kMinBlocks CTAs per SM: 4 at D = 64 (127 registers, no spill; with Q in
 // registers 3 had been slower than 4, 0.164 against 0.147 ms at 16K), 2 at
 // D = 128 (191 registers; its 81 KiB of shared memory allow 2).
-template <typename T, int D, int kMinBlocks>
+// kSplit: the layouts split some rows (make_plan), so an item may be a piece.
+// A variant of its own, so that layouts that split nothing (the sliding
+// window) run without the piece epilogue: the split-capable kernel measured
+// 2.5-3.5% slower there (NOTES.md, v5).
+template <typename T, int D, int kMinBlocks, bool kSplit>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qs = align_1024<T>(smem_raw);
   T* ks = qs + WgSmem<D>::kTileElems;  // [2] buffers
   T* vs = ks + 2 * WgSmem<D>::kTileElems;
 
-  const int qt = p.layout.row_order[blockIdx.y], bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const SparseLayoutParams& lay = p.layout;
-  const int layout = lay.head_layout[h];
-  const int v0 = lay.row_ptr[layout * (lay.n_tiles + 1) + qt], v1 = lay.row_ptr[layout * (lay.n_tiles + 1) + qt + 1];
+  const int32_t* item = work_item(lay.row_work, lay, h);
+  const int qt = item[0], v0 = item[1], v1 = item[2];
+  if (qt < 0) return;  // this layout has fewer work items than the grid
 
   const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
   const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
@@ -141,6 +147,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
   }
   cp_async_wait<0>();
 
+  // A piece of a split row: the unnormalised output and (max, sum) of its
+  // visits, for the merge kernel.
+  const int piece = kSplit ? __ldcg(item + 4) : -1;
+  if (kSplit && piece >= 0) {
+    const int64_t at = static_cast<int64_t>(bh) * lay.row_work.n_pieces + piece;
+    float* op = p.o_part + at * kTile * D;
+    float* ml = p.ml_part + at * 2 * kTile;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = r ? row_b : row_a;
+      const float total = quad_sum(l[r]);
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        *reinterpret_cast<float2*>(op + row * D + dn * 8 + 2 * t) = make_float2(o[dn][2 * r], o[dn][2 * r + 1]);
+      }
+      if (t == 0) ml[row] = m[r], ml[kTile + row] = total;
+    }
+    return;
+  }
+
   // Normalise and store; rows with no allowed key get 0 and lse = -inf.
   T* out = static_cast<T*>(p.o) + b * p.o_strides[0] + h * p.o_strides[1];
   float* lse = p.lse + (static_cast<int64_t>(b) * p.H + h) * p.L;
@@ -161,16 +187,56 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
   }
 }
 
+// Split rows: the pieces' partial softmax merged into o and lse,
+//   o = sum_k 2^(m_k - M) o_k / sum_k 2^(m_k - M) l_k,  M = max_k m_k,
+// one warp per row (8 rows per CTA; grid: batch * head, split slot, 8 row
+// groups), each lane D / 32 columns.
+constexpr int kMergeRows = 8;
+template <typename T, int D>
+__global__ void __launch_bounds__(kMergeRows * 32) sparse_attention_fwd_merge_kernel(const SparseAttentionParams p) {
+  const SparseLayoutParams& lay = p.layout;
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+  const int32_t* split = lay.row_work.splits + (lay.head_layout[h] * lay.row_work.n_split + blockIdx.y) * kSplitFields;
+  const int qt = split[0], n = split[2], lane = threadIdx.x % 32;
+  const int r = blockIdx.z * kMergeRows + threadIdx.x / 32, row = qt * kTile + r;
+  if (qt < 0 || row >= p.L) return;
+  const int64_t at = static_cast<int64_t>(bh) * lay.row_work.n_pieces + split[1];
+  const float* ml = p.ml_part + at * 2 * kTile;
+  const float* op = p.o_part + at * kTile * D + r * D + lane * (D / 32);
+  float mx = -INFINITY;
+  for (int k = lane; k < n; k += 32) mx = fmaxf(mx, ml[k * 2 * kTile + r]);
+#pragma unroll
+  for (int off = 16; off; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, off));
+  float sum = 0.f, acc[D / 32] = {};
+  if (mx > -INFINITY) {
+    for (int k = 0; k < n; ++k) {
+      const float w = exp2f(ml[k * 2 * kTile + r] - mx);
+      sum += w * ml[k * 2 * kTile + kTile + r];
+#pragma unroll
+      for (int j = 0; j < D / 32; ++j) acc[j] += w * op[static_cast<int64_t>(k) * kTile * D + j];
+    }
+  }
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  T* out = static_cast<T*>(p.o) + b * p.o_strides[0] + h * p.o_strides[1] + static_cast<int64_t>(row) * p.o_strides[2] +
+           lane * (D / 32);
+#pragma unroll
+  for (int j = 0; j < D / 32; j += 2) *reinterpret_cast<uint32_t*>(out + j) = Pack<T>::from(acc[j] * inv, acc[j + 1] * inv);
+  if (lane == 0) p.lse[static_cast<int64_t>(bh) * p.L + row] = sum > 0.f ? (mx + log2f(sum)) / kLog2e : -INFINITY;
+}
+
 template <typename T, int D>
 void launch_fwd(const SparseAttentionParams& p, cudaStream_t stream) {
   constexpr int smem = WgSmem<D>::bytes(5);  // Q, K[2], V[2]
-  auto kernel = sparse_attention_fwd_kernel<T, D, D == 64 ? 4 : 2>;
+  constexpr int kMinBlocks = D == 64 ? 4 : 2;
+  auto kernel = p.layout.row_work.n_split > 0 ? sparse_attention_fwd_kernel<T, D, kMinBlocks, true>
+                                              : sparse_attention_fwd_kernel<T, D, kMinBlocks, false>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  const dim3 grid(p.B * p.H, p.layout.n_tiles);
-  kernel<<<grid, kThreads, smem, stream>>>(p);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("sparse_attention_fwd_kernel: ") + cudaGetErrorString(err));
+  kernel<<<dim3(p.B * p.H, p.layout.row_work.n_items), kThreads, smem, stream>>>(p);
+  check_launch("sparse_attention_fwd_kernel");
+  if (p.layout.row_work.n_split > 0) {
+    const dim3 grid(p.B * p.H, p.layout.row_work.n_split, kTile / kMergeRows);
+    sparse_attention_fwd_merge_kernel<T, D><<<grid, kMergeRows * 32, 0, stream>>>(p);
+    check_launch("sparse_attention_fwd_merge_kernel");
   }
 }
 

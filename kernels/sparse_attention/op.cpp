@@ -25,6 +25,62 @@ torch::Tensor int32_tensor(const std::vector<int32_t>& v, const torch::Device& d
   return t.to(device);
 }
 
+// Work items (params.h) over the rows (ptr = row_ptr) or the transposed
+// columns (ptr = col_ptr) of every layout: one per tile, except that a row or
+// column far longer than the others (Longformer's and BigBird's global
+// tokens: every tile visits them) is cut into pieces of about `cap` visits
+// (one CTA walking 256 visits was half of the Longformer backward at 16K).
+// Per layout, heaviest first; layouts with fewer items or splits are padded
+// with tile = -1. split = false: one item per tile (the dQ kernel's).
+struct WorkPlan {
+  std::vector<int32_t> items, splits;
+  int64_t n_items = 0, n_split = 0, n_pieces = 0;
+};
+WorkPlan work_items(const std::vector<int32_t>& ptr_all, int64_t n_layouts, int64_t nt, bool split = true) {
+  using Item = std::array<int32_t, kItemFields>;
+  using Split = std::array<int32_t, kSplitFields>;
+  std::vector<std::vector<Item>> items_of(static_cast<size_t>(n_layouts));
+  std::vector<std::vector<Split>> split_of(static_cast<size_t>(n_layouts));
+  WorkPlan w;
+  for (size_t l = 0; l < items_of.size(); ++l) {
+    const int32_t* ptr = ptr_all.data() + l * static_cast<size_t>(nt + 1);
+    int64_t used = 0, total = 0;
+    for (int64_t j = 0; j < nt; ++j) {
+      const int32_t n = ptr[j + 1] - ptr[j];
+      used += n > 0;
+      total += n;
+    }
+    used = std::max<int64_t>(used, 1);
+    const int32_t cap = split ? static_cast<int32_t>(std::max<int64_t>(kMinSplitVisits, 2 * ((total + used - 1) / used)))
+                              : std::numeric_limits<int32_t>::max();
+    auto& items = items_of[l];
+    int32_t piece = 0;
+    for (int64_t j = 0; j < nt; ++j) {
+      const auto tile = static_cast<int32_t>(j);
+      const int32_t b = ptr[j], e = ptr[j + 1], n = e - b;
+      if (n <= cap) {
+        items.push_back({tile, b, e, -1, -1});
+        continue;
+      }
+      const int32_t pieces = (n + cap - 1) / cap, slot = static_cast<int32_t>(split_of[l].size());
+      split_of[l].push_back({tile, piece, pieces});
+      for (int32_t k = 0; k < pieces; ++k)
+        items.push_back({tile, b + n * k / pieces, b + n * (k + 1) / pieces, slot, piece++});
+    }
+    std::stable_sort(items.begin(), items.end(), [](const Item& x, const Item& y) { return x[2] - x[1] > y[2] - y[1]; });
+    w.n_items = std::max<int64_t>(w.n_items, static_cast<int64_t>(items.size()));
+    w.n_split = std::max<int64_t>(w.n_split, static_cast<int64_t>(split_of[l].size()));
+    w.n_pieces = std::max<int64_t>(w.n_pieces, piece);
+  }
+  for (size_t l = 0; l < items_of.size(); ++l) {
+    items_of[l].resize(static_cast<size_t>(w.n_items), {-1, 0, 0, -1, -1});
+    for (const auto& it : items_of[l]) w.items.insert(w.items.end(), it.begin(), it.end());
+    split_of[l].resize(static_cast<size_t>(w.n_split), {-1, 0, 0});
+    for (const auto& sp : split_of[l]) w.splits.insert(w.splits.end(), sp.begin(), sp.end());
+  }
+  return w;
+}
+
 }  // namespace
 
 SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, const std::vector<int64_t>& head_layout,
@@ -61,63 +117,11 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
     }
     col_ptr.push_back(static_cast<int32_t>(rows.size()));
   }
-  // Tiles by their most visits over all layouts, heaviest first.
-  auto heaviest_first = [&](const std::vector<int32_t>& ptr) {
-    std::vector<int32_t> work(static_cast<size_t>(nt), 0), order(static_cast<size_t>(nt));
-    for (size_t l = 0; l < layouts.size(); ++l)
-      for (int64_t i = 0; i < nt; ++i) {
-        const size_t at = l * static_cast<size_t>(nt + 1) + static_cast<size_t>(i);
-        work[static_cast<size_t>(i)] = std::max(work[static_cast<size_t>(i)], ptr[at + 1] - ptr[at]);
-      }
-    for (int64_t i = 0; i < nt; ++i) order[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return work[a] > work[b]; });
-    return order;
-  };
-  // dK/dV work items: one per key tile, except that a column far longer than
-  // the others (Longformer's and BigBird's global keys: every query tile
-  // visits it) is cut into pieces of about `cap` visits whose CTAs add fp32
-  // partials into a workspace slot (one CTA walking 256 visits was half of
-  // the Longformer backward at 16K). Per layout, heaviest first; layouts with
-  // fewer items are padded with col = -1.
-  std::vector<std::vector<std::array<int32_t, 4>>> items_of(layouts.size());
-  std::vector<std::vector<int32_t>> split_of(layouts.size());
-  for (size_t l = 0; l < layouts.size(); ++l) {
-    const int32_t* ptr = col_ptr.data() + l * static_cast<size_t>(nt + 1);
-    int64_t used = 0, total = 0;
-    for (int64_t j = 0; j < nt; ++j) {
-      const int32_t n = ptr[j + 1] - ptr[j];
-      used += n > 0;
-      total += n;
-    }
-    used = std::max<int64_t>(used, 1);
-    const int32_t cap = static_cast<int32_t>(std::max<int64_t>(kMinSplitVisits, 2 * ((total + used - 1) / used)));
-    auto& items = items_of[l];
-    for (int64_t j = 0; j < nt; ++j) {
-      const int32_t b = ptr[j], e = ptr[j + 1], n = e - b;
-      if (n <= cap) {
-        items.push_back({static_cast<int32_t>(j), b, e, -1});
-        continue;
-      }
-      const int32_t pieces = (n + cap - 1) / cap, slot = static_cast<int32_t>(split_of[l].size());
-      split_of[l].push_back(static_cast<int32_t>(j));
-      for (int32_t k = 0; k < pieces; ++k)
-        items.push_back({static_cast<int32_t>(j), b + n * k / pieces, b + n * (k + 1) / pieces, slot});
-    }
-    std::stable_sort(items.begin(), items.end(), [](const auto& x, const auto& y) { return x[2] - x[1] > y[2] - y[1]; });
-  }
-  size_t n_items = 0, n_split = 0;
-  for (size_t l = 0; l < layouts.size(); ++l) {
-    n_items = std::max(n_items, items_of[l].size());
-    n_split = std::max(n_split, split_of[l].size());
-  }
-  std::vector<int32_t> col_items, split_cols;
-  for (size_t l = 0; l < layouts.size(); ++l) {
-    items_of[l].resize(n_items, {-1, 0, 0, -1});
-    for (const auto& it : items_of[l]) col_items.insert(col_items.end(), it.begin(), it.end());
-    split_of[l].resize(n_split, -1);
-    split_cols.insert(split_cols.end(), split_of[l].begin(), split_of[l].end());
-  }
-  TORCH_CHECK(nt < 65536 && n_items < 65536, "make_plan: ", nt, " tiles exceed the grid limit (L < 4M)");
+  const auto n_layouts = static_cast<int64_t>(layouts.size());
+  const WorkPlan row_work = work_items(row_ptr, n_layouts, nt), col_work = work_items(col_ptr, n_layouts, nt);
+  const WorkPlan dq_work = work_items(row_ptr, n_layouts, nt, false);
+  TORCH_CHECK(nt < 65536 && std::max(row_work.n_items, col_work.n_items) < 65536, "make_plan: ", nt,
+              " tiles exceed the grid limit (L < 4M)");
   TORCH_CHECK(masks.size() / kTile < static_cast<size_t>(std::numeric_limits<int32_t>::max()),
               "make_plan: too many partial tiles");
   SparseAttentionPlan p;
@@ -135,10 +139,13 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
   std::vector<int32_t> hl(head_layout.begin(), head_layout.end());
   for (int32_t h : hl) TORCH_CHECK(h >= 0 && h < static_cast<int32_t>(layouts.size()), "make_plan: bad head layout ", h);
   p.head_layout = int32_tensor(hl, device);
-  p.row_order = int32_tensor(heaviest_first(row_ptr), device);
-  const auto n_layouts = static_cast<int64_t>(layouts.size());
-  p.col_items = int32_tensor(col_items, device).view({n_layouts, static_cast<int64_t>(n_items), 4});
-  p.split_cols = int32_tensor(split_cols, device).view({n_layouts, static_cast<int64_t>(n_split)});
+  p.dq_items = int32_tensor(dq_work.items, device).view({n_layouts, dq_work.n_items, kItemFields});
+  p.row_items = int32_tensor(row_work.items, device).view({n_layouts, row_work.n_items, kItemFields});
+  p.row_splits = int32_tensor(row_work.splits, device).view({n_layouts, row_work.n_split, kSplitFields});
+  p.n_row_pieces = row_work.n_pieces;
+  p.col_items = int32_tensor(col_work.items, device).view({n_layouts, col_work.n_items, kItemFields});
+  p.col_splits = int32_tensor(col_work.splits, device).view({n_layouts, col_work.n_split, kSplitFields});
+  p.n_col_pieces = col_work.n_pieces;
   return p;
 }
 
@@ -171,11 +178,18 @@ SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::T
   l.col_mask = plan.col_mask.data_ptr<int32_t>();
   l.masks = reinterpret_cast<const uint64_t*>(plan.masks.data_ptr<int64_t>());
   l.head_layout = plan.head_layout.data_ptr<int32_t>();
-  l.row_order = plan.row_order.data_ptr<int32_t>();
-  l.col_items = plan.col_items.data_ptr<int32_t>();
-  l.split_cols = plan.n_split() > 0 ? plan.split_cols.data_ptr<int32_t>() : nullptr;
-  l.n_col_items = static_cast<int>(plan.n_col_items());
-  l.n_split = static_cast<int>(plan.n_split());
+  auto work = [](const torch::Tensor& items, const torch::Tensor& splits, int64_t pieces) {
+    WorkItems w;
+    w.items = items.data_ptr<int32_t>();
+    w.splits = splits.numel() > 0 ? splits.data_ptr<int32_t>() : nullptr;
+    w.n_items = static_cast<int>(items.size(1));
+    w.n_split = static_cast<int>(splits.size(1));
+    w.n_pieces = static_cast<int>(pieces);
+    return w;
+  };
+  l.row_work = work(plan.row_items, plan.row_splits, plan.n_row_pieces);
+  l.dq_work = work(plan.dq_items, plan.dq_items.slice(1, 0, 0), 0);  // no splits
+  l.col_work = work(plan.col_items, plan.col_splits, plan.n_col_pieces);
   l.exclude = exclude.defined() ? reinterpret_cast<const uint64_t*>(exclude.data_ptr<int64_t>()) : nullptr;
   l.n_tiles = static_cast<int>(plan.n_tiles);
   return l;
@@ -192,9 +206,13 @@ SparseAttentionPlan plan_from(AutogradContext* ctx) {
   p.col_mask = d["col_mask"].toTensor();
   p.masks = d["masks"].toTensor();
   p.head_layout = d["head_layout"].toTensor();
-  p.row_order = d["row_order"].toTensor();
+  p.dq_items = d["dq_items"].toTensor();
+  p.row_items = d["row_items"].toTensor();
+  p.row_splits = d["row_splits"].toTensor();
+  p.n_row_pieces = d["n_row_pieces"].toInt();
   p.col_items = d["col_items"].toTensor();
-  p.split_cols = d["split_cols"].toTensor();
+  p.col_splits = d["col_splits"].toTensor();
+  p.n_col_pieces = d["n_col_pieces"].toInt();
   p.seq_len = d["seq_len"].toInt();
   p.n_tiles = d["n_tiles"].toInt();
   return p;
@@ -234,6 +252,13 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     p.D = static_cast<int>(D);
     p.scale = static_cast<float>(scale);
     p.layout = layout_params(plan, exclude);
+    // Split rows' partial softmax (make_plan): every piece writes all of its.
+    torch::Tensor part;
+    if (plan.n_row_split() > 0) {
+      part = torch::empty({B * H * plan.n_row_pieces * kTile * (D + 2)}, lse.options());
+      p.o_part = part.data_ptr<float>();
+      p.ml_part = p.o_part + B * H * plan.n_row_pieces * kTile * D;
+    }
     const c10::cuda::CUDAGuard guard(q.device());
     sparse_attention_fwd(p, dtype_of(q), c10::cuda::getCurrentCUDAStream().stream());
 
@@ -247,9 +272,13 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     d["col_mask"] = plan.col_mask;
     d["masks"] = plan.masks;
     d["head_layout"] = plan.head_layout;
-    d["row_order"] = plan.row_order;
+    d["dq_items"] = plan.dq_items;
+    d["row_items"] = plan.row_items;
+    d["row_splits"] = plan.row_splits;
+    d["n_row_pieces"] = plan.n_row_pieces;
     d["col_items"] = plan.col_items;
-    d["split_cols"] = plan.split_cols;
+    d["col_splits"] = plan.col_splits;
+    d["n_col_pieces"] = plan.n_col_pieces;
     d["seq_len"] = plan.seq_len;
     d["n_tiles"] = plan.n_tiles;
     d["exclude"] = exclude.defined() ? exclude : torch::Tensor();

@@ -38,14 +38,17 @@ struct SparseAttentionPlan {
   torch::Tensor row_ptr, cols, row_mask, col_ptr, rows, col_mask;  // int32
   torch::Tensor masks;        // int64 (bit words)
   torch::Tensor head_layout;  // int32 [H]
-  torch::Tensor row_order;    // int32 [n_tiles]: query tiles by visits, most first
-  // int32 [n_layouts, n_col_items, 4]: the dK/dV kernel's work items (key
-  // tile, first and end transposed visit, split slot or -1), heaviest first;
-  // [n_layouts, n_split]: the key tile of each split slot (-1 = none).
-  torch::Tensor col_items, split_cols;
+  // int32 work items and split slots (params.h's WorkItems): [n_layouts,
+  // n_items, kItemFields] and [n_layouts, n_split, kSplitFields]; rows for
+  // the forward kernel, columns for the dK/dV kernel; dq_items: the rows
+  // unsplit (the dQ kernel walks each whole, longest first).
+  torch::Tensor row_items, row_splits, col_items, col_splits, dq_items;
+  int64_t n_row_pieces = 0, n_col_pieces = 0;
   int64_t seq_len = 0, n_tiles = 0;
+  int64_t n_row_items() const { return row_items.size(1); }
+  int64_t n_row_split() const { return row_splits.size(1); }
   int64_t n_col_items() const { return col_items.size(1); }
-  int64_t n_split() const { return split_cols.size(1); }
+  int64_t n_split() const { return col_splits.size(1); }
 };
 
 // Concatenates `layouts` (all of one seq_len) and their transposes into a plan

@@ -6,9 +6,10 @@
 // tiles (kTile): for layout l, query tile i visits key tiles
 // tile_cols[tile_row_ptr[l * (n_tiles + 1) + i] ..  tile_row_ptr[... + i + 1]),
 // each full (mask index -1) or partial (64 mask words, word r = query row r,
-// bit c = key column c). The transposed (CSC) lists drive the dK/dV kernel,
-// cut into work items (a key tile, or a piece of an overlong column).
-// Grids are (batch * head, tile or item): all heads of the heaviest start first.
+// bit c = key column c). The transposed (CSC) lists drive the dK/dV kernel.
+// Both are cut into work items (a tile, or a piece of an overlong row or
+// column). Grids are (batch * head, item): all heads of the heaviest start
+// first.
 // A per-batch exclusion word per key tile (optional) removes keys from every
 // tile (Longformer global keys, which the caller scores once, densely).
 #pragma once
@@ -18,9 +19,28 @@
 namespace longtrain::kernels {
 
 constexpr int kTile = 64;
-// A transposed column is split when it has more than max(this, 2 x the
-// layout's mean visits per column) visits.
+// A row (forward, dQ) or transposed column (dK/dV) is split when it has more
+// than max(this, 2 x the layout's mean visits per row or column) visits.
 constexpr int kMinSplitVisits = 16;
+
+// One kernel's work items, [n_layouts][n_items][kItemFields]: tile (-1 =
+// none: the layout has fewer items than the grid), visits [begin, end) (row
+// visits, or transposed ones for dK/dV), split slot (-1: the item is the
+// whole row / column and writes its outputs; else a piece of a split one,
+// which leaves partials for a finishing kernel), piece (the piece's index
+// among the layout's pieces, -1 for whole items). Rows and columns much
+// longer than the rest (global tokens: every tile visits them) are split so
+// that no CTA walks them alone long after the rest of the grid has finished;
+// items are heaviest first, so that the pieces start in the first wave.
+// splits [n_layouts][n_split][kSplitFields]: tile (-1 = none), first piece,
+// number of pieces.
+constexpr int kItemFields = 5;
+constexpr int kSplitFields = 3;
+struct WorkItems {
+  const int32_t* items = nullptr;
+  const int32_t* splits = nullptr;
+  int n_items = 0, n_split = 0, n_pieces = 0;
+};
 
 struct SparseLayoutParams {
   const int32_t* row_ptr = nullptr;    // [n_layouts * (n_tiles + 1)], offsets into cols
@@ -31,18 +51,12 @@ struct SparseLayoutParams {
   const int32_t* col_mask = nullptr;   // mask index per transposed visit
   const uint64_t* masks = nullptr;     // [n_masks, 64]
   const int32_t* head_layout = nullptr;  // [H] -> layout index
-  // Launch order of query tiles (forward, dQ): most visits first, so a few
-  // long rows (global tokens) start in the first wave instead of trailing
-  // the grid.
-  const int32_t* row_order = nullptr;
-  // dK/dV work items, [n_layouts][n_col_items][4]: key tile (-1 = none),
-  // transposed visits [begin, end), split slot (-1: the item is the whole
-  // column and writes dK/dV; else it adds fp32 partials into the slot).
-  // Columns much longer than the rest are split so that no CTA walks them
-  // alone; heaviest first. split_cols [n_layouts][n_split]: slot -> key tile.
-  const int32_t* col_items = nullptr;
-  const int32_t* split_cols = nullptr;
-  int n_col_items = 0, n_split = 0;
+  WorkItems row_work;  // the forward's: query tiles
+  WorkItems col_work;  // the dK/dV kernel's: key tiles
+  // The dQ kernel's: query tiles, none split (pieces adding fp32 partials by
+  // atomics measured slower: BigBird 16K 0.331-0.336 -> 0.342-0.344 ms, 64K
+  // 1.37 -> 1.42-1.46), longest first.
+  WorkItems dq_work;
   const uint64_t* exclude = nullptr;   // [B, n_tiles] key-exclusion words, or null
   int n_tiles = 0;
 };
@@ -58,6 +72,11 @@ struct SparseAttentionParams {
   int B = 0, H = 0, L = 0, D = 0;
   float scale = 0.f;
   SparseLayoutParams layout;
+  // Split rows' partial softmax, [B * H, row_work.n_pieces]: unnormalised
+  // output [64, D] and (running max in the log2 domain, sum) [2, 64], fp32;
+  // null when no row is split.
+  float* o_part = nullptr;
+  float* ml_part = nullptr;
 };
 
 struct SparseAttentionBwdParams {
@@ -68,7 +87,7 @@ struct SparseAttentionBwdParams {
   void* dq = nullptr;
   void* dk = nullptr;
   void* dv = nullptr;
-  float* dkv_acc = nullptr;  // [B * H, n_split, 2, 64, D] zeroed fp32 partials of split columns, or null
+  float* dkv_acc = nullptr;  // [B * H, col_work.n_split, 2, 64, D] zeroed fp32 partials of split columns, or null
   int64_t do_strides[3], dq_strides[3], dk_strides[3], dv_strides[3];
 };
 

@@ -121,6 +121,25 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
+// This CTA's work item (params.h's WorkItems): item blockIdx.y of head h's
+// layout.
+__device__ __forceinline__ const int32_t* work_item(const WorkItems& w, const SparseLayoutParams& lay, int h) {
+  return w.items + (static_cast<int64_t>(lay.head_layout[h]) * w.n_items + blockIdx.y) * kItemFields;
+}
+
+// A split tile's summed fp32 partials [64, D] into rows tile * 64 ... of a
+// [L, D] output (row stride `stride`), by the CTA's threads.
+template <typename T, int D>
+__device__ __forceinline__ void store_tile_rows(const float* acc, T* out, int64_t stride, int tile, int L) {
+  for (int e = 2 * threadIdx.x; e < kTile * D; e += 2 * blockDim.x) {
+    const int row = tile * kTile + e / D;
+    if (row < L) {
+      *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(row) * stride + e % D) =
+          Pack<T>::from(acc[e], acc[e + 1]);
+    }
+  }
+}
+
 // The masking of a row visit (forward and dQ): the partial mask (null when
 // the tile is full) and the key columns kept (the sequence end, the batch's
 // excluded keys).

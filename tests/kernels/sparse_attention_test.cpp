@@ -111,50 +111,94 @@ TEST(TileLayout, PlanTransposeListsTheSameVisits) {
   }
 }
 
-// The dK/dV work items: every transposed visit of every key tile in exactly
-// one item; a column is split only when far longer than the rest (the
-// Longformer global column here: all 64 query tiles visit key tile 0 and 1),
-// its pieces share one slot; heaviest first; short layouts padded with -1.
+// Work items (params.h) of one kind over `ptr` (row_ptr or col_ptr): every
+// visit of every tile in exactly one item; a tile split exactly when
+// split(layout, tile), its pieces sharing its slot and numbered within the
+// slot's range of pieces; heaviest first; short layouts padded with -1.
+void expect_work_items(const Tensor& items_t, const Tensor& splits_t, const Tensor& ptr_t, int64_t n_layouts,
+                       int64_t nt, const std::function<bool(int64_t, int64_t)>& split) {
+  const int64_t n = items_t.size(1), n_split = splits_t.size(1);
+  ASSERT_EQ(items_t.size(2), kernels::kItemFields);
+  ASSERT_EQ(splits_t.size(2), kernels::kSplitFields);
+  auto items = items_t.accessor<int32_t, 3>();
+  auto splits = splits_t.accessor<int32_t, 3>();
+  auto ptr = ptr_t.accessor<int32_t, 1>();
+  for (int64_t l = 0; l < n_layouts; ++l) {
+    std::vector<int> covered(static_cast<size_t>(ptr[n_layouts * (nt + 1) - 1]), 0);
+    std::vector<int> whole(static_cast<size_t>(nt), 0), in_slot(static_cast<size_t>(n_split), 0);
+    int64_t prev = std::numeric_limits<int64_t>::max(), real = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t tile = items[l][i][0], b = items[l][i][1], e = items[l][i][2], slot = items[l][i][3];
+      const int32_t piece = items[l][i][4];
+      if (tile < 0) continue;
+      ++real;
+      EXPECT_LE(e - b, prev) << "layout " << l << " item " << i << ": not heaviest first";
+      prev = e - b;
+      EXPECT_GE(b, ptr[l * (nt + 1) + tile]);
+      EXPECT_LE(e, ptr[l * (nt + 1) + tile + 1]);
+      for (int32_t v = b; v < e; ++v) covered[static_cast<size_t>(v)] += 1;
+      if (slot < 0) {
+        whole[static_cast<size_t>(tile)] += 1;
+        EXPECT_EQ(piece, -1);
+        continue;
+      }
+      ASSERT_LT(slot, n_split);
+      in_slot[static_cast<size_t>(slot)] += 1;
+      EXPECT_EQ(splits[l][slot][0], tile);
+      EXPECT_GE(piece, splits[l][slot][1]);
+      EXPECT_LT(piece, splits[l][slot][1] + splits[l][slot][2]);
+    }
+    for (int64_t j = 0; j < nt; ++j) {
+      EXPECT_EQ(whole[static_cast<size_t>(j)], split(l, j) ? 0 : 1) << "layout " << l << " tile " << j;
+      for (int32_t v = ptr[l * (nt + 1) + j]; v < ptr[l * (nt + 1) + j + 1]; ++v)
+        EXPECT_EQ(covered[static_cast<size_t>(v)], 1) << "layout " << l << " visit " << v;
+    }
+    for (int64_t sl = 0; sl < n_split; ++sl) {
+      if (splits[l][sl][0] < 0) continue;
+      EXPECT_GE(splits[l][sl][2], 2);
+      EXPECT_EQ(in_slot[static_cast<size_t>(sl)], splits[l][sl][2]) << "layout " << l << " slot " << sl;
+    }
+    EXPECT_GE(real, nt);
+  }
+}
+
+// The dK/dV work items: a column is split only when far longer than the rest
+// (the Longformer global column here: all 64 query tiles visit key tiles 0
+// and 1); no row is (each visits its band and the two global tiles).
 TEST(TileLayout, PlanSplitsOnlyTheLongColumns) {
   const int64_t L = 4096;
   const auto band = tile_layout(build_layout(sliding_pattern(L, 64, 128, 1, false), L, 64));
   const auto global = tile_layout(build_layout(with_global_columns(sliding_pattern(L, 64, 128, 1, false), 70, 64, false), L, 64));
   const auto plan = kernels::make_plan({&band, &global}, {0, 1}, torch::kCPU);
-  const int64_t nt = plan.n_tiles, n = plan.n_col_items();
+  const int64_t nt = plan.n_tiles;
   ASSERT_EQ(nt, 64);
   ASSERT_EQ(plan.n_split(), 2);  // key tiles 0 and 1 (keys 0..69 are global)
-  ASSERT_EQ(plan.col_items.numel(), 2 * n * 4);
-  const auto items_t = plan.col_items.view({2, n, 4}), split_t = plan.split_cols.view({2, plan.n_split()});
-  auto items = items_t.accessor<int32_t, 3>();
-  auto col_ptr = plan.col_ptr.accessor<int32_t, 1>();
-  auto split_cols = split_t.accessor<int32_t, 2>();
-  for (int64_t l = 0; l < 2; ++l) {
-    std::vector<int> covered(static_cast<size_t>(col_ptr[2 * (nt + 1) - 1]), 0);
-    std::vector<int> whole(static_cast<size_t>(nt), 0);
-    int64_t prev = std::numeric_limits<int64_t>::max(), real = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t kt = items[l][i][0], b = items[l][i][1], e = items[l][i][2], slot = items[l][i][3];
-      if (kt < 0) continue;
-      ++real;
-      EXPECT_LE(e - b, prev) << "layout " << l << " item " << i << ": not heaviest first";
-      prev = e - b;
-      EXPECT_GE(b, col_ptr[l * (nt + 1) + kt]);
-      EXPECT_LE(e, col_ptr[l * (nt + 1) + kt + 1]);
-      for (int32_t v = b; v < e; ++v) covered[static_cast<size_t>(v)] += 1;
-      if (slot < 0) whole[static_cast<size_t>(kt)] += 1;
-      else EXPECT_EQ(split_cols[l][slot], kt);
-    }
-    for (int64_t j = 0; j < nt; ++j) {
-      const int32_t visits = col_ptr[l * (nt + 1) + j + 1] - col_ptr[l * (nt + 1) + j];
-      const bool split = l == 1 && j < 2;
-      EXPECT_EQ(whole[static_cast<size_t>(j)], split ? 0 : 1) << "layout " << l << " tile " << j;
-      if (split) EXPECT_EQ(visits, 64);
-      for (int32_t v = col_ptr[l * (nt + 1) + j]; v < col_ptr[l * (nt + 1) + j + 1]; ++v)
-        EXPECT_EQ(covered[static_cast<size_t>(v)], 1) << "layout " << l << " visit " << v;
-    }
-    EXPECT_EQ(real, l == 0 ? nt : n);
-  }
-  EXPECT_EQ(split_cols[0][0], -1);  // the band layout splits nothing
+  EXPECT_EQ(plan.n_row_split(), 0);
+  EXPECT_EQ(plan.n_row_items(), nt);
+  expect_work_items(plan.col_items, plan.col_splits, plan.col_ptr, 2, nt,
+                    [](int64_t l, int64_t j) { return l == 1 && j < 2; });
+  expect_work_items(plan.row_items, plan.row_splits, plan.row_ptr, 2, nt, [](int64_t, int64_t) { return false; });
+  EXPECT_EQ(plan.col_splits[0][0][0].item<int>(), -1);  // the band layout splits nothing
+}
+
+// BigBird's global rows (query tiles 0 and 1 visit every key tile) are split
+// for the forward and dQ kernels, as its global columns are for dK/dV.
+TEST(TileLayout, PlanSplitsTheGlobalRows) {
+  const int64_t L = 4096;
+  const auto bigbird = tile_layout(build_layout(bigbird_pattern(L, 64, 3, 2, 3, 7, false), L, 64));
+  const auto plan = kernels::make_plan({&bigbird}, {0}, torch::kCPU);
+  const int64_t nt = plan.n_tiles;
+  ASSERT_EQ(plan.n_row_split(), 2);
+  EXPECT_GE(plan.n_row_pieces, 4);
+  expect_work_items(plan.row_items, plan.row_splits, plan.row_ptr, 1, nt, [](int64_t, int64_t j) { return j < 2; });
+  expect_work_items(plan.col_items, plan.col_splits, plan.col_ptr, 1, nt, [](int64_t, int64_t j) { return j < 2; });
+  EXPECT_EQ(plan.row_items[0][0][3].item<int>() >= 0, true) << "the pieces of the long rows start first";
+  // The dQ kernel's items: every row whole, the long ones first.
+  expect_work_items(plan.dq_items, torch::zeros({1, 0, kernels::kSplitFields}, torch::kInt32), plan.row_ptr, 1, nt,
+                    [](int64_t, int64_t) { return false; });
+  EXPECT_EQ(plan.dq_items.size(1), nt);
+  EXPECT_LT(plan.dq_items[0][0][0].item<int>(), 2);
+  EXPECT_LT(plan.dq_items[0][1][0].item<int>(), 2);
 }
 
 TEST(SparseKernel, SaysWhyItCannotRun) {
@@ -286,6 +330,13 @@ TEST_P(SparseKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErro
   }
   for (const auto& t : tiles) ptrs.push_back(&t);
   const auto plan = kernels::make_plan(ptrs, head_layout, dev);
+  // The cases named for a split exercise it (make_plan's rule decides).
+  if (c.name.find("split_rows") != std::string::npos) {
+    ASSERT_GT(plan.n_row_split(), 0);
+  }
+  if (c.name.find("first70_split") != std::string::npos) {
+    ASSERT_GT(plan.n_split(), 0);
+  }
   GlobalAttention g;
   auto kin = leaves(c.dtype);
   if (gmask.defined()) {
@@ -340,6 +391,9 @@ std::vector<KernelCase> kernel_cases() {
       {"longformer_per_batch", 2, 2, 900, 64, true, bf16, Globals::kPerBatch, 64, sliding(128)},
       {"longformer_per_batch", 2, 1, 513, 64, false, fp16, Globals::kPerBatch, 64, sliding(100)},
       {"long_sliding_w512", 1, 4, 4096, 64, true, bf16, Globals::kNone, 64, sliding(512)},
+      // 40 and 33 tiles: BigBird's global rows (forward, dQ) and columns split (make_plan)
+      {"bigbird_split_rows", 2, 2, 2500, 64, false, bf16, Globals::kNone, 64, bigbird},
+      {"bigbird_split_rows", 1, 2, 2100, 128, false, fp16, Globals::kNone, 64, bigbird},
   };
 }
 
