@@ -92,6 +92,23 @@ __global__ void __launch_bounds__(256) sparse_attention_bwd_split_finish_kernel(
   store_tile_rows<T, D>(acc + kTile * D, dv, bp.dv_strides[2], kt, p.L);
 }
 
+// The two score products of a backward visit, s = A Bᵀ and dp = C Eᵀ (64 x 64
+// over D, every operand a K-major swizzled tile at shared address a, b, c,
+// e), issued as two groups; returns once s has landed, dp still in flight
+// (wg::wait<0>() and fence_operand(dp) before reading it).
+template <typename T, int D>
+__device__ __forceinline__ void score_products(float (&s)[kTile / 8][4], float (&dp)[kTile / 8][4], uint32_t a,
+                                               uint32_t b, uint32_t c, uint32_t e) {
+  auto nk = [](uint32_t tile) { return [tile](int kk) { return wg::desc_nk<kTile>(tile, kk); }; };
+  wg::fence();
+  wg::issue_ss<false, false, D / 16, T, true>(s, nk(a), nk(b));
+  wg::commit();
+  wg::issue_ss<false, false, D / 16, T, true>(dp, nk(c), nk(e));
+  wg::commit();
+  wg::wait<1>();
+  wg::fence_operand(s);
+}
+
 // v5: the products as warpgroup instructions (kernels/wgmma.cuh), as in the
 // forward (v4): the 4 warps are one warpgroup, the tiles sit in shared memory
 // in swizzle.h's layout and are read by the tensor cores through descriptors
@@ -186,17 +203,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
 
     const RowVisitMask vm = row_visit_mask(p, b, visit);
 
-    // S = Q K^T and dP = dO V^T, two groups: P is made while dP runs.
+    // S = Q K^T and dP = dO V^T: P is made while dP runs.
     float s[kTile / 8][4], dp[kTile / 8][4];
-    wg::fence();
-    wg::issue_ss<false, false, D / 16, T, true>(
-        s, [&](int kk) { return wg::desc_nk<kTile>(qa, kk); }, [&](int kk) { return wg::desc_nk<kTile>(kb, kk); });
-    wg::commit();
-    wg::issue_ss<false, false, D / 16, T, true>(
-        dp, [&](int kk) { return wg::desc_nk<kTile>(da, kk); }, [&](int kk) { return wg::desc_nk<kTile>(vb, kk); });
-    wg::commit();
-    wg::wait<1>();
-    wg::fence_operand(s);
+    score_products<T, D>(s, dp, qa, kb, da, vb);
     // P, then 0 where masked (after the exponential: a row with no key at
     // all has lse = -inf, and exp2(-inf + inf) would be NaN).
 #pragma unroll
@@ -309,15 +318,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
     const uint64_t* mask = mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr;
 
     float s[kTile / 8][4], dp[kTile / 8][4];
-    wg::fence();
-    wg::issue_ss<false, false, D / 16, T, true>(
-        s, [&](int kk) { return wg::desc_nk<kTile>(ka, kk); }, [&](int kk) { return wg::desc_nk<kTile>(qb, kk); });
-    wg::commit();
-    wg::issue_ss<false, false, D / 16, T, true>(
-        dp, [&](int kk) { return wg::desc_nk<kTile>(va, kk); }, [&](int kk) { return wg::desc_nk<kTile>(db, kk); });
-    wg::commit();
-    wg::wait<1>();
-    wg::fence_operand(s);
+    score_products<T, D>(s, dp, ka, qb, va, db);
     // P^T into s (this thread's queries are c and c + 1 of each n8 tile),
     // then 0 where masked: partial visits and excluded keys only.
 #pragma unroll
