@@ -3,8 +3,10 @@
 //   o[i] = sum_j softmax_j(q_i . k_j * scale) v_j over the keys j the layout
 //   allows for query i;  lse[i] = log sum_j exp(q_i . k_j * scale)
 //
-// One CTA per (query tile of 64 rows, batch * head); 4 warps (one warpgroup),
-// 16 query rows each. The CTA walks its tile row of the layout: K and V tiles
+// One CTA per (work item, batch * head): a query tile of 64 rows, or a piece
+// of a row far longer than the rest (BigBird's global rows; a merge kernel
+// combines the pieces' partial softmax). 4 warps (one warpgroup), 16 query
+// rows each. The CTA walks its item's visits of the layout: K and V tiles
 // are copied asynchronously into shared memory one visit ahead, S = Q K^T and
 // O += P V run on tensor cores (wgmma, fp32 accumulators; v1-v3 used mma.sync),
 // and the softmax is the online one (running max and sum in registers,
