@@ -187,18 +187,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
   const uint32_t qa = smem_addr(qs), da = smem_addr(dos);
   float dq[D / 8][4] = {};
   for (int visit = v0; visit < v1; ++visit) {
-    const int buf = (visit - v0) & 1;
-    if (visit + 1 < v1) {
-      const int next = lay.cols[visit + 1];
-      load(ks + (buf ^ 1) * E, k, p.k_strides[2], next);
-      load(vs + (buf ^ 1) * E, v, p.v_strides[2], next);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    wg::proxy_fence();
-    __syncthreads();
+    const int buf = next_kv_visit<D, kThreads>(ks, vs, k, v, p, visit, v0, v1, tid);
     const uint32_t kb = smem_addr(ks + buf * E), vb = smem_addr(vs + buf * E);
 
     const RowVisitMask vm = row_visit_mask(p, b, visit);

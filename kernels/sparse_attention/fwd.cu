@@ -47,11 +47,7 @@ constexpr int kThreads = kWarps * 32;
 // kMinBlocks CTAs per SM: 4 at D = 64 (127 registers, no spill; with Q in
 // registers 3 had been slower than 4, 0.164 against 0.147 ms at 16K), 2 at
 // D = 128 (191 registers; its 81 KiB of shared memory allow 2).
-// kSplit: the layouts split some rows (make_plan), so an item may be a piece.
-// A variant of its own, so that layouts that split nothing (the sliding
-// window) run without the piece epilogue: the split-capable kernel measured
-// 2.5-3.5% slower there (NOTES.md, v5).
-template <typename T, int D, int kMinBlocks, bool kSplit>
+template <typename T, int D, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qs = align_1024<T>(smem_raw);
@@ -88,18 +84,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
 
   const uint32_t qa = smem_addr(qs);
   for (int visit = v0; visit < v1; ++visit) {
-    const int buf = (visit - v0) & 1;
-    if (visit + 1 < v1) {
-      const int next = lay.cols[visit + 1];
-      load(ks + (buf ^ 1) * WgSmem<D>::kTileElems, k, p.k_strides[2], next);
-      load(vs + (buf ^ 1) * WgSmem<D>::kTileElems, v, p.v_strides[2], next);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    wg::proxy_fence();  // the copies visible to the products' asynchronous proxy
-    __syncthreads();
+    const int buf = next_kv_visit<D, kThreads>(ks, vs, k, v, p, visit, v0, v1, tid);
     const uint32_t kb = smem_addr(ks + buf * WgSmem<D>::kTileElems);
     const uint32_t vb = smem_addr(vs + buf * WgSmem<D>::kTileElems);
 
@@ -151,8 +136,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
 
   // A piece of a split row: the unnormalised output and (max, sum) of its
   // visits, for the merge kernel.
-  const int piece = kSplit ? __ldcg(item + 4) : -1;
-  if (kSplit && piece >= 0) {
+  const int piece = __ldcg(item + 4);
+  if (piece >= 0) {
     const int64_t at = static_cast<int64_t>(bh) * lay.row_work.n_pieces + piece;
     float* op = p.o_part + at * kTile * D;
     float* ml = p.ml_part + at * 2 * kTile;
@@ -229,9 +214,7 @@ __global__ void __launch_bounds__(kMergeRows * 32) sparse_attention_fwd_merge_ke
 template <typename T, int D>
 void launch_fwd(const SparseAttentionParams& p, cudaStream_t stream) {
   constexpr int smem = WgSmem<D>::bytes(5);  // Q, K[2], V[2]
-  constexpr int kMinBlocks = D == 64 ? 4 : 2;
-  auto kernel = p.layout.row_work.n_split > 0 ? sparse_attention_fwd_kernel<T, D, kMinBlocks, true>
-                                              : sparse_attention_fwd_kernel<T, D, kMinBlocks, false>;
+  auto kernel = sparse_attention_fwd_kernel<T, D, D == 64 ? 4 : 2>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   kernel<<<dim3(p.B * p.H, p.layout.row_work.n_items), kThreads, smem, stream>>>(p);
   check_launch("sparse_attention_fwd_kernel");

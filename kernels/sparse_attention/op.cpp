@@ -181,14 +181,16 @@ SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::T
   auto work = [](const torch::Tensor& items, const torch::Tensor& splits, int64_t pieces) {
     WorkItems w;
     w.items = items.data_ptr<int32_t>();
-    w.splits = splits.numel() > 0 ? splits.data_ptr<int32_t>() : nullptr;
     w.n_items = static_cast<int>(items.size(1));
-    w.n_split = static_cast<int>(splits.size(1));
+    if (splits.defined() && splits.numel() > 0) {
+      w.splits = splits.data_ptr<int32_t>();
+      w.n_split = static_cast<int>(splits.size(1));
+    }
     w.n_pieces = static_cast<int>(pieces);
     return w;
   };
   l.row_work = work(plan.row_items, plan.row_splits, plan.n_row_pieces);
-  l.dq_work = work(plan.dq_items, plan.dq_items.slice(1, 0, 0), 0);  // no splits
+  l.dq_work = work(plan.dq_items, torch::Tensor(), 0);  // rows whole, no splits
   l.col_work = work(plan.col_items, plan.col_splits, plan.n_col_pieces);
   l.exclude = exclude.defined() ? reinterpret_cast<const uint64_t*>(exclude.data_ptr<int64_t>()) : nullptr;
   l.n_tiles = static_cast<int>(plan.n_tiles);

@@ -20,6 +20,7 @@
 
 #include "kernels/sparse_attention/params.h"
 #include "kernels/swizzle.h"
+#include "kernels/wgmma.cuh"
 
 namespace longtrain::kernels::tile {
 
@@ -119,6 +120,29 @@ __device__ __forceinline__ float quad_max(float x) {
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffff, x, 1);
   return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+// The head of a row walk's visit (forward, dQ): the next visit's K and V
+// tiles copied into the other buffer, then this visit's awaited and made
+// visible to the products; returns this visit's buffer index. ks and vs are
+// [2] swizzled tiles, the first visit's already requested.
+template <int D, int kThreads, typename T>
+__device__ __forceinline__ int next_kv_visit(T* ks, T* vs, const T* k, const T* v, const SparseAttentionParams& p,
+                                             int visit, int v0, int v1, int tid) {
+  constexpr int E = WgSmem<D>::kTileElems;
+  const int buf = (visit - v0) & 1;
+  if (visit + 1 < v1) {
+    const int next = p.layout.cols[visit + 1];
+    load_tile_async<D, kThreads>(ks + (buf ^ 1) * E, k, p.k_strides[2], next * kTile, p.L, tid);
+    load_tile_async<D, kThreads>(vs + (buf ^ 1) * E, v, p.v_strides[2], next * kTile, p.L, tid);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  wg::proxy_fence();  // the copies visible to the products' asynchronous proxy
+  __syncthreads();
+  return buf;
 }
 
 // This CTA's work item (params.h's WorkItems): item blockIdx.y of head h's
