@@ -108,7 +108,9 @@ class LongformerLayer(torch.nn.Module):
 
     def forward(self, x):
         B, L, C = x.shape
-        split = lambda t: t.view(B, L, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        # as model/rope.cpp's split_qkv: unbound along the fused dim before the
+        # transpose, so the backward's stack lands in the projection's layout
+        split = lambda t: [u.transpose(1, 2) for u in t.view(B, L, 3, self.heads, C // self.heads).unbind(2)]
         q, k, v = split(self.qkv(x))
         gq, gk, gv = split(self.global_qkv(x))
         y = torch.ops.longtrain.sparse_attention(q, k, v, "sliding", self.window, self.global_first, False, gq, gk, gv)

@@ -88,11 +88,37 @@ SparsePattern with_global_columns(SparsePattern base, int64_t first, int64_t blo
   return p;
 }
 
+SparsePattern with_global_rows(SparsePattern base, int64_t first, int64_t block, int64_t seq_len, bool causal) {
+  SparsePattern p;
+  auto allowed = base.allowed;
+  p.allowed = [=](int64_t q, int64_t k) { return allowed(q, k) || (q < first && (!causal || k <= q)); };
+  auto candidates = base.candidates;
+  const int64_t n_blocks = (seq_len + block - 1) / block;
+  p.candidates = [=](int64_t qb) {
+    auto c = candidates(qb);
+    if (qb * block < first) {
+      for (int64_t kb = 0; kb < n_blocks; ++kb) c.push_back(kb);
+    }
+    return c;
+  };
+  return p;
+}
+
 namespace {
 
 // Global rows in the inputs' precision through SDPA (LibTorch's fused
 // attention): G rows against all L keys, causal rows only up to themselves.
 torch::Tensor global_rows(const torch::Tensor& out, const GlobalAttention& g, bool causal) {
+  if (g.first > 0) {
+    // The first G rows: slices instead of gathers and scatters (their
+    // backward were full-size fills, scatters and adds), SDPA's top-left
+    // causal alignment instead of a mask, and the rows copied over a clone
+    // that keeps the kernel's [B, L, H, D] storage.
+    auto rows = at::scaled_dot_product_attention(g.q.narrow(2, 0, g.first), g.k, g.v, {}, 0.0, causal);
+    auto res = out.clone();
+    res.narrow(2, 0, g.first).copy_(rows);
+    return res;
+  }
   const int64_t B = out.size(0), H = out.size(1), L = out.size(2), D = out.size(3), G = g.index.size(1);
   auto idx = g.index.view({B, 1, G, 1}).expand({B, H, G, D});
   auto gq = g.q.gather(2, idx);  // [B, H, G, D]

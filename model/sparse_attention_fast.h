@@ -26,6 +26,12 @@ kernels::TileLayout tile_layout(const BlockLayout& layout);
 // Adds the columns of the first `first` tokens (causal: only for later queries).
 SparsePattern with_global_columns(SparsePattern base, int64_t first, int64_t block, bool causal);
 
+// Adds the rows of the first `first` tokens: they attend to every key (causal:
+// every earlier one). For global tokens that share q, k, v with the window
+// (no separate projections): with the columns too, the kernel alone computes
+// all of Longformer's attention, its long rows split by make_plan.
+SparsePattern with_global_rows(SparsePattern base, int64_t first, int64_t block, int64_t seq_len, bool causal);
+
 // Why the kernel cannot take these inputs ("" when it can).
 std::string sparse_kernel_unsupported(const torch::Tensor& q);
 

@@ -127,6 +127,7 @@ torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const Mi
     g.q = gq;
     g.k = gk;
     g.v = gv;
+    if (static_columns) g.first = std::min(global_.first, L);
     y = kernel ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), static_columns), dims_.causal, &g,
                                        static_columns)
                : sparse_attention(q, k, v, per_head, dims_.causal, &g);

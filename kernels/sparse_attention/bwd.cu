@@ -92,6 +92,31 @@ __global__ void __launch_bounds__(256) sparse_attention_bwd_split_finish_kernel(
   store_tile_rows<T, D>(acc + kTile * D, dv, bp.dv_strides[2], kt, p.L);
 }
 
+// Split dQ rows: the pieces' fp32 partials summed, in piece order, into dQ
+// rows (one CTA per slot).
+template <typename T, int D>
+__global__ void __launch_bounds__(256) sparse_attention_bwd_dq_finish_kernel(const SparseAttentionBwdParams bp) {
+  const SparseAttentionParams& p = bp.fwd;
+  const WorkItems& w = p.layout.dq_work;
+  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+  const int32_t* split = w.splits + (p.layout.head_layout[h] * w.n_split + blockIdx.y) * kSplitFields;
+  const int qt = split[0], first = split[1], count = split[2];
+  if (qt < 0) return;
+  const float* part = bp.dq_part + (static_cast<int64_t>(bh) * w.n_pieces + first) * kTile * D;
+  T* dq = static_cast<T*>(bp.dq) + b * bp.dq_strides[0] + h * bp.dq_strides[1];
+  for (int e = 2 * threadIdx.x; e < kTile * D; e += 2 * blockDim.x) {
+    const int row = qt * kTile + e / D;
+    if (row >= p.L) continue;
+    float2 acc = *reinterpret_cast<const float2*>(part + e);
+    for (int i = 1; i < count; ++i) {
+      const float2 x = *reinterpret_cast<const float2*>(part + static_cast<int64_t>(i) * kTile * D + e);
+      acc.x += x.x;
+      acc.y += x.y;
+    }
+    *reinterpret_cast<uint32_t*>(dq + static_cast<int64_t>(row) * bp.dq_strides[2] + e % D) = Pack<T>::from(acc.x, acc.y);
+  }
+}
+
 // The two score products of a backward visit, s = A Bᵀ and dp = C Eᵀ (64 x 64
 // over D, every operand a K-major swizzled tile at shared address a, b, c,
 // e), issued as two groups; returns once s has landed, dp still in flight
@@ -218,6 +243,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
   }
   cp_async_wait<0>();
 
+  // Re-read here rather than held through the loop (as dK/dV's).
+  const int32_t* item_end = work_item(lay.dq_work, lay, h);
+  if (__ldcg(item_end + 3) >= 0) {  // a piece of a split row: its fp32 partial into a slot of its own, every row
+    float* part = bp.dq_part + (static_cast<int64_t>(bh) * lay.dq_work.n_pieces + __ldcg(item_end + 4)) * kTile * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float* dst = part + (r ? row_b : row_a) * D;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        *reinterpret_cast<float2*>(dst + dn * 8 + 2 * t) =
+            make_float2(dq[dn][2 * r] * p.scale, dq[dn][2 * r + 1] * p.scale);
+      }
+    }
+    return;
+  }
   T* out = static_cast<T*>(bp.dq) + b * bp.dq_strides[0] + h * bp.dq_strides[1];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -364,7 +404,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
 // no spill; dQ capped for 4 spilled 112 bytes and ran 0.188 -> 0.228 ms at
 // 16K), 2 at D = 128 (200 and 255).
 template <int D>
-constexpr int kDqBlocks = D == 64 ? 3 : 2;
+constexpr int kDqBlocks = dq_ctas_per_sm(D);
 template <int D>
 constexpr int kDkdvBlocks = D == 64 ? 3 : 2;
 
@@ -379,6 +419,10 @@ void launch_bwd(const SparseAttentionBwdParams& p, cudaStream_t stream) {
   cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem);
   dq_kernel<<<dim3(bh, p.fwd.layout.dq_work.n_items), kThreads, dq_smem, stream>>>(p);
   check_launch("sparse_attention_bwd_dq_kernel");
+  if (p.fwd.layout.dq_work.n_split > 0) {
+    sparse_attention_bwd_dq_finish_kernel<T, D><<<dim3(bh, p.fwd.layout.dq_work.n_split), 256, 0, stream>>>(p);
+    check_launch("sparse_attention_bwd_dq_finish_kernel");
+  }
 
   constexpr int dkdv_smem = WgSmem<D>::bytes(6, 4 * kTile * sizeof(float));
   auto dkdv_kernel = sparse_attention_bwd_dkdv_kernel<T, D, kDkdvBlocks<D>>;

@@ -11,6 +11,7 @@
 #include "kernels/sparse_attention/params.h"
 
 #ifdef LONGTRAIN_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -31,12 +32,13 @@ torch::Tensor int32_tensor(const std::vector<int32_t>& v, const torch::Device& d
 // tokens: every tile visits them) is cut into pieces of about `cap` visits
 // (one CTA walking 256 visits was half of the Longformer backward at 16K).
 // Per layout, heaviest first; layouts with fewer items or splits are padded
-// with tile = -1. split = false: one item per tile (the dQ kernel's).
+// with tile = -1. The cap is max(min_visits, factor x the mean); factor 0:
+// one item per tile.
 struct WorkPlan {
   std::vector<int32_t> items, splits;
   int64_t n_items = 0, n_split = 0, n_pieces = 0;
 };
-WorkPlan work_items(const std::vector<int32_t>& ptr_all, int64_t n_layouts, int64_t nt, bool split = true) {
+WorkPlan work_items(const std::vector<int32_t>& ptr_all, int64_t n_layouts, int64_t nt, int factor, int min_visits) {
   using Item = std::array<int32_t, kItemFields>;
   using Split = std::array<int32_t, kSplitFields>;
   std::vector<std::vector<Item>> items_of(static_cast<size_t>(n_layouts));
@@ -51,8 +53,8 @@ WorkPlan work_items(const std::vector<int32_t>& ptr_all, int64_t n_layouts, int6
       total += n;
     }
     used = std::max<int64_t>(used, 1);
-    const int32_t cap = split ? static_cast<int32_t>(std::max<int64_t>(kMinSplitVisits, 2 * ((total + used - 1) / used)))
-                              : std::numeric_limits<int32_t>::max();
+    const int32_t cap = factor > 0 ? static_cast<int32_t>(std::max<int64_t>(min_visits, factor * ((total + used - 1) / used)))
+                                   : std::numeric_limits<int32_t>::max();
     auto& items = items_of[l];
     int32_t piece = 0;
     for (int64_t j = 0; j < nt; ++j) {
@@ -118,8 +120,10 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
     col_ptr.push_back(static_cast<int32_t>(rows.size()));
   }
   const auto n_layouts = static_cast<int64_t>(layouts.size());
-  const WorkPlan row_work = work_items(row_ptr, n_layouts, nt), col_work = work_items(col_ptr, n_layouts, nt);
-  const WorkPlan dq_work = work_items(row_ptr, n_layouts, nt, false);
+  const WorkPlan row_work = work_items(row_ptr, n_layouts, nt, 2, kMinSplitVisits);
+  const WorkPlan col_work = work_items(col_ptr, n_layouts, nt, 2, kMinSplitVisits);
+  const WorkPlan dq_whole = work_items(row_ptr, n_layouts, nt, 0, 0);
+  const WorkPlan dq_work = work_items(row_ptr, n_layouts, nt, kDqSplitFactor, kDqMinSplitVisits);
   TORCH_CHECK(nt < 65536 && std::max(row_work.n_items, col_work.n_items) < 65536, "make_plan: ", nt,
               " tiles exceed the grid limit (L < 4M)");
   TORCH_CHECK(masks.size() / kTile < static_cast<size_t>(std::numeric_limits<int32_t>::max()),
@@ -139,14 +143,31 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
   std::vector<int32_t> hl(head_layout.begin(), head_layout.end());
   for (int32_t h : hl) TORCH_CHECK(h >= 0 && h < static_cast<int32_t>(layouts.size()), "make_plan: bad head layout ", h);
   p.head_layout = int32_tensor(hl, device);
-  p.dq_items = int32_tensor(dq_work.items, device).view({n_layouts, dq_work.n_items, kItemFields});
+  p.dq_items = int32_tensor(dq_whole.items, device).view({n_layouts, dq_whole.n_items, kItemFields});
+  p.dq_split_items = int32_tensor(dq_work.items, device).view({n_layouts, dq_work.n_items, kItemFields});
+  p.dq_splits = int32_tensor(dq_work.splits, device).view({n_layouts, dq_work.n_split, kSplitFields});
+  p.n_dq_pieces = dq_work.n_pieces;
   p.row_items = int32_tensor(row_work.items, device).view({n_layouts, row_work.n_items, kItemFields});
   p.row_splits = int32_tensor(row_work.splits, device).view({n_layouts, row_work.n_split, kSplitFields});
   p.n_row_pieces = row_work.n_pieces;
   p.col_items = int32_tensor(col_work.items, device).view({n_layouts, col_work.n_items, kItemFields});
   p.col_splits = int32_tensor(col_work.splits, device).view({n_layouts, col_work.n_split, kSplitFields});
   p.n_col_pieces = col_work.n_pieces;
+  for (int64_t l = 0; l < n_layouts; ++l) {
+    for (int64_t j = 0; j < nt; ++j) {
+      const size_t i = static_cast<size_t>(l * (nt + 1) + j);
+      p.dq_longest = std::max<int64_t>(p.dq_longest, row_ptr[i + 1] - row_ptr[i]);
+    }
+  }
+  for (int32_t h : hl) {
+    const size_t i = static_cast<size_t>(h) * static_cast<size_t>(nt + 1);
+    p.visits_per_batch += row_ptr[i + static_cast<size_t>(nt)] - row_ptr[i];
+  }
   return p;
+}
+
+bool split_dq(const SparseAttentionPlan& plan, int64_t B, int64_t slots) {
+  return plan.n_dq_split() > 0 && 2 * plan.dq_longest * slots > 3 * plan.visits_per_batch * B;
 }
 
 #ifndef LONGTRAIN_WITH_CUDA
@@ -168,7 +189,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::Tensor& exclude) {
+SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::Tensor& exclude, bool dq_split = false) {
   SparseLayoutParams l;
   l.row_ptr = plan.row_ptr.data_ptr<int32_t>();
   l.cols = plan.cols.data_ptr<int32_t>();
@@ -190,7 +211,7 @@ SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::T
     return w;
   };
   l.row_work = work(plan.row_items, plan.row_splits, plan.n_row_pieces);
-  l.dq_work = work(plan.dq_items, torch::Tensor(), 0);  // rows whole, no splits
+  l.dq_work = dq_split ? work(plan.dq_split_items, plan.dq_splits, plan.n_dq_pieces) : work(plan.dq_items, {}, 0);
   l.col_work = work(plan.col_items, plan.col_splits, plan.n_col_pieces);
   l.exclude = exclude.defined() ? reinterpret_cast<const uint64_t*>(exclude.data_ptr<int64_t>()) : nullptr;
   l.n_tiles = static_cast<int>(plan.n_tiles);
@@ -209,6 +230,11 @@ SparseAttentionPlan plan_from(AutogradContext* ctx) {
   p.masks = d["masks"].toTensor();
   p.head_layout = d["head_layout"].toTensor();
   p.dq_items = d["dq_items"].toTensor();
+  p.dq_split_items = d["dq_split_items"].toTensor();
+  p.dq_splits = d["dq_splits"].toTensor();
+  p.n_dq_pieces = d["n_dq_pieces"].toInt();
+  p.dq_longest = d["dq_longest"].toInt();
+  p.visits_per_batch = d["visits_per_batch"].toInt();
   p.row_items = d["row_items"].toTensor();
   p.row_splits = d["row_splits"].toTensor();
   p.n_row_pieces = d["n_row_pieces"].toInt();
@@ -275,6 +301,11 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     d["masks"] = plan.masks;
     d["head_layout"] = plan.head_layout;
     d["dq_items"] = plan.dq_items;
+    d["dq_split_items"] = plan.dq_split_items;
+    d["dq_splits"] = plan.dq_splits;
+    d["n_dq_pieces"] = plan.n_dq_pieces;
+    d["dq_longest"] = plan.dq_longest;
+    d["visits_per_batch"] = plan.visits_per_batch;
     d["row_items"] = plan.row_items;
     d["row_splits"] = plan.row_splits;
     d["n_row_pieces"] = plan.n_row_pieces;
@@ -303,6 +334,11 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     // fp32 dK/dV partials of split columns (make_plan): [B * H, n_split, 2, 64, D], summed by atomics.
     torch::Tensor dkv_acc;
     if (plan.n_split() > 0) dkv_acc = torch::zeros({B * H * plan.n_split() * 2 * kTile * D}, delta.options());
+    // Split dQ rows (when they would outlast the grid): every piece writes all of its fp32 partial.
+    const int64_t slots = at::cuda::getCurrentDeviceProperties()->multiProcessorCount * dq_ctas_per_sm(static_cast<int>(D));
+    const bool dq_split = split_dq(plan, B, slots);
+    torch::Tensor dq_part;
+    if (dq_split) dq_part = torch::empty({B * H * plan.n_dq_pieces * kTile * D}, delta.options());
 
     SparseAttentionBwdParams p;
     SparseAttentionParams& f = p.fwd;
@@ -320,11 +356,12 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     f.L = static_cast<int>(L);
     f.D = static_cast<int>(D);
     f.scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
-    f.layout = layout_params(plan, exclude);
+    f.layout = layout_params(plan, exclude, dq_split);
     p.dout = dout.data_ptr();
     p.dlse = dlse.defined() ? dlse.data_ptr<float>() : nullptr;
     p.delta = delta.data_ptr<float>();
     p.dkv_acc = dkv_acc.defined() ? dkv_acc.data_ptr<float>() : nullptr;
+    p.dq_part = dq_part.defined() ? dq_part.data_ptr<float>() : nullptr;
     p.dq = dq.data_ptr();
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();

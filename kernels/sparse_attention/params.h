@@ -19,9 +19,15 @@
 namespace longtrain::kernels {
 
 constexpr int kTile = 64;
-// A row (forward, dQ) or transposed column (dK/dV) is split when it has more
+// A row (forward) or transposed column (dK/dV) is split when it has more
 // than max(this, 2 x the layout's mean visits per row or column) visits.
 constexpr int kMinSplitVisits = 16;
+// dQ's rows, when split at all (op.h's split_dq): pieces past
+// max(kDqMinSplitVisits, kDqSplitFactor x the mean).
+constexpr int kDqSplitFactor = 8;
+constexpr int kDqMinSplitVisits = 64;
+// Resident CTAs per SM of the dQ kernel (its register cap): 3 at D = 64, 2 at 128.
+constexpr int dq_ctas_per_sm(int D) { return D == 64 ? 3 : 2; }
 
 // One kernel's work items, [n_layouts][n_items][kItemFields]: tile (-1 =
 // none: the layout has fewer items than the grid), visits [begin, end) (row
@@ -53,9 +59,11 @@ struct SparseLayoutParams {
   const int32_t* head_layout = nullptr;  // [H] -> layout index
   WorkItems row_work;  // the forward's: query tiles
   WorkItems col_work;  // the dK/dV kernel's: key tiles
-  // The dQ kernel's: query tiles, none split (pieces adding fp32 partials by
-  // atomics measured slower: BigBird 16K 0.331-0.336 -> 0.342-0.344 ms, 64K
-  // 1.37 -> 1.42-1.46), longest first.
+  // The dQ kernel's: query tiles, longest first, whole or (op.h's split_dq)
+  // with the far longer rows in pieces; a piece writes its fp32 partial to a
+  // slot of its own (dq_part), summed by a finishing kernel. (Pieces at the
+  // forward's rule, adding by atomics, ran slower on BigBird: 16K
+  // 0.331-0.336 -> 0.342-0.344 ms, 64K 1.37 -> 1.42-1.46.)
   WorkItems dq_work;
   const uint64_t* exclude = nullptr;   // [B, n_tiles] key-exclusion words, or null
   int n_tiles = 0;
@@ -88,6 +96,7 @@ struct SparseAttentionBwdParams {
   void* dk = nullptr;
   void* dv = nullptr;
   float* dkv_acc = nullptr;  // [B * H, col_work.n_split, 2, 64, D] zeroed fp32 partials of split columns, or null
+  float* dq_part = nullptr;  // [B * H, dq_work.n_pieces, 64, D] fp32 partials of split dQ rows (scaled), or null
   int64_t do_strides[3], dq_strides[3], dk_strides[3], dv_strides[3];
 };
 

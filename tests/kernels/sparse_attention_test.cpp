@@ -193,12 +193,46 @@ TEST(TileLayout, PlanSplitsTheGlobalRows) {
   expect_work_items(plan.row_items, plan.row_splits, plan.row_ptr, 1, nt, [](int64_t, int64_t j) { return j < 2; });
   expect_work_items(plan.col_items, plan.col_splits, plan.col_ptr, 1, nt, [](int64_t, int64_t j) { return j < 2; });
   EXPECT_EQ(plan.row_items[0][0][3].item<int>() >= 0, true) << "the pieces of the long rows start first";
-  // The dQ kernel's items: every row whole, the long ones first.
-  expect_work_items(plan.dq_items, torch::zeros({1, 0, kernels::kSplitFields}, torch::kInt32), plan.row_ptr, 1, nt,
-                    [](int64_t, int64_t) { return false; });
+  // The dQ kernel's items: 64 visits is not far past the mean (kDqSplitFactor):
+  // every row whole, the long ones first.
+  EXPECT_EQ(plan.n_dq_split(), 0);
+  expect_work_items(plan.dq_items, plan.dq_splits, plan.row_ptr, 1, nt, [](int64_t, int64_t) { return false; });
   EXPECT_EQ(plan.dq_items.size(1), nt);
   EXPECT_LT(plan.dq_items[0][0][0].item<int>(), 2);
   EXPECT_LT(plan.dq_items[0][1][0].item<int>(), 2);
+}
+
+// Longformer's global rows in the plan (with_global_rows: tokens 0..69 see
+// all 128 key tiles, the rest ~7): past kDqSplitFactor x the mean, so the dQ
+// kernel splits them too; with_global_rows adds exactly those pairs.
+TEST(TileLayout, PlanSplitsFarLongerRowsForDq) {
+  const int64_t L = 8192;
+  const auto window = with_global_columns(sliding_pattern(L, 64, 256, 1, false), 70, 64, false);
+  const auto pattern = with_global_rows(window, 70, 64, L, false);
+  for (int64_t q : {0, 69, 70, 4000})
+    for (int64_t k : {0, 69, 70, 3999, 8191}) EXPECT_EQ(pattern.allowed(q, k), window.allowed(q, k) || q < 70) << q << " " << k;
+  EXPECT_TRUE(with_global_rows(sliding_pattern(L, 64, 256, 1, true), 70, 64, L, true).allowed(69, 0));
+  EXPECT_FALSE(with_global_rows(sliding_pattern(L, 64, 256, 1, true), 70, 64, L, true).allowed(0, 69));
+  const auto tiles = tile_layout(build_layout(pattern, L, 64));
+  const auto plan = kernels::make_plan({&tiles}, {0}, torch::kCPU);
+  const int64_t nt = plan.n_tiles;
+  EXPECT_EQ(tiles.row_ptr[1] - tiles.row_ptr[0], nt);
+  ASSERT_EQ(plan.n_dq_split(), 2);
+  EXPECT_GE(plan.n_dq_pieces, 4);
+  expect_work_items(plan.dq_split_items, plan.dq_splits, plan.row_ptr, 1, nt, [](int64_t, int64_t j) { return j < 2; });
+  expect_work_items(plan.row_items, plan.row_splits, plan.row_ptr, 1, nt, [](int64_t, int64_t j) { return j < 2; });
+  EXPECT_GE(plan.dq_split_items[0][0][3].item<int>(), 0) << "the pieces of the long rows start first";
+  expect_work_items(plan.dq_items, torch::zeros({1, 0, kernels::kSplitFields}, torch::kInt32), plan.row_ptr, 1, nt,
+                    [](int64_t, int64_t) { return false; });
+  // Which set a call takes: the longest row (128 visits) against an even
+  // share of the batch's visits over the resident CTAs.
+  EXPECT_EQ(plan.dq_longest, nt);
+  EXPECT_EQ(plan.visits_per_batch, tiles.visits());
+  const int64_t h100 = 132 * 3;
+  EXPECT_TRUE(kernels::split_dq(plan, 1, h100));  // one batch entry of one head: a few CTAs would do all
+  const int64_t b_whole = 2 * nt * h100 / (3 * tiles.visits()) + 1;  // from here an even share is 2/3 of a long row
+  EXPECT_TRUE(kernels::split_dq(plan, b_whole - 1, h100));
+  EXPECT_FALSE(kernels::split_dq(plan, b_whole, h100));
 }
 
 TEST(SparseKernel, SaysWhyItCannotRun) {
@@ -213,7 +247,9 @@ TEST(SparseKernel, SaysWhyItCannotRun) {
 
 // ---------------------------------------------------------------- kernel vs references (GPU)
 
-enum class Globals { kNone, kFirst, kPerBatch };
+// kShared: the first 70 tokens global with the window's own q, k, v (no
+// separate projections): rows and columns both in the kernel's plan.
+enum class Globals { kNone, kFirst, kPerBatch, kShared };
 
 struct KernelCase {
   std::string name;
@@ -265,7 +301,7 @@ TEST_P(SparseKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErro
     masks.push_back(layout_mask(layouts.back()).to(dev));
   }
   Tensor gmask;
-  if (c.globals == Globals::kFirst) {
+  if (c.globals == Globals::kFirst || c.globals == Globals::kShared) {
     gmask = torch::zeros({c.B, c.L}, torch::kBool);
     gmask.narrow(1, 0, 70).fill_(true);
   } else if (c.globals == Globals::kPerBatch) {
@@ -280,14 +316,16 @@ TEST_P(SparseKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErro
     for (const auto& x : base) out.push_back(x.detach().to(t).requires_grad_());
     return out;
   };
+  const bool shared = c.globals == Globals::kShared;
+  const int g0 = shared ? 0 : 3;  // where the global q, k, v are among the leaves
   auto run_dense = [&](const std::vector<Tensor>& in) {
-    return gmask.defined() ? dense_reference(in[0], in[1], in[2], masks, c.causal, gmask, in[3], in[4], in[5])
+    return gmask.defined() ? dense_reference(in[0], in[1], in[2], masks, c.causal, gmask, in[g0], in[g0 + 1], in[g0 + 2])
                            : dense_reference(in[0], in[1], in[2], masks, c.causal);
   };
   auto grads = [&](const Tensor& out, const std::vector<Tensor>& in) {
     out.backward(grad_out.to(out.scalar_type()));
     std::vector<Tensor> g{out.detach()};
-    const size_t n = gmask.defined() ? 6 : 3;
+    const size_t n = gmask.defined() && !shared ? 6 : 3;
     for (size_t i = 0; i < n; ++i) g.push_back(in[i].grad());
     return g;
   };
@@ -307,9 +345,9 @@ TEST_P(SparseKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErro
     if (gmask.defined()) {
       GlobalAttention g;
       std::tie(g.index, g.valid) = global_positions(gmask);
-      g.q = in[3];
-      g.k = in[4];
-      g.v = in[5];
+      g.q = in[g0];
+      g.k = in[g0 + 1];
+      g.v = in[g0 + 2];
       out = sparse_attention(in[0], in[1], in[2], per_head, c.causal, &g);
     } else {
       out = sparse_attention(in[0], in[1], in[2], per_head, c.causal);
@@ -321,10 +359,11 @@ TEST_P(SparseKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErro
   std::vector<kernels::TileLayout> tiles;
   std::vector<const kernels::TileLayout*> ptrs;
   std::vector<int64_t> head_layout;
-  const bool columns_in_plan = c.globals == Globals::kFirst;
+  const bool columns_in_plan = c.globals == Globals::kFirst || shared;
   for (int64_t h = 0; h < c.H; ++h) {
     auto pattern = c.make(c.L, c.block, c.causal, h);
     if (columns_in_plan) pattern = with_global_columns(pattern, 70, c.block, c.causal);
+    if (shared) pattern = with_global_rows(pattern, 70, c.block, c.L, c.causal);
     tiles.push_back(tile_layout(build_layout(pattern, c.L, c.block)));
     head_layout.push_back(h);
   }
@@ -337,20 +376,25 @@ TEST_P(SparseKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErro
   if (c.name.find("first70_split") != std::string::npos) {
     ASSERT_GT(plan.n_split(), 0);
   }
+  if (c.name.find("split_dq") != std::string::npos) {  // and the backward takes them on any GPU of 20 SMs or more
+    ASSERT_GT(plan.n_dq_split(), 0);
+    ASSERT_TRUE(kernels::split_dq(plan, c.B, 20 * kernels::dq_ctas_per_sm(static_cast<int>(c.D))));
+  }
   GlobalAttention g;
   auto kin = leaves(c.dtype);
-  if (gmask.defined()) {
+  if (gmask.defined() && !shared) {
     std::tie(g.index, g.valid) = global_positions(gmask);
     g.q = kin[3];
     g.k = kin[4];
     g.v = kin[5];
+    if (c.globals == Globals::kFirst) g.first = 70;  // the mixer's static globals: rows by slicing
   }
   for (int run = 0; run < 2; ++run) {  // twice: a result that moves between runs is a race
     for (auto& t : kin)
       if (t.grad().defined()) t.grad().zero_();
     poison(c.B, c.H, c.L, c.D, c.dtype);
-    auto out = sparse_attention_fast(kin[0], kin[1], kin[2], plan, c.causal, gmask.defined() ? &g : nullptr,
-                                     columns_in_plan);
+    auto out = sparse_attention_fast(kin[0], kin[1], kin[2], plan, c.causal,
+                                     gmask.defined() && !shared ? &g : nullptr, columns_in_plan);
     const auto got = grads(out, kin);
     const char* names[] = {"out", "dq", "dk", "dv", "d global q", "d global k", "d global v"};
     for (size_t i = 0; i < got.size(); ++i) {
@@ -389,6 +433,12 @@ std::vector<KernelCase> kernel_cases() {
       // 33 query tiles on the global key tiles: split columns (make_plan) at D = 128
       {"longformer_first70_split", 1, 2, 2100, 128, true, fp16, Globals::kFirst, 64, sliding(128)},
       {"longformer_per_batch", 2, 2, 900, 64, true, bf16, Globals::kPerBatch, 64, sliding(128)},
+      // Global rows in the plan: 35 tiles, the global row tiles split for the
+      // forward and walked whole by dQ; 79 and 74 tiles, split for dQ too
+      {"longformer_shared_split_rows", 2, 2, 2200, 64, false, bf16, Globals::kShared, 64, sliding(256)},
+      {"longformer_shared_split_rows_split_dq", 1, 2, 5000, 64, false, bf16, Globals::kShared, 64, sliding(128)},
+      {"longformer_shared_split_rows_split_dq", 1, 2, 4700, 128, false, fp16, Globals::kShared, 64, sliding(128)},
+      {"longformer_shared", 1, 3, 1000, 64, true, bf16, Globals::kShared, 64, sliding(128)},
       {"longformer_per_batch", 2, 1, 513, 64, false, fp16, Globals::kPerBatch, 64, sliding(100)},
       {"long_sliding_w512", 1, 4, 4096, 64, true, bf16, Globals::kNone, 64, sliding(512)},
       // 40 and 33 tiles: BigBird's global rows (forward, dQ) and columns split (make_plan)
