@@ -7,8 +7,9 @@
 //     q, k, v: [B, H, L, D] bf16/fp16 CUDA; pattern: "sliding" | "bigbird"
 //     (block 128, 3 window + 2 global + 3 random blocks); global_first: the
 //     first tokens attend and are attended everywhere (global rows through
-//     gq, gk, gv when given — Longformer's separate projections, rows by SDPA
-//     beside the kernel — else with q, k, v, rows and columns in the kernel's plan).
+//     gq, gk, gv when given — Longformer's separate projections, the rows a
+//     second kernel launch, as the mixer does — else with q, k, v, rows and
+//     columns in the kernel's one plan).
 //   torch.ops.longtrain.bigbird_blocks(L, causal) -> [nb, nb] bool, the block
 //     layout above, so the peer runs the same pattern.
 //   torch.ops.longtrain.linear_attention(φq, φk, v, decay=None, normalize=True, eps=1e-6)
@@ -48,21 +49,28 @@ SparsePattern bench_pattern(const std::string& pattern, int64_t L, int64_t block
   return bigbird_pattern(L, kBigBirdBlock, 3, 2, 3, 0, causal);
 }
 
+// Which plan of a pattern with global tokens: the window and the global rows
+// and columns in one (shared q, k, v), or, for separate global projections,
+// the window with the columns but without the rows, and the rows alone.
+enum class Part { kAll, kWindowColumns, kGlobalRows };
+
 const kernels::SparseAttentionPlan& cached_plan(const std::string& pattern, int64_t L, int64_t H, int64_t window,
-                                                int64_t global_first, bool global_rows, bool causal,
+                                                int64_t global_first, Part part, bool causal,
                                                 const torch::Device& device) {
   static std::mutex mu;
-  static std::map<std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, bool, bool, std::string>,
+  static std::map<std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, Part, bool, std::string>,
                   kernels::SparseAttentionPlan>
       plans;
   std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_tuple(pattern, L, H, window, global_first, global_rows, causal, device.str());
+  const auto key = std::make_tuple(pattern, L, H, window, global_first, part, causal, device.str());
   auto it = plans.find(key);
   if (it == plans.end()) {
-    const int64_t block = pattern == "bigbird" ? kBigBirdBlock : 64;
+    const int64_t block = pattern == "bigbird" ? kBigBirdBlock : 64, first = std::min(global_first, L);
     auto p = bench_pattern(pattern, L, block, window, causal);
-    if (global_first > 0) p = with_global_columns(p, global_first, block, causal);
-    if (global_first > 0 && global_rows) p = with_global_rows(p, global_first, block, L, causal);
+    if (first > 0) p = with_global_columns(p, first, block, causal);
+    if (first > 0 && part == Part::kAll) p = with_global_rows(p, first, block, L, causal);
+    if (first > 0 && part == Part::kWindowColumns) p = without_rows(p, first);
+    if (part == Part::kGlobalRows) p = global_rows_pattern(first, block, L, causal);
     const auto tiles = tile_layout(build_layout(p, L, block));
     it = plans.emplace(key, kernels::make_plan({&tiles}, std::vector<int64_t>(H, 0), device)).first;
   }
@@ -76,15 +84,17 @@ torch::Tensor sparse_attention_op(const torch::Tensor& q, const torch::Tensor& k
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2);
   const bool separate = gq || gk || gv;
   TORCH_CHECK(!separate || (gq && gk && gv), "sparse_attention: give all of gq, gk, gv or none");
-  const auto& plan = cached_plan(pattern, L, H, window, global_first, !separate, causal, q.device());
+  const auto& plan =
+      cached_plan(pattern, L, H, window, global_first, separate ? Part::kWindowColumns : Part::kAll, causal, q.device());
   if (global_first <= 0 || !separate) return sparse_attention_fast(q, k, v, plan, causal, nullptr, false);
+  const auto& rows = cached_plan(pattern, L, H, window, global_first, Part::kGlobalRows, causal, q.device());
   GlobalAttention g;
   std::tie(g.index, g.valid) = first_global_positions(B, std::min(global_first, L), q.device());
   g.q = *gq;
   g.k = *gk;
   g.v = *gv;
   g.first = std::min(global_first, L);
-  return sparse_attention_fast(q, k, v, plan, causal, &g, true);
+  return sparse_attention_fast(q, k, v, plan, causal, &g, true, &rows);
 }
 
 torch::Tensor bigbird_blocks_op(int64_t L, bool causal) {

@@ -46,7 +46,7 @@ struct GlobalAttention {
   torch::Tensor valid;  // [B, G] bool
   torch::Tensor q, k, v;  // [B, H, L, D] global projections, for the global rows
   // > 0: the global positions are exactly the first `first` of every batch
-  // (index and valid say so too); the fast path then takes rows by slicing.
+  // (index and valid say so too), as the fast path's rows plan needs.
   int64_t first = 0;
 };
 

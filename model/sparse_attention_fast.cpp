@@ -104,21 +104,22 @@ SparsePattern with_global_rows(SparsePattern base, int64_t first, int64_t block,
   return p;
 }
 
+SparsePattern without_rows(SparsePattern base, int64_t first) {
+  auto allowed = base.allowed;
+  base.allowed = [=](int64_t q, int64_t k) { return q >= first && allowed(q, k); };
+  return base;
+}
+
+SparsePattern global_rows_pattern(int64_t first, int64_t block, int64_t seq_len, bool causal) {
+  SparsePattern none{[](int64_t, int64_t) { return false; }, [](int64_t) { return std::vector<int64_t>(); }};
+  return with_global_rows(none, first, block, seq_len, causal);
+}
+
 namespace {
 
 // Global rows in the inputs' precision through SDPA (LibTorch's fused
 // attention): G rows against all L keys, causal rows only up to themselves.
 torch::Tensor global_rows(const torch::Tensor& out, const GlobalAttention& g, bool causal) {
-  if (g.first > 0) {
-    // The first G rows: slices instead of gathers and scatters (their
-    // backward were full-size fills, scatters and adds), SDPA's top-left
-    // causal alignment instead of a mask, and the rows copied over a clone
-    // that keeps the kernel's [B, L, H, D] storage.
-    auto rows = at::scaled_dot_product_attention(g.q.narrow(2, 0, g.first), g.k, g.v, {}, 0.0, causal);
-    auto res = out.clone();
-    res.narrow(2, 0, g.first).copy_(rows);
-    return res;
-  }
   const int64_t B = out.size(0), H = out.size(1), L = out.size(2), D = out.size(3), G = g.index.size(1);
   auto idx = g.index.view({B, 1, G, 1}).expand({B, H, G, D});
   auto gq = g.q.gather(2, idx);  // [B, H, G, D]
@@ -144,9 +145,15 @@ std::string sparse_kernel_unsupported(const torch::Tensor& q) {
 
 torch::Tensor sparse_attention_fast(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const kernels::SparseAttentionPlan& plan, bool causal,
-                                    const GlobalAttention* global, bool columns_in_plan) {
+                                    const GlobalAttention* global, bool columns_in_plan,
+                                    const kernels::SparseAttentionPlan* rows_plan) {
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  if (global && columns_in_plan && rows_plan) {
+    TORCH_CHECK(global->first > 0, "sparse_attention_fast: a rows plan needs static (first-k) globals");
+    auto o = std::get<0>(kernels::sparse_attention_cuda(q, k, v, plan, torch::Tensor(), scale));
+    return o + std::get<0>(kernels::sparse_attention_cuda(global->q, global->k, global->v, *rows_plan, torch::Tensor(), scale));
+  }
   if (!global || columns_in_plan) {
     auto o = std::get<0>(kernels::sparse_attention_cuda(q, k, v, plan, torch::Tensor(), scale));
     return global ? global_rows(o, *global, causal) : o;

@@ -2,12 +2,13 @@
 // the kernels' 64 x 64 tiles, and block-sparse flash attention
 // (kernels/sparse_attention) with Longformer's global tokens around it.
 //
-// Global tokens, as in the reference (sparse_attention.h): global columns are
-// either folded into the layout (static "first k tokens" globals: the kernel
-// alone does the work) or, for per-batch positions, excluded from the kernel's
-// tiles and scored densely beside it, the two softmaxes merged through the
-// kernel's logsumexp; global rows (their own q, k, v projections) are dense,
-// through SDPA in the inputs' precision.
+// Global tokens, as in the reference (sparse_attention.h): static "first k
+// tokens" globals are all the kernel's work, their columns folded into the
+// window's layout and their rows (their own q, k, v projections) a second
+// launch on a layout of those rows alone; per-batch positions are excluded
+// from the kernel's tiles and scored densely beside it, the two softmaxes
+// merged through the kernel's logsumexp, and their rows go through SDPA in
+// the inputs' precision.
 #pragma once
 
 #include <torch/torch.h>
@@ -32,13 +33,26 @@ SparsePattern with_global_columns(SparsePattern base, int64_t first, int64_t blo
 // all of Longformer's attention, its long rows split by make_plan.
 SparsePattern with_global_rows(SparsePattern base, int64_t first, int64_t block, int64_t seq_len, bool causal);
 
+// The rows of the first `first` tokens removed (they attend to nothing): the
+// window layout of global tokens with their own projections, whose rows a
+// second plan (global_rows_pattern) computes from those projections.
+SparsePattern without_rows(SparsePattern base, int64_t first);
+
+// Only the rows of the first `first` tokens, each attending to every key (causal: every earlier one).
+SparsePattern global_rows_pattern(int64_t first, int64_t block, int64_t seq_len, bool causal);
+
 // Why the kernel cannot take these inputs ("" when it can).
 std::string sparse_kernel_unsupported(const torch::Tensor& q);
 
 // q, k, v: [B, H, L, D] on CUDA, bf16/fp16. `columns_in_plan`: the global
 // columns are part of the plan's layouts (only the global rows remain).
+// `rows_plan` (static globals, global->first > 0, columns in `plan` and the
+// global rows out of it, without_rows): the global rows too go through the
+// kernel, on global_rows_pattern's plan with the global q, k, v; the two
+// outputs, each zero where the other has its rows, are added.
 torch::Tensor sparse_attention_fast(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const kernels::SparseAttentionPlan& plan, bool causal,
-                                    const GlobalAttention* global, bool columns_in_plan);
+                                    const GlobalAttention* global, bool columns_in_plan,
+                                    const kernels::SparseAttentionPlan* rows_plan = nullptr);
 
 }  // namespace longtrain

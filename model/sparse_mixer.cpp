@@ -47,8 +47,8 @@ std::vector<const LayoutTensors*> SparseAttentionMixerImpl::layouts(int64_t seq_
 }
 
 const kernels::SparseAttentionPlan& SparseAttentionMixerImpl::kernel_plan(int64_t seq_len, const torch::Device& device,
-                                                                         bool with_columns) {
-  const auto key = std::make_tuple(seq_len, device.str(), with_columns);
+                                                                         PlanPart part) {
+  const auto key = std::make_tuple(seq_len, device.str(), part);
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
   // Heads with one pattern share one tile layout.
@@ -58,9 +58,12 @@ const kernels::SparseAttentionPlan& SparseAttentionMixerImpl::kernel_plan(int64_
   for (int64_t h = 0; h < dims_.n_heads; ++h) {
     auto [pos, fresh] = index_of.emplace(heads_[h].key, static_cast<int64_t>(tiles.size()));
     if (fresh) {
-      if (with_columns) {
-        const auto pattern = with_global_columns(heads_[h].make(seq_len), global_.first, block_, dims_.causal);
-        tiles.push_back(tile_layout(build_layout(pattern, seq_len, block_)));
+      const int64_t first = std::min(global_.first, seq_len);
+      if (part == PlanPart::kWindowColumns) {
+        const auto pattern = with_global_columns(heads_[h].make(seq_len), first, block_, dims_.causal);
+        tiles.push_back(tile_layout(build_layout(without_rows(pattern, first), seq_len, block_)));
+      } else if (part == PlanPart::kGlobalRows) {
+        tiles.push_back(tile_layout(build_layout(global_rows_pattern(first, block_, seq_len, dims_.causal), seq_len, block_)));
       } else {
         tiles.push_back(tile_layout(layout_of_head(h, seq_len)));
       }
@@ -128,11 +131,16 @@ torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const Mi
     g.k = gk;
     g.v = gv;
     if (static_columns) g.first = std::min(global_.first, L);
-    y = kernel ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), static_columns), dims_.causal, &g,
-                                       static_columns)
+    // Static globals: the window (with the global columns) and the global
+    // rows are two kernel launches, added; per-batch ones go around the kernel.
+    y = kernel ? (static_columns
+                      ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), PlanPart::kWindowColumns), dims_.causal,
+                                              &g, true, &kernel_plan(L, x.device(), PlanPart::kGlobalRows))
+                      : sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), PlanPart::kWindow), dims_.causal, &g,
+                                              false))
                : sparse_attention(q, k, v, per_head, dims_.causal, &g);
   } else {
-    y = kernel ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), false), dims_.causal, nullptr, false)
+    y = kernel ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), PlanPart::kWindow), dims_.causal, nullptr, false)
                : sparse_attention(q, k, v, per_head, dims_.causal);
   }
   // [B, H, L, Dh] -> [B, L, D]

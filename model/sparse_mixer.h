@@ -53,9 +53,11 @@ class SparseAttentionMixerImpl : public MixerImpl {
   // The layouts this mixer uses at length L (built if needed), per head.
   std::vector<const LayoutTensors*> layouts(int64_t seq_len, const torch::Device& device);
   const BlockLayout& layout_of_head(int64_t head, int64_t seq_len);
-  // The kernel's plan at length L on `device` (built once); with_columns: the
-  // static global columns (the first `global_first` tokens) folded in.
-  const kernels::SparseAttentionPlan& kernel_plan(int64_t seq_len, const torch::Device& device, bool with_columns);
+  // The kernel's plans at length L on `device` (each built once): the
+  // window; the window with the static global columns (the first
+  // `global_first` tokens) folded in and their rows left out; those rows alone.
+  enum class PlanPart { kWindow, kWindowColumns, kGlobalRows };
+  const kernels::SparseAttentionPlan& kernel_plan(int64_t seq_len, const torch::Device& device, PlanPart part);
   // Whether forward() takes the kernel for these q, k, v (throws for impl: cuda when it cannot).
   bool use_kernel(const torch::Tensor& q) const;
 
@@ -80,7 +82,7 @@ class SparseAttentionMixerImpl : public MixerImpl {
   std::map<std::pair<std::string, int64_t>, BlockLayout> layouts_;
   std::map<std::tuple<std::string, int64_t, std::string>, LayoutTensors> tensors_;
   SparseImpl impl_;
-  std::map<std::tuple<int64_t, std::string, bool>, kernels::SparseAttentionPlan> plans_;
+  std::map<std::tuple<int64_t, std::string, PlanPart>, kernels::SparseAttentionPlan> plans_;
 };
 
 // Reads an int, a list (one per layer), or a list of lists (per layer, per

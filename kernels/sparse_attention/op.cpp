@@ -32,8 +32,10 @@ torch::Tensor int32_tensor(const std::vector<int32_t>& v, const torch::Device& d
 // tokens: every tile visits them) is cut into pieces of about `cap` visits
 // (one CTA walking 256 visits was half of the Longformer backward at 16K).
 // Per layout, heaviest first; layouts with fewer items or splits are padded
-// with tile = -1. The cap is max(min_visits, factor x the mean); factor 0:
-// one item per tile.
+// with tile = -1. The cap is max(min_visits, factor x the mean over all
+// tiles, empty ones included: a layout of global rows alone, two tiles
+// visiting everything, is cut into pieces of min_visits); factor 0: one item
+// per tile.
 struct WorkPlan {
   std::vector<int32_t> items, splits;
   int64_t n_items = 0, n_split = 0, n_pieces = 0;
@@ -46,14 +48,8 @@ WorkPlan work_items(const std::vector<int32_t>& ptr_all, int64_t n_layouts, int6
   WorkPlan w;
   for (size_t l = 0; l < items_of.size(); ++l) {
     const int32_t* ptr = ptr_all.data() + l * static_cast<size_t>(nt + 1);
-    int64_t used = 0, total = 0;
-    for (int64_t j = 0; j < nt; ++j) {
-      const int32_t n = ptr[j + 1] - ptr[j];
-      used += n > 0;
-      total += n;
-    }
-    used = std::max<int64_t>(used, 1);
-    const int32_t cap = factor > 0 ? static_cast<int32_t>(std::max<int64_t>(min_visits, factor * ((total + used - 1) / used)))
+    const int64_t total = ptr[nt] - ptr[0];
+    const int32_t cap = factor > 0 ? static_cast<int32_t>(std::max<int64_t>(min_visits, factor * ((total + nt - 1) / nt)))
                                    : std::numeric_limits<int32_t>::max();
     auto& items = items_of[l];
     int32_t piece = 0;

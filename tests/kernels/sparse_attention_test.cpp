@@ -213,6 +213,23 @@ TEST(TileLayout, PlanSplitsFarLongerRowsForDq) {
     for (int64_t k : {0, 69, 70, 3999, 8191}) EXPECT_EQ(pattern.allowed(q, k), window.allowed(q, k) || q < 70) << q << " " << k;
   EXPECT_TRUE(with_global_rows(sliding_pattern(L, 64, 256, 1, true), 70, 64, L, true).allowed(69, 0));
   EXPECT_FALSE(with_global_rows(sliding_pattern(L, 64, 256, 1, true), 70, 64, L, true).allowed(0, 69));
+  // Separate global projections: the window without the global rows and the
+  // rows alone split these pairs between two plans, each pair in exactly one.
+  const auto rest = without_rows(window, 70), rows = global_rows_pattern(70, 64, L, false);
+  for (int64_t q : {0, 69, 70, 4000})
+    for (int64_t k : {0, 69, 70, 3999, 4100, 8191}) {
+      EXPECT_EQ(rest.allowed(q, k) + rows.allowed(q, k), pattern.allowed(q, k) ? 1 : 0) << q << " " << k;
+    }
+  EXPECT_FALSE(global_rows_pattern(70, 64, L, true).allowed(5, 6));
+  EXPECT_TRUE(global_rows_pattern(70, 64, L, true).allowed(6, 5));
+  const auto rows_tiles = tile_layout(build_layout(rows, L, 64));
+  EXPECT_EQ(rows_tiles.visits(), 2 * (L / 64));  // tiles 0 and 1 visit every key tile, no other tile visits any
+  // Its two long rows are split for the forward and for dQ (the mean counts the empty tiles).
+  const auto rows_plan = kernels::make_plan({&rows_tiles}, {0}, torch::kCPU);
+  EXPECT_EQ(rows_plan.n_row_split(), 2);
+  EXPECT_EQ(rows_plan.n_row_pieces, 2 * (L / 64) / kernels::kMinSplitVisits);
+  EXPECT_EQ(rows_plan.n_dq_split(), 2);
+  expect_work_items(rows_plan.row_items, rows_plan.row_splits, rows_plan.row_ptr, 1, rows_plan.n_tiles, [](int64_t, int64_t j) { return j < 2; });
   const auto tiles = tile_layout(build_layout(pattern, L, 64));
   const auto plan = kernels::make_plan({&tiles}, {0}, torch::kCPU);
   const int64_t nt = plan.n_tiles;
@@ -364,11 +381,15 @@ TEST_P(SparseKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErro
     auto pattern = c.make(c.L, c.block, c.causal, h);
     if (columns_in_plan) pattern = with_global_columns(pattern, 70, c.block, c.causal);
     if (shared) pattern = with_global_rows(pattern, 70, c.block, c.L, c.causal);
+    // The mixer's static globals: the global rows from their own q, k, v, a second plan.
+    if (c.globals == Globals::kFirst) pattern = without_rows(pattern, 70);
     tiles.push_back(tile_layout(build_layout(pattern, c.L, c.block)));
     head_layout.push_back(h);
   }
   for (const auto& t : tiles) ptrs.push_back(&t);
   const auto plan = kernels::make_plan(ptrs, head_layout, dev);
+  const auto rows_tiles = tile_layout(build_layout(global_rows_pattern(70, c.block, c.L, c.causal), c.L, c.block));
+  const auto rows_plan = kernels::make_plan({&rows_tiles}, std::vector<int64_t>(c.H, 0), dev);
   // The cases named for a split exercise it (make_plan's rule decides).
   if (c.name.find("split_rows") != std::string::npos) {
     ASSERT_GT(plan.n_row_split(), 0);
@@ -387,14 +408,15 @@ TEST_P(SparseKernelVsReference, OutputAndGradientsWithinTwiceTheLowPrecisionErro
     g.q = kin[3];
     g.k = kin[4];
     g.v = kin[5];
-    if (c.globals == Globals::kFirst) g.first = 70;  // the mixer's static globals: rows by slicing
+    if (c.globals == Globals::kFirst) g.first = 70;
   }
   for (int run = 0; run < 2; ++run) {  // twice: a result that moves between runs is a race
     for (auto& t : kin)
       if (t.grad().defined()) t.grad().zero_();
     poison(c.B, c.H, c.L, c.D, c.dtype);
     auto out = sparse_attention_fast(kin[0], kin[1], kin[2], plan, c.causal,
-                                     gmask.defined() && !shared ? &g : nullptr, columns_in_plan);
+                                     gmask.defined() && !shared ? &g : nullptr, columns_in_plan,
+                                     c.globals == Globals::kFirst ? &rows_plan : nullptr);
     const auto got = grads(out, kin);
     const char* names[] = {"out", "dq", "dk", "dv", "d global q", "d global k", "d global v"};
     for (size_t i = 0; i < got.size(); ++i) {
