@@ -5,14 +5,16 @@
 //   dS = P * (dP - delta),  delta_i = rowsum(dO_i * O_i) - dlse_i,
 //   dQ = scale * dS K,  dK = scale * dS^T Q.
 //
-// Two launches (three with split columns): the dQ kernel, one CTA per query
-// tile walking the layout's rows, which also computes delta for its rows;
-// the dK/dV kernel, one CTA per work item of the transposed columns
-// (make_plan: a key tile, or a piece of a column far longer than the rest).
-// Every gradient is written once, by one CTA, without atomics, except the
-// split columns (global keys), whose pieces add fp32 partials atomically and
-// a third launch writes them out: only those rows depend on the order of
-// float additions. A gradient of lse (when the caller merges this attention
+// Two launches, plus a finishing one for split rows or columns: the dQ
+// kernel, one CTA per query tile walking the layout's rows (or, when op.h's
+// split_dq says so, per piece of a row far longer than the rest, each piece
+// writing an fp32 partial that the finishing kernel sums in order), which
+// also computes delta for its rows; the dK/dV kernel, one CTA per work item
+// of the transposed columns (make_plan: a key tile, or a piece of a column
+// far longer than the rest). Every gradient is written once, by one CTA,
+// without atomics, except the split columns (global keys), whose pieces add
+// fp32 partials atomically and a finishing launch writes them out: only
+// those rows depend on the order of float additions. A gradient of lse (when the caller merges this attention
 // with other keys, e.g. Longformer's global columns) enters through delta,
 // since d lse_i / d S_ij = P_ij.
 //
