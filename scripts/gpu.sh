@@ -6,7 +6,7 @@
 #
 #   scripts/gpu.sh all          # deps build test train
 #   scripts/gpu.sh build test   # any subset, in order (also kernels, bench_sparse,
-#                               # e2e_sparse, bench_linear, e2e_linear, e2e_linear_nodecay, bench_aft, e2e_aft,
+#                               # e2e_sparse, e2e_longformer, bench_linear, e2e_linear, e2e_linear_nodecay, bench_aft, e2e_aft,
 #                               # breakdown, sweep_linear, e2e, bench_cpu, compare, dist)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -150,6 +150,13 @@ step_e2e_sparse() {
   e2e_pair sparse sliding.yaml --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 \
     --set model.n_heads=4 --set model.mixer.window=512 --set model.mixer.block=64 --set train.batch_size=8 \
     --set data.synthetic.filler=40
+}
+
+# The Longformer recipe (per-layer windows, dilated heads, 8 static global
+# tokens with their own projections) at L = 4096, head dim 64.
+step_e2e_longformer() {
+  e2e_pair longformer longformer.yaml --set train.seq_len=4096 --set model.max_positions=4096 --set model.d_model=256 \
+    --set model.n_heads=4 --set train.batch_size=8 --set data.synthetic.filler=40
 }
 
 # The linear recipe at L = 4096, head dim 64, fixed RetNet decay.
