@@ -66,11 +66,11 @@ const kernels::SparseAttentionPlan& cached_plan(const std::string& pattern, int6
   auto it = plans.find(key);
   if (it == plans.end()) {
     const int64_t block = pattern == "bigbird" ? kBigBirdBlock : 64, first = std::min(global_first, L);
-    auto p = bench_pattern(pattern, L, block, window, causal);
-    if (first > 0) p = with_global_columns(p, first, block, causal);
+    auto p = part == Part::kGlobalRows ? global_rows_pattern(first, block, L, causal)
+                                       : bench_pattern(pattern, L, block, window, causal);
+    if (first > 0 && part != Part::kGlobalRows) p = with_global_columns(p, first, block, causal);
     if (first > 0 && part == Part::kAll) p = with_global_rows(p, first, block, L, causal);
     if (first > 0 && part == Part::kWindowColumns) p = without_rows(p, first);
-    if (part == Part::kGlobalRows) p = global_rows_pattern(first, block, L, causal);
     const auto tiles = tile_layout(build_layout(p, L, block));
     it = plans.emplace(key, kernels::make_plan({&tiles}, std::vector<int64_t>(H, 0), device)).first;
   }
@@ -81,19 +81,17 @@ torch::Tensor sparse_attention_op(const torch::Tensor& q, const torch::Tensor& k
                                   const std::string& pattern, int64_t window, int64_t global_first, bool causal,
                                   const std::optional<torch::Tensor>& gq, const std::optional<torch::Tensor>& gk,
                                   const std::optional<torch::Tensor>& gv) {
-  const int64_t B = q.size(0), H = q.size(1), L = q.size(2);
+  const int64_t H = q.size(1), L = q.size(2);
   const bool separate = gq || gk || gv;
   TORCH_CHECK(!separate || (gq && gk && gv), "sparse_attention: give all of gq, gk, gv or none");
   const auto& plan =
       cached_plan(pattern, L, H, window, global_first, separate ? Part::kWindowColumns : Part::kAll, causal, q.device());
   if (global_first <= 0 || !separate) return sparse_attention_fast(q, k, v, plan, causal, nullptr, false);
   const auto& rows = cached_plan(pattern, L, H, window, global_first, Part::kGlobalRows, causal, q.device());
-  GlobalAttention g;
-  std::tie(g.index, g.valid) = first_global_positions(B, std::min(global_first, L), q.device());
+  GlobalAttention g;  // the rows plan takes the positions; only the projections are needed
   g.q = *gq;
   g.k = *gk;
   g.v = *gv;
-  g.first = std::min(global_first, L);
   return sparse_attention_fast(q, k, v, plan, causal, &g, true, &rows);
 }
 

@@ -45,9 +45,6 @@ struct GlobalAttention {
   torch::Tensor index;  // [B, G] int64
   torch::Tensor valid;  // [B, G] bool
   torch::Tensor q, k, v;  // [B, H, L, D] global projections, for the global rows
-  // > 0: the global positions are exactly the first `first` of every batch
-  // (index and valid say so too), as the fast path's rows plan needs.
-  int64_t first = 0;
 };
 
 torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

@@ -150,7 +150,6 @@ torch::Tensor sparse_attention_fast(const torch::Tensor& q, const torch::Tensor&
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   if (global && columns_in_plan && rows_plan) {
-    TORCH_CHECK(global->first > 0, "sparse_attention_fast: a rows plan needs static (first-k) globals");
     auto o = std::get<0>(kernels::sparse_attention_cuda(q, k, v, plan, torch::Tensor(), scale));
     return o + std::get<0>(kernels::sparse_attention_cuda(global->q, global->k, global->v, *rows_plan, torch::Tensor(), scale));
   }

@@ -46,10 +46,10 @@ std::string sparse_kernel_unsupported(const torch::Tensor& q);
 
 // q, k, v: [B, H, L, D] on CUDA, bf16/fp16. `columns_in_plan`: the global
 // columns are part of the plan's layouts (only the global rows remain).
-// `rows_plan` (static globals, global->first > 0, columns in `plan` and the
-// global rows out of it, without_rows): the global rows too go through the
-// kernel, on global_rows_pattern's plan with the global q, k, v; the two
-// outputs, each zero where the other has its rows, are added.
+// `rows_plan` (static globals: columns in `plan` and the global rows out of
+// it, without_rows): the global rows too go through the kernel, on
+// global_rows_pattern's plan with global->q, k, v (index and valid unused);
+// the two outputs, each zero where the other has its rows, are added.
 torch::Tensor sparse_attention_fast(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const kernels::SparseAttentionPlan& plan, bool causal,
                                     const GlobalAttention* global, bool columns_in_plan,

@@ -51,6 +51,11 @@ const kernels::SparseAttentionPlan& SparseAttentionMixerImpl::kernel_plan(int64_
   const auto key = std::make_tuple(seq_len, device.str(), part);
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
+  const int64_t first = std::min(global_.first, seq_len);
+  if (part == PlanPart::kGlobalRows) {  // the same for every head
+    const auto tiles = tile_layout(build_layout(global_rows_pattern(first, block_, seq_len, dims_.causal), seq_len, block_));
+    return plans_.emplace(key, kernels::make_plan({&tiles}, std::vector<int64_t>(dims_.n_heads, 0), device)).first->second;
+  }
   // Heads with one pattern share one tile layout.
   std::map<std::string, int64_t> index_of;
   std::vector<kernels::TileLayout> tiles;
@@ -58,12 +63,9 @@ const kernels::SparseAttentionPlan& SparseAttentionMixerImpl::kernel_plan(int64_
   for (int64_t h = 0; h < dims_.n_heads; ++h) {
     auto [pos, fresh] = index_of.emplace(heads_[h].key, static_cast<int64_t>(tiles.size()));
     if (fresh) {
-      const int64_t first = std::min(global_.first, seq_len);
       if (part == PlanPart::kWindowColumns) {
         const auto pattern = with_global_columns(heads_[h].make(seq_len), first, block_, dims_.causal);
         tiles.push_back(tile_layout(build_layout(without_rows(pattern, first), seq_len, block_)));
-      } else if (part == PlanPart::kGlobalRows) {
-        tiles.push_back(tile_layout(build_layout(global_rows_pattern(first, block_, seq_len, dims_.causal), seq_len, block_)));
       } else {
         tiles.push_back(tile_layout(layout_of_head(h, seq_len)));
       }
@@ -125,20 +127,21 @@ torch::Tensor SparseAttentionMixerImpl::forward(const torch::Tensor& x, const Mi
   if (static_columns || (use_global && mask.any().item<bool>())) {
     auto [gq, gk, gv] = split(linear(global_qkv_, x));
     GlobalAttention g;
-    std::tie(g.index, g.valid) =
-        static_columns ? first_global_positions(B, std::min(global_.first, L), x.device()) : global_positions(mask);
     g.q = gq;
     g.k = gk;
     g.v = gv;
-    if (static_columns) g.first = std::min(global_.first, L);
-    // Static globals: the window (with the global columns) and the global
-    // rows are two kernel launches, added; per-batch ones go around the kernel.
-    y = kernel ? (static_columns
-                      ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), PlanPart::kWindowColumns), dims_.causal,
-                                              &g, true, &kernel_plan(L, x.device(), PlanPart::kGlobalRows))
-                      : sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), PlanPart::kWindow), dims_.causal, &g,
-                                              false))
-               : sparse_attention(q, k, v, per_head, dims_.causal, &g);
+    if (kernel && static_columns) {
+      // The window (with the global columns) and the global rows: two kernel
+      // launches on their own plans, added; no positions needed.
+      y = sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), PlanPart::kWindowColumns), dims_.causal, &g, true,
+                                &kernel_plan(L, x.device(), PlanPart::kGlobalRows));
+    } else {
+      std::tie(g.index, g.valid) =
+          static_columns ? first_global_positions(B, std::min(global_.first, L), x.device()) : global_positions(mask);
+      // Per-batch globals go around the kernel.
+      y = kernel ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), PlanPart::kWindow), dims_.causal, &g, false)
+                 : sparse_attention(q, k, v, per_head, dims_.causal, &g);
+    }
   } else {
     y = kernel ? sparse_attention_fast(q, k, v, kernel_plan(L, x.device(), PlanPart::kWindow), dims_.causal, nullptr, false)
                : sparse_attention(q, k, v, per_head, dims_.causal);
