@@ -152,8 +152,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
   const SparseAttentionParams& p = bp.fwd;
   T* qs = align_1024<T>(smem_raw);
   T* dos = qs + E;
-  T* ks = dos + E;    // [2]
-  T* vs = ks + 2 * E;  // [2]
+  T* ks = dos + E;          // [kStages]
+  T* vs = ks + kStages * E;  // [kStages]
+  StageMeta* meta = reinterpret_cast<StageMeta*>(vs + kStages * E);
 
   const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -168,10 +169,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
   const int row_a = warp * 16 + g, row_b = row_a + 8;
   const float scale_log2 = p.scale * kLog2e;
 
+  auto load = [&](T* tile, const T* src, int64_t stride, int tr) {
+    load_tile_async<D, kThreads>(tile, src, stride, tr * kTile, p.L, tid);
+  };
+  load(qs, q, p.q_strides[2], qt);
+  load(dos, dout, bp.do_strides[2], qt);
+  VisitRef ahead = prime_kv<D, kThreads>(ks, vs, meta, k, v, p, v0, v1, tid);
+
   // delta = rowsum(dO * O) - dlse of this thread's two rows, each lane of
   // the quad summing D / 4 columns with 16-byte loads (rows are 16-byte
   // aligned, op.cpp), written out for the dK/dV kernel that runs next (v5;
-  // a kernel of its own before).
+  // a kernel of its own before). After the first tiles' copies are
+  // requested (v7), so that their latency and these loads' overlap.
   float lse2[2], delta[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -200,24 +209,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
     if (row < p.L && t == 0) bp.delta[i] = delta[r];
   }
 
-  auto load = [&](T* tile, const T* src, int64_t stride, int tr) {
-    load_tile_async<D, kThreads>(tile, src, stride, tr * kTile, p.L, tid);
-  };
-  load(qs, q, p.q_strides[2], qt);
-  load(dos, dout, bp.do_strides[2], qt);
-  if (v0 < v1) {
-    load(ks, k, p.k_strides[2], lay.cols[v0]);
-    load(vs, v, p.v_strides[2], lay.cols[v0]);
-  }
-  cp_async_commit();
-
   const uint32_t qa = smem_addr(qs), da = smem_addr(dos);
   float dq[D / 8][4] = {};
   for (int visit = v0; visit < v1; ++visit) {
-    const int buf = next_kv_visit<D, kThreads>(ks, vs, k, v, p, visit, v0, v1, tid);
+    const int buf = next_kv_visit<D, kThreads>(ks, vs, meta, k, v, p, ahead, visit, v0, v1, tid);
     const uint32_t kb = smem_addr(ks + buf * E), vb = smem_addr(vs + buf * E);
 
-    const RowVisitMask vm = row_visit_mask(p, b, visit);
+    const RowVisitMask vm = row_visit_mask(p, meta, b, buf);
 
     // S = Q K^T and dP = dO V^T: P is made while dP runs.
     float s[kTile / 8][4], dp[kTile / 8][4];
@@ -286,10 +284,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
   const SparseAttentionParams& p = bp.fwd;
   T* ks = align_1024<T>(smem_raw);
   T* vs = ks + E;
-  T* qs = vs + E;       // [2]
-  T* dos = qs + 2 * E;  // [2]
-  float* lse_s = reinterpret_cast<float*>(dos + 2 * E);  // [2][64], log2 domain
-  float* delta_s = lse_s + 2 * kTile;                   // [2][64]
+  T* qs = vs + E;             // [kStages]
+  T* dos = qs + kStages * E;  // [kStages]
+  float* lse_s = reinterpret_cast<float*>(dos + kStages * E);  // [kStages][64], natural log, 0 past L
+  float* delta_s = lse_s + kStages * kTile;                   // [kStages][64], 0 past L
+  StageMeta* meta = reinterpret_cast<StageMeta*>(delta_s + kStages * kTile);
 
   const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -314,39 +313,47 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
   auto load = [&](T* tile, const T* src, int64_t stride, int tr) {
     load_tile_async<D, kThreads>(tile, src, stride, tr * kTile, p.L, tid);
   };
-  auto load_rows = [&](int visit, int buf) {
-    const int qtile = lay.rows[visit];
-    load(qs + buf * E, q, p.q_strides[2], qtile);
-    load(dos + buf * E, dout, bp.do_strides[2], qtile);
-    if (tid < kTile) {
-      const int row = qtile * kTile + tid;
-      lse_s[buf * kTile + tid] = row < p.L ? lse[row] * kLog2e : INFINITY;
-      delta_s[buf * kTile + tid] = row < p.L ? delta[row] : 0.f;
+  // A visit's query tile (Q, dO, lse, delta) and visit data requested into
+  // stage `buf` as one commit group, empty past the column's end (as
+  // request_kv). lse and delta come by asynchronous copies too (v7; loaded
+  // and stored by two warps before, which held the whole CTA at the barrier
+  // for a global load's latency every visit). Rows past L get Q = dO = 0 and
+  // lse = delta = 0, so P = 1 there multiplies zeros: no contribution.
+  auto request_rows = [&](const VisitRef& r, bool any, int buf) {
+    if (any) {
+      load(qs + buf * E, q, p.q_strides[2], r.tile);
+      load(dos + buf * E, dout, bp.do_strides[2], r.tile);
+      if (tid < kTile) {
+        const int row = r.tile * kTile + tid;
+        const bool in = row < p.L;
+        cp_async_word(lse_s + buf * kTile + tid, lse + (in ? row : 0), in);
+        cp_async_word(delta_s + buf * kTile + tid, delta + (in ? row : 0), in);
+      }
+      request_meta(meta, lay.masks, r, buf, tid);
     }
+    cp_async_commit();
   };
   load(ks, k, p.k_strides[2], kt);
   load(vs, v, p.v_strides[2], kt);
-  if (v0 < v1) load_rows(v0, 0);
-  cp_async_commit();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {  // K and V ride with the first
+    request_rows(visit_ref(lay.rows, lay.col_mask, v0 + s, v1), v0 + s < v1, s);
+  }
+  VisitRef ahead = visit_ref(lay.rows, lay.col_mask, v0 + kStages - 1, v1);
 
   const uint32_t ka = smem_addr(ks), va = smem_addr(vs);
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
   for (int visit = v0; visit < v1; ++visit) {
-    const int buf = (visit - v0) & 1;
-    if (visit + 1 < v1) {
-      load_rows(visit + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    const int n = visit - v0, buf = n % kStages, next = visit + kStages - 1;
+    request_rows(ahead, next < v1, (n + kStages - 1) % kStages);
+    ahead = visit_ref(lay.rows, lay.col_mask, next + 1, v1);
+    cp_async_wait<kStages - 1>();
     wg::proxy_fence();
     __syncthreads();
     const uint32_t qb = smem_addr(qs + buf * E), db = smem_addr(dos + buf * E);
     const float* lse_b = lse_s + buf * kTile;
     const float* delta_b = delta_s + buf * kTile;
-    const int mask_index = lay.col_mask[visit];
-    const uint64_t* mask = mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr;
+    const uint64_t* mask = meta->mask[buf] >= 0 ? meta->words[buf] : nullptr;
 
     float s[kTile / 8][4], dp[kTile / 8][4];
     score_products<T, D>(s, dp, ka, qb, va, db);
@@ -355,8 +362,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
 #pragma unroll
     for (int nb = 0; nb < kTile / 8; ++nb) {
       const float2 lse2 = *reinterpret_cast<const float2*>(lse_b + nb * 8 + 2 * t);
+      const float nl[2] = {-(lse2.x * kLog2e), -(lse2.y * kLog2e)};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) s[nb][i] = exp2f(fmaf(s[nb][i], scale_log2, -((i & 1) ? lse2.y : lse2.x)));
+      for (int i = 0; i < 4; ++i) s[nb][i] = exp2f(fmaf(s[nb][i], scale_log2, nl[i & 1]));
     }
     if (mask != nullptr || !all_keys) {
 #pragma unroll
@@ -414,9 +422,9 @@ template <typename T, int D>
 void launch_bwd(const SparseAttentionBwdParams& p, cudaStream_t stream) {
   const int bh = p.fwd.B * p.fwd.H;
 
-  // Q, dO, K[2], V[2] / K, V, Q[2], dO[2] and lse, delta [2][64]. The dQ
-  // kernel writes delta for the dK/dV kernel.
-  constexpr int dq_smem = WgSmem<D>::bytes(6);
+  // Q, dO, K[n], V[n] / K, V, Q[n], dO[n] and lse, delta [n][64]; the
+  // stages' visit data. The dQ kernel writes delta for the dK/dV kernel.
+  constexpr int dq_smem = WgSmem<D>::bytes(2 + 2 * kStages, sizeof(StageMeta));
   auto dq_kernel = sparse_attention_bwd_dq_kernel<T, D, kDqBlocks<D>>;
   cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem);
   dq_kernel<<<dim3(bh, p.fwd.layout.dq_work.n_items), kThreads, dq_smem, stream>>>(p);
@@ -426,7 +434,8 @@ void launch_bwd(const SparseAttentionBwdParams& p, cudaStream_t stream) {
     check_launch("sparse_attention_bwd_dq_finish_kernel");
   }
 
-  constexpr int dkdv_smem = WgSmem<D>::bytes(6, 4 * kTile * sizeof(float));
+  constexpr int dkdv_smem =
+      WgSmem<D>::bytes(2 + 2 * kStages, 2 * kStages * kTile * sizeof(float) + sizeof(StageMeta));
   auto dkdv_kernel = sparse_attention_bwd_dkdv_kernel<T, D, kDkdvBlocks<D>>;
   cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem);
   dkdv_kernel<<<dim3(bh, p.fwd.layout.col_work.n_items), kThreads, dkdv_smem, stream>>>(p);

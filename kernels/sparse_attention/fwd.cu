@@ -51,8 +51,9 @@ template <typename T, int D, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qs = align_1024<T>(smem_raw);
-  T* ks = qs + WgSmem<D>::kTileElems;  // [2] buffers
-  T* vs = ks + 2 * WgSmem<D>::kTileElems;
+  T* ks = qs + WgSmem<D>::kTileElems;  // [kStages] buffers
+  T* vs = ks + kStages * WgSmem<D>::kTileElems;
+  StageMeta* meta = reinterpret_cast<StageMeta*>(vs + kStages * WgSmem<D>::kTileElems);
 
   const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -75,20 +76,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
     load_tile_async<D, kThreads>(tile, src, stride, tr * kTile, p.L, tid);
   };
   load(qs, q, p.q_strides[2], qt);
-  if (v0 < v1) {
-    const int kt = lay.cols[v0];
-    load(ks, k, p.k_strides[2], kt);
-    load(vs, v, p.v_strides[2], kt);
-  }
-  cp_async_commit();
+  VisitRef ahead = prime_kv<D, kThreads>(ks, vs, meta, k, v, p, v0, v1, tid);
 
   const uint32_t qa = smem_addr(qs);
   for (int visit = v0; visit < v1; ++visit) {
-    const int buf = next_kv_visit<D, kThreads>(ks, vs, k, v, p, visit, v0, v1, tid);
+    const int buf = next_kv_visit<D, kThreads>(ks, vs, meta, k, v, p, ahead, visit, v0, v1, tid);
     const uint32_t kb = smem_addr(ks + buf * WgSmem<D>::kTileElems);
     const uint32_t vb = smem_addr(vs + buf * WgSmem<D>::kTileElems);
 
-    const RowVisitMask vm = row_visit_mask(p, b, visit);
+    const RowVisitMask vm = row_visit_mask(p, meta, b, buf);
 
     // S = Q K^T (raw scores; the scale is folded into the exponent's FMA),
     // written over s (v5: no zeroing first).
@@ -213,7 +209,7 @@ __global__ void __launch_bounds__(kMergeRows * 32) sparse_attention_fwd_merge_ke
 
 template <typename T, int D>
 void launch_fwd(const SparseAttentionParams& p, cudaStream_t stream) {
-  constexpr int smem = WgSmem<D>::bytes(5);  // Q, K[2], V[2]
+  constexpr int smem = WgSmem<D>::bytes(1 + 2 * kStages, sizeof(StageMeta));  // Q, K[n], V[n], visit data
   auto kernel = sparse_attention_fwd_kernel<T, D, D == 64 ? 4 : 2>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   kernel<<<dim3(p.B * p.H, p.layout.row_work.n_items), kThreads, smem, stream>>>(p);

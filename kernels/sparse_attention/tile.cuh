@@ -108,6 +108,10 @@ __device__ __forceinline__ void load_tile_async(T* tile, const T* src, int64_t s
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(g), "r"(bytes));
   }
 }
+// One 4-byte word copied asynchronously, or zero-filled when !in.
+__device__ __forceinline__ void cp_async_word(void* dst, const void* src, bool in) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(in ? 4 : 0));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -122,27 +126,87 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
-// The head of a row walk's visit (forward, dQ): the next visit's K and V
-// tiles copied into the other buffer, then this visit's awaited and made
-// visible to the products; returns this visit's buffer index. ks and vs are
-// [2] swizzled tiles, the first visit's already requested.
-template <int D, int kThreads, typename T>
-__device__ __forceinline__ int next_kv_visit(T* ks, T* vs, const T* k, const T* v, const SparseAttentionParams& p,
-                                             int visit, int v0, int v1, int tid) {
-  constexpr int E = WgSmem<D>::kTileElems;
-  const int buf = (visit - v0) & 1;
-  if (visit + 1 < v1) {
-    const int next = p.layout.cols[visit + 1];
-    load_tile_async<D, kThreads>(ks + (buf ^ 1) * E, k, p.k_strides[2], next * kTile, p.L, tid);
-    load_tile_async<D, kThreads>(vs + (buf ^ 1) * E, v, p.v_strides[2], next * kTile, p.L, tid);
-    cp_async_commit();
-    cp_async_wait<1>();
-  } else {
-    cp_async_wait<0>();
+// Pipeline depth of the visit walks (K/V tiles in the forward and dQ, Q/dO
+// tiles in dK/dV). 3 stages measured no faster than 2 (v7, NOTES.md) and
+// cost shared memory (the forward would drop to 3 CTAs per SM).
+constexpr int kStages = 2;
+
+// A visit's place in the layout, loaded a visit before its copy is
+// requested (so that the copy's address does not wait on the load): the
+// tile it visits (key tile for a row walk, query tile for a column walk)
+// and its mask index (-1: full).
+struct VisitRef {
+  int tile = 0, mask = -1;
+};
+__device__ __forceinline__ VisitRef visit_ref(const int32_t* tiles, const int32_t* masks, int visit, int v1) {
+  VisitRef r;
+  if (visit < v1) r.tile = tiles[visit], r.mask = masks[visit];
+  return r;
+}
+
+// Each stage's visit data beside its tiles: the tile and mask index (thread
+// 0 stores them from registers) and a partial visit's 64 mask words (copied
+// asynchronously with the tiles), so that a visit reads no index or mask
+// from global memory (v7: those loads' latency held ~8-10% of the stall
+// samples in every kernel, ncu).
+struct StageMeta {
+  uint64_t words[kStages][kTile];
+  int32_t tile[kStages], mask[kStages];
+};
+// Stage `buf`'s visit data requested (before the stage's commit).
+__device__ __forceinline__ void request_meta(StageMeta* m, const uint64_t* masks, const VisitRef& r, int buf, int tid) {
+  if (r.mask >= 0 && tid < kTile / 2) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(&m->words[buf][2 * tid])),
+                 "l"(masks + static_cast<int64_t>(r.mask) * kTile + 2 * tid));
   }
+  if (tid == 0) m->tile[buf] = r.tile, m->mask[buf] = r.mask;
+}
+
+// A row walk's pipeline (forward, dQ): visit `visit`'s K and V tiles and
+// visit data requested into stage `buf` as one commit group (an empty
+// group past the row's end, so that every visit commits one and the wait
+// count is constant). ks and vs are [kStages] swizzled tiles.
+template <int D, int kThreads, typename T>
+__device__ __forceinline__ void request_kv(T* ks, T* vs, StageMeta* m, const T* k, const T* v,
+                                           const SparseAttentionParams& p, const VisitRef& r, bool any, int buf,
+                                           int tid) {
+  constexpr int E = WgSmem<D>::kTileElems;
+  if (any) {
+    load_tile_async<D, kThreads>(ks + buf * E, k, p.k_strides[2], r.tile * kTile, p.L, tid);
+    load_tile_async<D, kThreads>(vs + buf * E, v, p.v_strides[2], r.tile * kTile, p.L, tid);
+    request_meta(m, p.layout.masks, r, buf, tid);
+  }
+  cp_async_commit();
+}
+// The walk's first kStages - 1 visits requested (the first group also holds
+// whatever the caller requested before, e.g. the Q tile); returns the next
+// visit's reference.
+template <int D, int kThreads, typename T>
+__device__ __forceinline__ VisitRef prime_kv(T* ks, T* vs, StageMeta* m, const T* k, const T* v,
+                                             const SparseAttentionParams& p, int v0, int v1, int tid) {
+  const SparseLayoutParams& lay = p.layout;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    request_kv<D, kThreads>(ks, vs, m, k, v, p, visit_ref(lay.cols, lay.row_mask, v0 + s, v1), v0 + s < v1, s, tid);
+  }
+  return visit_ref(lay.cols, lay.row_mask, v0 + kStages - 1, v1);
+}
+// The head of a visit: visit + kStages - 1 (whose reference `ahead` holds)
+// requested into the stage the previous visit used (its readers passed the
+// loop's closing barrier) and the reference after it loaded; this visit's
+// copies awaited and made visible to the products. Returns this visit's
+// stage.
+template <int D, int kThreads, typename T>
+__device__ __forceinline__ int next_kv_visit(T* ks, T* vs, StageMeta* m, const T* k, const T* v,
+                                             const SparseAttentionParams& p, VisitRef& ahead, int visit, int v0,
+                                             int v1, int tid) {
+  const int i = visit - v0, next = visit + kStages - 1;
+  request_kv<D, kThreads>(ks, vs, m, k, v, p, ahead, next < v1, (i + kStages - 1) % kStages, tid);
+  ahead = visit_ref(p.layout.cols, p.layout.row_mask, next + 1, v1);
+  cp_async_wait<kStages - 1>();
   wg::proxy_fence();  // the copies visible to the products' asynchronous proxy
   __syncthreads();
-  return buf;
+  return i % kStages;
 }
 
 // This CTA's work item (params.h's WorkItems): item blockIdx.y of head h's
@@ -164,18 +228,19 @@ __device__ __forceinline__ void store_tile_rows(const float* acc, T* out, int64_
   }
 }
 
-// The masking of a row visit (forward and dQ): the partial mask (null when
-// the tile is full) and the key columns kept (the sequence end, the batch's
-// excluded keys).
+// The masking of a row visit (forward and dQ), from its stage's visit data:
+// the partial mask (null when the tile is full) and the key columns kept
+// (the sequence end, the batch's excluded keys).
 struct RowVisitMask {
   const uint64_t* mask;
   uint64_t keep;
   __device__ bool any() const { return mask != nullptr || keep != ~0ull; }
 };
-__device__ __forceinline__ RowVisitMask row_visit_mask(const SparseAttentionParams& p, int b, int visit) {
+__device__ __forceinline__ RowVisitMask row_visit_mask(const SparseAttentionParams& p, const StageMeta* m, int b,
+                                                       int buf) {
   const SparseLayoutParams& lay = p.layout;
-  const int kt = lay.cols[visit], mask_index = lay.row_mask[visit];
-  RowVisitMask vm{mask_index >= 0 ? lay.masks + static_cast<int64_t>(mask_index) * kTile : nullptr, ~0ull};
+  const int kt = m->tile[buf];
+  RowVisitMask vm{m->mask[buf] >= 0 ? m->words[buf] : nullptr, ~0ull};
   if (kt == lay.n_tiles - 1 && p.L % kTile) vm.keep = (1ull << (p.L % kTile)) - 1;
   if (lay.exclude) vm.keep &= ~lay.exclude[static_cast<int64_t>(b) * lay.n_tiles + kt];
   return vm;
