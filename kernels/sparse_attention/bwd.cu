@@ -172,42 +172,52 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
   auto load = [&](T* tile, const T* src, int64_t stride, int tr) {
     load_tile_async<D, kThreads>(tile, src, stride, tr * kTile, p.L, tid);
   };
+  // The O tile, for delta, goes to the last stage's V buffer: prime_kv
+  // leaves it empty, and the loop's first request refills it only after the
+  // barrier that closes delta below.
+  T* os = vs + (kStages - 1) * E;
   load(qs, q, p.q_strides[2], qt);
   load(dos, dout, bp.do_strides[2], qt);
+  load(os, static_cast<const T*>(p.o) + b * p.o_strides[0] + h * p.o_strides[1], p.o_strides[2], qt);
   VisitRef ahead = prime_kv<D, kThreads>(ks, vs, meta, k, v, p, v0, v1, tid);
 
-  // delta = rowsum(dO * O) - dlse of this thread's two rows, each lane of
-  // the quad summing D / 4 columns with 16-byte loads (rows are 16-byte
-  // aligned, op.cpp), written out for the dK/dV kernel that runs next (v5;
-  // a kernel of its own before). After the first tiles' copies are
-  // requested (v7), so that their latency and these loads' overlap.
-  float lse2[2], delta[2];
+  // delta = rowsum(dO * O) - dlse of this thread's two rows, written out for
+  // the dK/dV kernel that runs next (v5; a kernel of its own before), from
+  // the O and dO tiles in shared memory, each lane of the quad summing D / 4
+  // columns. (v7b: O and dO had been read from global memory here, and
+  // those loads' latency led the kernel's stall samples, ncu.) lse and dlse
+  // are loaded first, to land while the copies do.
+  float lse2[2], delta[2], dl[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = qt * kTile + (r ? row_b : row_a);
     const int64_t i = static_cast<int64_t>(bh) * p.L + row;
+    lse2[r] = row < p.L ? p.lse[i] * kLog2e : INFINITY;
+    dl[r] = row < p.L && bp.dlse ? bp.dlse[i] : 0.f;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int rt = r ? row_b : row_a, row = qt * kTile + rt;
     float acc = 0.f;
-    if (row < p.L) {
-      const T* o = static_cast<const T*>(p.o) + b * p.o_strides[0] + h * p.o_strides[1] +
-                   static_cast<int64_t>(row) * p.o_strides[2] + t * (D / 4);
-      const T* d = dout + static_cast<int64_t>(row) * bp.do_strides[2] + t * (D / 4);
 #pragma unroll
-      for (int j = 0; j < D / 32; ++j) {
-        const uint4 ov = *reinterpret_cast<const uint4*>(o + 8 * j), dv = *reinterpret_cast<const uint4*>(d + 8 * j);
-        const uint32_t* ow = reinterpret_cast<const uint32_t*>(&ov);
-        const uint32_t* dw = reinterpret_cast<const uint32_t*>(&dv);
+    for (int j = 0; j < D / 32; ++j) {
+      const int at = swizzled_offset<kTile>(rt, t * (D / 4) + 8 * j);
+      const uint4 ov = *reinterpret_cast<const uint4*>(os + at), dv = *reinterpret_cast<const uint4*>(dos + at);
+      const uint32_t* ow = reinterpret_cast<const uint32_t*>(&ov);
+      const uint32_t* dw = reinterpret_cast<const uint32_t*>(&dv);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 of = Pack<T>::to(ow[e]), df = Pack<T>::to(dw[e]);
-          acc = fmaf(of.x, df.x, fmaf(of.y, df.y, acc));
-        }
+      for (int e = 0; e < 4; ++e) {
+        const float2 of = Pack<T>::to(ow[e]), df = Pack<T>::to(dw[e]);
+        acc = fmaf(of.x, df.x, fmaf(of.y, df.y, acc));
       }
     }
     acc = quad_sum(acc);
-    lse2[r] = row < p.L ? p.lse[i] * kLog2e : INFINITY;
-    delta[r] = row < p.L ? acc - (bp.dlse ? bp.dlse[i] : 0.f) : 0.f;
-    if (row < p.L && t == 0) bp.delta[i] = delta[r];
+    delta[r] = row < p.L ? acc - dl[r] : 0.f;
+    if (row < p.L && t == 0) bp.delta[static_cast<int64_t>(bh) * p.L + row] = delta[r];
   }
+  __syncthreads();  // the O tile's buffer is the loop's first request's
 
   const uint32_t qa = smem_addr(qs), da = smem_addr(dos);
   float dq[D / 8][4] = {};
