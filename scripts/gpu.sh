@@ -131,17 +131,28 @@ step_bench_aft() {
 e2e_pair() {
   local name="$1" recipe="$2"
   shift 2
-  local common=(--set train.device=cuda --set train.dtype=bf16 --set train.steps="${E2E_STEPS:-300}"
-    --set train.log_every=25 --set train.eval_every=0 --set checkpoint.every=0 "$@")
-  local rc=0
-  for impl in cuda reference; do
-    "$BUILD_DIR/longtrain" train "$ROOT/recipes/$recipe" --set run.dir="$OUT/e2e-$name-$impl" \
-      --set model.mixer.impl=$impl "${common[@]}" > "$OUT/e2e-$name-$impl.log" 2>&1 ||
-      { tail -n 5 "$OUT/e2e-$name-$impl.log"; rc=1; }
-    rm -rf "$OUT/e2e-$name-$impl/checkpoints"
+  local common=(--set train.device=cuda --set train.steps="${E2E_STEPS:-300}"
+    --set train.log_every=25 --set train.eval_every=0 --set checkpoint.every=0 ${E2E_SEED:+--set run.seed=$E2E_SEED} "$@")
+  local rc=0 runs=("cuda bf16" "reference bf16")
+  # E2E_FP32_CONTROL=1: the reference in fp32 too, the yardstick for "bf16
+  # noise": the kernel's distance from it beside the bf16 reference's.
+  [[ -n "${E2E_FP32_CONTROL:-}" ]] && runs+=("reference fp32")
+  for run in "${runs[@]}"; do
+    local impl="${run% *}" dtype="${run#* }" dir="$OUT/e2e-$name-${run% *}"
+    [[ "$dtype" == fp32 ]] && dir+="-fp32"
+    "$BUILD_DIR/longtrain" train "$ROOT/recipes/$recipe" --set run.dir="$dir" --set model.mixer.impl=$impl \
+      --set train.dtype=$dtype "${common[@]}" > "$dir.log" 2>&1 || { tail -n 5 "$dir.log"; rc=1; }
+    rm -rf "$dir/checkpoints"
   done
   python3 "$ROOT/bench/compare_impl.py" "$OUT/e2e-$name-cuda" "$OUT/e2e-$name-reference" \
     --out "$OUT/e2e_${name}_$(date +%F).json" | tail -n 16
+  if [[ -n "${E2E_FP32_CONTROL:-}" ]]; then
+    for run in cuda reference; do
+      echo "== $name: $run (bf16) against the fp32 reference"
+      python3 "$ROOT/bench/compare_impl.py" "$OUT/e2e-$name-$run" "$OUT/e2e-$name-reference-fp32" \
+        --out "$OUT/e2e_${name}_${run}_vs_fp32_$(date +%F).json" | tail -n 1
+    done
+  fi
   return $rc
 }
 
