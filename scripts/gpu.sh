@@ -138,7 +138,8 @@ e2e_pair() {
   # noise": the kernel's distance from it beside the bf16 reference's.
   [[ -n "${E2E_FP32_CONTROL:-}" ]] && runs+=("reference fp32")
   for run in "${runs[@]}"; do
-    local impl="${run% *}" dtype="${run#* }" dir="$OUT/e2e-$name-${run% *}"
+    local impl="${run% *}" dtype="${run#* }"
+    local dir="$OUT/e2e-$name-$impl"
     [[ "$dtype" == fp32 ]] && dir+="-fp32"
     "$BUILD_DIR/longtrain" train "$ROOT/recipes/$recipe" --set run.dir="$dir" --set model.mixer.impl=$impl \
       --set train.dtype=$dtype "${common[@]}" > "$dir.log" 2>&1 || { tail -n 5 "$dir.log"; rc=1; }

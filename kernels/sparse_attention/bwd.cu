@@ -14,9 +14,9 @@
 // far longer than the rest). Every gradient is written once, by one CTA,
 // without atomics, except the split columns (global keys), whose pieces add
 // fp32 partials atomically and a finishing launch writes them out: only
-// those rows depend on the order of float additions. A gradient of lse (when the caller merges this attention
-// with other keys, e.g. Longformer's global columns) enters through delta,
-// since d lse_i / d S_ij = P_ij.
+// those rows depend on the order of float additions. A gradient of lse (when
+// the caller merges this attention with other keys, e.g. Longformer's global
+// columns) enters through delta, since d lse_i / d S_ij = P_ij.
 //
 // Matches: model/sparse_attention.cpp differentiated by LibTorch autograd.
 #include <cuda_runtime.h>
@@ -325,7 +325,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
   };
   // A visit's query tile (Q, dO, lse, delta) and visit data requested into
   // stage `buf` as one commit group, empty past the column's end (as
-  // request_kv). lse and delta come by asynchronous copies too (v7; loaded
+  // tile.cuh's request_kv; this walk's head below is next_kv_visit's, for
+  // query tiles). lse and delta come by asynchronous copies too (v7; loaded
   // and stored by two warps before, which held the whole CTA at the barrier
   // for a global load's latency every visit). Rows past L get Q = dO = 0 and
   // lse = delta = 0, so P = 1 there multiplies zeros: no contribution.
