@@ -124,6 +124,7 @@ CASES = {
     "aftfull16k": lambda: aft_full_case(16384),
     # the scan's chunk (positions per thread) forced, for tuning aft_chunk_size
     **{f"aft16k_chunk{c}": (lambda c=c: aft_case(16384, chunk=c)) for c in (32, 64, 128, 256)},
+    "sliding4k": lambda: sliding_case(4096),
     "sliding16k": lambda: sliding_case(16384),
     "sliding16k_d128": lambda: sliding_case(16384, D=128),
     # one layer of the 134M model's sliding step (bench/e2e: batch 16, 12 heads, L 4096)

@@ -150,12 +150,13 @@ def main():
     ap.add_argument("--quick", action="store_true", help="16K cases only")
     ap.add_argument("--lengths", default="", help="comma-separated L to run instead (e.g. 4096,65536)")
     ap.add_argument("--no-hf", action="store_true", help="skip the Longformer layer against HF")
+    ap.add_argument("--hf-only", action="store_true", help="only the Longformer layer against HF")
     a = ap.parse_args()
     faulthandler.enable()
     torch.ops.load_library(a.lib)
     cases = []
     lengths = [int(x) for x in a.lengths.split(",") if x] or ([16384] if a.quick else [16384, 4096, 65536])
-    for L in lengths:
+    for L in [] if a.hf_only else lengths:
         cases.append(dict(name="sliding_causal_w512", pattern="sliding", window=512, causal=True, L=L, D=64))
         if L == 4096:
             continue

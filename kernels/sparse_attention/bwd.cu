@@ -5,16 +5,17 @@
 //   dS = P * (dP - delta),  delta_i = rowsum(dO_i * O_i) - dlse_i,
 //   dQ = scale * dS K,  dK = scale * dS^T Q.
 //
-// Two launches, plus a finishing one for split rows or columns: the dQ
-// kernel, one CTA per query tile walking the layout's rows (or, when op.h's
-// split_dq says so, per piece of a row far longer than the rest, each piece
-// writing an fp32 partial that the finishing kernel sums in order), which
-// also computes delta for its rows; the dK/dV kernel, one CTA per work item
-// of the transposed columns (make_plan: a key tile, or a piece of a column
-// far longer than the rest). Every gradient is written once, by one CTA,
-// without atomics, except the split columns (global keys), whose pieces add
-// fp32 partials atomically and a finishing launch writes them out: only
-// those rows depend on the order of float additions. A gradient of lse (when
+// Two launches: the dQ kernel, one CTA per query tile walking the layout's
+// rows (or, when op.h's split_dq says so, per piece of a row far longer than
+// the rest, each piece writing an fp32 partial that the last piece to finish
+// sums in order), which also computes delta for its rows; the dK/dV kernel,
+// one CTA per work item of the transposed columns (make_plan: a key tile, or
+// a piece of a column far longer than the rest), launched as the dQ kernel's
+// programmatic dependent (its CTAs start in the dQ kernel's last wave and
+// wait for it only before they read delta). Every gradient is written once,
+// by one CTA, without atomics, except the split columns (global keys), whose
+// pieces add fp32 partials atomically and whose last piece writes them out:
+// only those rows depend on the order of float additions. A gradient of lse (when
 // the caller merges this attention with other keys, e.g. Longformer's global
 // columns) enters through delta, since d lse_i / d S_ij = P_ij.
 //
@@ -39,14 +40,14 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 
 // The dK/dV epilogue: a split column's piece adds fp32 partials into its
-// slot (the finish kernel writes them out); a whole column writes its rows.
+// slot (its last piece writes them out); a whole column writes its rows.
 template <typename T, int D>
 __device__ __forceinline__ void write_dkdv(const SparseAttentionBwdParams& bp, const float (&dk)[D / 8][4],
                                            const float (&dv)[D / 8][4], int bh, int b, int h, int slot, int kt_out,
                                            int key_a, int key_b, int t) {
   const SparseAttentionParams& p = bp.fwd;
   const SparseLayoutParams& lay = p.layout;
-  if (slot >= 0) {  // a piece of a split column: fp32 partials, written out by the finish kernel
+  if (slot >= 0) {  // a piece of a split column: fp32 partials, written out by the last piece
     float* acc = bp.dkv_acc + (static_cast<int64_t>(bh) * lay.col_work.n_split + slot) * 2 * kTile * D;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -76,46 +77,6 @@ __device__ __forceinline__ void write_dkdv(const SparseAttentionBwdParams& bp, c
           Pack<T>::from(dk[dn][2 * r] * p.scale, dk[dn][2 * r + 1] * p.scale);
       *reinterpret_cast<uint32_t*>(dvr + dn * 8 + 2 * t) = Pack<T>::from(dv[dn][2 * r], dv[dn][2 * r + 1]);
     }
-  }
-}
-
-// Split columns: the summed fp32 partials -> dK, dV rows (one CTA per slot).
-template <typename T, int D>
-__global__ void __launch_bounds__(256) sparse_attention_bwd_split_finish_kernel(const SparseAttentionBwdParams bp) {
-  const SparseAttentionParams& p = bp.fwd;
-  const WorkItems& w = p.layout.col_work;
-  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H, slot = blockIdx.y;
-  const int kt = w.splits[(p.layout.head_layout[h] * w.n_split + slot) * kSplitFields];
-  if (kt < 0) return;
-  const float* acc = bp.dkv_acc + (static_cast<int64_t>(bh) * w.n_split + slot) * 2 * kTile * D;
-  T* dk = static_cast<T*>(bp.dk) + b * bp.dk_strides[0] + h * bp.dk_strides[1];
-  T* dv = static_cast<T*>(bp.dv) + b * bp.dv_strides[0] + h * bp.dv_strides[1];
-  store_tile_rows<T, D>(acc, dk, bp.dk_strides[2], kt, p.L);
-  store_tile_rows<T, D>(acc + kTile * D, dv, bp.dv_strides[2], kt, p.L);
-}
-
-// Split dQ rows: the pieces' fp32 partials summed, in piece order, into dQ
-// rows (one CTA per slot).
-template <typename T, int D>
-__global__ void __launch_bounds__(256) sparse_attention_bwd_dq_finish_kernel(const SparseAttentionBwdParams bp) {
-  const SparseAttentionParams& p = bp.fwd;
-  const WorkItems& w = p.layout.dq_work;
-  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
-  const int32_t* split = w.splits + (p.layout.head_layout[h] * w.n_split + blockIdx.y) * kSplitFields;
-  const int qt = split[0], first = split[1], count = split[2];
-  if (qt < 0) return;
-  const float* part = bp.dq_part + (static_cast<int64_t>(bh) * w.n_pieces + first) * kTile * D;
-  T* dq = static_cast<T*>(bp.dq) + b * bp.dq_strides[0] + h * bp.dq_strides[1];
-  for (int e = 2 * threadIdx.x; e < kTile * D; e += 2 * blockDim.x) {
-    const int row = qt * kTile + e / D;
-    if (row >= p.L) continue;
-    float2 acc = *reinterpret_cast<const float2*>(part + e);
-    for (int i = 1; i < count; ++i) {
-      const float2 x = *reinterpret_cast<const float2*>(part + static_cast<int64_t>(i) * kTile * D + e);
-      acc.x += x.x;
-      acc.y += x.y;
-    }
-    *reinterpret_cast<uint32_t*>(dq + static_cast<int64_t>(row) * bp.dq_strides[2] + e % D) = Pack<T>::from(acc.x, acc.y);
   }
 }
 
@@ -159,6 +120,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
   const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const SparseLayoutParams& lay = p.layout;
+  // The dK/dV kernel may be scheduled from here (launch_bwd): it waits for
+  // this grid's end before it reads delta.
+  launch_dependents();
   const int32_t* item = work_item(lay.dq_work, lay, h);
   const int qt = item[0], v0 = item[1], v1 = item[2];
   if (qt < 0) return;  // this layout has fewer work items than the grid
@@ -179,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
   load(qs, q, p.q_strides[2], qt);
   load(dos, dout, bp.do_strides[2], qt);
   load(os, static_cast<const T*>(p.o) + b * p.o_strides[0] + h * p.o_strides[1], p.o_strides[2], qt);
-  VisitRef ahead = prime_kv<D, kThreads>(ks, vs, meta, k, v, p, v0, v1, tid);
+  VisitRef ahead = prime_kv<D, kThreads>(ks, vs, meta, k, v, p, first_visit(item), v0, v1, tid);
 
   // delta = rowsum(dO * O) - dlse of this thread's two rows, written out for
   // the dK/dV kernel that runs next (v5; a kernel of its own before), from
@@ -255,8 +219,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
 
   // Re-read here rather than held through the loop (as dK/dV's).
   const int32_t* item_end = work_item(lay.dq_work, lay, h);
-  if (__ldcg(item_end + 3) >= 0) {  // a piece of a split row: its fp32 partial into a slot of its own, every row
-    float* part = bp.dq_part + (static_cast<int64_t>(bh) * lay.dq_work.n_pieces + __ldcg(item_end + 4)) * kTile * D;
+  T* out = static_cast<T*>(bp.dq) + b * bp.dq_strides[0] + h * bp.dq_strides[1];
+  const int slot = __ldcg(item_end + 3);
+  if (slot >= 0) {  // a piece of a split row: its fp32 partial into a place of its own, every row
+    const int64_t pieces0 = static_cast<int64_t>(bh) * lay.dq_work.n_pieces;
+    float* part = bp.dq_part + (pieces0 + __ldcg(item_end + 4)) * kTile * D;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float* dst = part + (r ? row_b : row_a) * D;
@@ -266,9 +233,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
             make_float2(dq[dn][2 * r] * p.scale, dq[dn][2 * r + 1] * p.scale);
       }
     }
+    // The last piece to finish sums the pieces in order (the same sum on every run).
+    const int2 pieces = split_pieces(lay.dq_work, lay, h, slot);
+    if (last_piece(bp.dq_done + static_cast<int64_t>(bh) * lay.dq_work.n_split + slot, pieces.y)) {
+      store_summed_rows<T, D, kThreads>(bp.dq_part + (pieces0 + pieces.x) * kTile * D, pieces.y, out,
+                                        bp.dq_strides[2], qt, p.L);
+    }
     return;
   }
-  T* out = static_cast<T*>(bp.dq) + b * bp.dq_strides[0] + h * bp.dq_strides[1];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = qt * kTile + (r ? row_b : row_a);
@@ -305,7 +277,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
   const SparseLayoutParams& lay = p.layout;
   const int32_t* item = work_item(lay.col_work, lay, h);
   const int kt = item[0], v0 = item[1], v1 = item[2];
-  if (kt < 0) return;  // this layout has fewer work items than the grid
+  if (kt < 0) {  // this layout has fewer work items than the grid
+    wait_primary();  // (so that this grid never ends before the dQ kernel: launch_bwd)
+    return;
+  }
   const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
   const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
   const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
@@ -346,9 +321,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
   };
   load(ks, k, p.k_strides[2], kt);
   load(vs, v, p.v_strides[2], kt);
+  // delta is the dQ kernel's: everything above may run during its last wave.
+  wait_primary();
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {  // K and V ride with the first
-    request_rows(visit_ref(lay.rows, lay.col_mask, v0 + s, v1), v0 + s < v1, s);
+    request_rows(s == 0 ? first_visit(item) : visit_ref(lay.rows, lay.col_mask, v0 + s, v1), v0 + s < v1, s);
   }
   VisitRef ahead = visit_ref(lay.rows, lay.col_mask, v0 + kStages - 1, v1);
 
@@ -419,6 +396,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
   const int32_t* item_end = work_item(lay.col_work, lay, h);
   const int slot = __ldcg(item_end + 3), kt_out = __ldcg(item_end);
   write_dkdv<T, D>(bp, dk, dv, bh, b, h, slot, kt_out, key_a, key_b, t);
+  if (slot >= 0) {  // the last piece of a split column writes the summed partials out
+    const int2 pieces = split_pieces(lay.col_work, lay, h, slot);
+    if (last_piece(bp.col_done + static_cast<int64_t>(bh) * lay.col_work.n_split + slot, pieces.y)) {
+      const float* acc = bp.dkv_acc + (static_cast<int64_t>(bh) * lay.col_work.n_split + slot) * 2 * kTile * D;
+      store_summed_rows<T, D, kThreads>(acc, 1, static_cast<T*>(bp.dk) + b * bp.dk_strides[0] + h * bp.dk_strides[1],
+                                        bp.dk_strides[2], kt_out, p.L);
+      store_summed_rows<T, D, kThreads>(acc + kTile * D, 1,
+                                        static_cast<T*>(bp.dv) + b * bp.dv_strides[0] + h * bp.dv_strides[1],
+                                        bp.dv_strides[2], kt_out, p.L);
+    }
+  }
 }
 
 // CTAs per SM (the register cap): 3 at D = 64 (dQ 148 registers, dK/dV 168,
@@ -440,21 +428,28 @@ void launch_bwd(const SparseAttentionBwdParams& p, cudaStream_t stream) {
   cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem);
   dq_kernel<<<dim3(bh, p.fwd.layout.dq_work.n_items), kThreads, dq_smem, stream>>>(p);
   check_launch("sparse_attention_bwd_dq_kernel");
-  if (p.fwd.layout.dq_work.n_split > 0) {
-    sparse_attention_bwd_dq_finish_kernel<T, D><<<dim3(bh, p.fwd.layout.dq_work.n_split), 256, 0, stream>>>(p);
-    check_launch("sparse_attention_bwd_dq_finish_kernel");
-  }
 
   constexpr int dkdv_smem =
       WgSmem<D>::bytes(2 + 2 * kStages, 2 * kStages * kTile * sizeof(float) + sizeof(StageMeta));
   auto dkdv_kernel = sparse_attention_bwd_dkdv_kernel<T, D, kDkdvBlocks<D>>;
   cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem);
-  dkdv_kernel<<<dim3(bh, p.fwd.layout.col_work.n_items), kThreads, dkdv_smem, stream>>>(p);
-  check_launch("sparse_attention_bwd_dkdv_kernel");
-  if (p.fwd.layout.col_work.n_split > 0) {
-    sparse_attention_bwd_split_finish_kernel<T, D><<<dim3(bh, p.fwd.layout.col_work.n_split), 256, 0, stream>>>(p);
-    check_launch("sparse_attention_bwd_split_finish_kernel");
-  }
+  // A programmatic dependent launch (v8): the dK/dV CTAs take the SMs the
+  // dQ kernel's last wave leaves idle and run their prologue there; every
+  // CTA waits (wait_primary) for the dQ grid's end and memory before it
+  // reads delta.
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(bh, p.fwd.layout.col_work.n_items);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = dkdv_smem;
+  config.stream = stream;
+  cudaLaunchAttribute dependent[1];
+  dependent[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  dependent[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = dependent;
+  config.numAttrs = 1;
+  const cudaError_t launched = cudaLaunchKernelEx(&config, dkdv_kernel, p);
+  if (launched != cudaSuccess) cudaGetLastError();  // cleared: thrown below with the kernel's name
+  check_launch("sparse_attention_bwd_dkdv_kernel", launched);
 }
 
 }  // namespace

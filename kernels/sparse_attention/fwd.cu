@@ -4,8 +4,8 @@
 //   allows for query i;  lse[i] = log sum_j exp(q_i . k_j * scale)
 //
 // One CTA per (work item, batch * head): a query tile of 64 rows, or a piece
-// of a row far longer than the rest (BigBird's global rows; a merge kernel
-// combines the pieces' partial softmax). 4 warps (one warpgroup), 16 query
+// of a row far longer than the rest (BigBird's global rows; the piece that
+// finishes last merges the pieces' partial softmax). 4 warps (one warpgroup), 16 query
 // rows each. The CTA walks its item's visits of the layout: K and V tiles
 // are copied asynchronously into shared memory one visit ahead, S = Q K^T and
 // O += P V run on tensor cores (wgmma, fp32 accumulators; v1-v3 used mma.sync),
@@ -44,6 +44,41 @@ constexpr int kThreads = kWarps * 32;
 // visit on at D = 64, though not at D = 128; Q from shared memory is right
 // at both: NOTES.md, v4.)
 
+// A split row's pieces' partial softmax merged into o and lse (by the last
+// piece to finish, v8; a kernel of its own before):
+//   o = sum_k 2^(m_k - M) o_k / sum_k 2^(m_k - M) l_k,  M = max_k m_k,
+// two threads per row, each D / 2 columns; the partials read from L2.
+template <typename T, int D>
+__device__ __forceinline__ void merge_split_rows(const SparseAttentionParams& p, int bh, int qt, int first, int n) {
+  constexpr int kPer = kThreads / kTile, kCols = D / kPer;
+  const int r = threadIdx.x / kPer, c0 = (threadIdx.x % kPer) * kCols, row = qt * kTile + r;
+  if (row >= p.L) return;
+  const int64_t at = static_cast<int64_t>(bh) * p.layout.row_work.n_pieces + first;
+  const float* ml = p.ml_part + at * 2 * kTile + r;
+  const float* op = p.o_part + at * kTile * D + r * D + c0;
+  float mx = -INFINITY;
+  for (int k = 0; k < n; ++k) mx = fmaxf(mx, __ldcg(ml + k * 2 * kTile));
+  float sum = 0.f, acc[kCols] = {};
+  if (mx > -INFINITY) {
+    for (int k = 0; k < n; ++k) {
+      const float w = exp2f(__ldcg(ml + k * 2 * kTile) - mx);
+      sum += w * __ldcg(ml + k * 2 * kTile + kTile);
+      const float4* o4 = reinterpret_cast<const float4*>(op + static_cast<int64_t>(k) * kTile * D);
+#pragma unroll
+      for (int j = 0; j < kCols / 4; ++j) {
+        const float4 x = __ldcg(o4 + j);
+        acc[4 * j] += w * x.x, acc[4 * j + 1] += w * x.y, acc[4 * j + 2] += w * x.z, acc[4 * j + 3] += w * x.w;
+      }
+    }
+  }
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  const int b = bh / p.H, h = bh % p.H;
+  T* out = static_cast<T*>(p.o) + b * p.o_strides[0] + h * p.o_strides[1] + static_cast<int64_t>(row) * p.o_strides[2] + c0;
+#pragma unroll
+  for (int j = 0; j < kCols; j += 2) *reinterpret_cast<uint32_t*>(out + j) = Pack<T>::from(acc[j] * inv, acc[j + 1] * inv);
+  if (c0 == 0) p.lse[static_cast<int64_t>(bh) * p.L + row] = sum > 0.f ? (mx + log2f(sum)) / kLog2e : -INFINITY;
+}
+
 // kMinBlocks CTAs per SM: 4 at D = 64 (127 registers, no spill; with Q in
 // registers 3 had been slower than 4, 0.164 against 0.147 ms at 16K), 2 at
 // D = 128 (191 registers; its 81 KiB of shared memory allow 2).
@@ -76,7 +111,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
     load_tile_async<D, kThreads>(tile, src, stride, tr * kTile, p.L, tid);
   };
   load(qs, q, p.q_strides[2], qt);
-  VisitRef ahead = prime_kv<D, kThreads>(ks, vs, meta, k, v, p, v0, v1, tid);
+  VisitRef ahead = prime_kv<D, kThreads>(ks, vs, meta, k, v, p, first_visit(item), v0, v1, tid);
 
   const uint32_t qa = smem_addr(qs);
   for (int visit = v0; visit < v1; ++visit) {
@@ -131,9 +166,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
   cp_async_wait<0>();
 
   // A piece of a split row: the unnormalised output and (max, sum) of its
-  // visits, for the merge kernel.
-  const int piece = __ldcg(item + 4);
-  if (piece >= 0) {
+  // visits; the last piece to finish merges them all.
+  const int slot = __ldcg(item + 3), piece = __ldcg(item + 4);
+  if (slot >= 0) {
     const int64_t at = static_cast<int64_t>(bh) * lay.row_work.n_pieces + piece;
     float* op = p.o_part + at * kTile * D;
     float* ml = p.ml_part + at * 2 * kTile;
@@ -146,6 +181,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
         *reinterpret_cast<float2*>(op + row * D + dn * 8 + 2 * t) = make_float2(o[dn][2 * r], o[dn][2 * r + 1]);
       }
       if (t == 0) ml[row] = m[r], ml[kTile + row] = total;
+    }
+    const int2 pieces = split_pieces(lay.row_work, lay, h, slot);
+    if (last_piece(p.row_done + static_cast<int64_t>(bh) * lay.row_work.n_split + slot, pieces.y)) {
+      merge_split_rows<T, D>(p, bh, qt, pieces.x, pieces.y);
     }
     return;
   }
@@ -170,43 +209,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
   }
 }
 
-// Split rows: the pieces' partial softmax merged into o and lse,
-//   o = sum_k 2^(m_k - M) o_k / sum_k 2^(m_k - M) l_k,  M = max_k m_k,
-// one warp per row (8 rows per CTA; grid: batch * head, split slot, 8 row
-// groups), each lane D / 32 columns.
-constexpr int kMergeRows = 8;
-template <typename T, int D>
-__global__ void __launch_bounds__(kMergeRows * 32) sparse_attention_fwd_merge_kernel(const SparseAttentionParams p) {
-  const SparseLayoutParams& lay = p.layout;
-  const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
-  const int32_t* split = lay.row_work.splits + (lay.head_layout[h] * lay.row_work.n_split + blockIdx.y) * kSplitFields;
-  const int qt = split[0], n = split[2], lane = threadIdx.x % 32;
-  const int r = blockIdx.z * kMergeRows + threadIdx.x / 32, row = qt * kTile + r;
-  if (qt < 0 || row >= p.L) return;
-  const int64_t at = static_cast<int64_t>(bh) * lay.row_work.n_pieces + split[1];
-  const float* ml = p.ml_part + at * 2 * kTile;
-  const float* op = p.o_part + at * kTile * D + r * D + lane * (D / 32);
-  float mx = -INFINITY;
-  for (int k = lane; k < n; k += 32) mx = fmaxf(mx, ml[k * 2 * kTile + r]);
-#pragma unroll
-  for (int off = 16; off; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, off));
-  float sum = 0.f, acc[D / 32] = {};
-  if (mx > -INFINITY) {
-    for (int k = 0; k < n; ++k) {
-      const float w = exp2f(ml[k * 2 * kTile + r] - mx);
-      sum += w * ml[k * 2 * kTile + kTile + r];
-#pragma unroll
-      for (int j = 0; j < D / 32; ++j) acc[j] += w * op[static_cast<int64_t>(k) * kTile * D + j];
-    }
-  }
-  const float inv = sum > 0.f ? 1.f / sum : 0.f;
-  T* out = static_cast<T*>(p.o) + b * p.o_strides[0] + h * p.o_strides[1] + static_cast<int64_t>(row) * p.o_strides[2] +
-           lane * (D / 32);
-#pragma unroll
-  for (int j = 0; j < D / 32; j += 2) *reinterpret_cast<uint32_t*>(out + j) = Pack<T>::from(acc[j] * inv, acc[j + 1] * inv);
-  if (lane == 0) p.lse[static_cast<int64_t>(bh) * p.L + row] = sum > 0.f ? (mx + log2f(sum)) / kLog2e : -INFINITY;
-}
-
 template <typename T, int D>
 void launch_fwd(const SparseAttentionParams& p, cudaStream_t stream) {
   constexpr int smem = WgSmem<D>::bytes(1 + 2 * kStages, sizeof(StageMeta));  // Q, K[n], V[n], visit data
@@ -214,11 +216,6 @@ void launch_fwd(const SparseAttentionParams& p, cudaStream_t stream) {
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   kernel<<<dim3(p.B * p.H, p.layout.row_work.n_items), kThreads, smem, stream>>>(p);
   check_launch("sparse_attention_fwd_kernel");
-  if (p.layout.row_work.n_split > 0) {
-    const dim3 grid(p.B * p.H, p.layout.row_work.n_split, kTile / kMergeRows);
-    sparse_attention_fwd_merge_kernel<T, D><<<grid, kMergeRows * 32, 0, stream>>>(p);
-    check_launch("sparse_attention_fwd_merge_kernel");
-  }
 }
 
 }  // namespace

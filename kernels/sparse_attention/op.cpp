@@ -35,12 +35,15 @@ torch::Tensor int32_tensor(const std::vector<int32_t>& v, const torch::Device& d
 // with tile = -1. The cap is max(min_visits, factor x the mean over all
 // tiles, empty ones included: a layout of global rows alone, two tiles
 // visiting everything, is cut into pieces of min_visits); factor 0: one item
-// per tile.
+// per tile. `tiles` and `masks` are the visits' tile and mask index (cols and
+// row_mask for rows, rows and col_mask for columns): each item carries its
+// first visit's.
 struct WorkPlan {
   std::vector<int32_t> items, splits;
   int64_t n_items = 0, n_split = 0, n_pieces = 0;
 };
-WorkPlan work_items(const std::vector<int32_t>& ptr_all, int64_t n_layouts, int64_t nt, int factor, int min_visits) {
+WorkPlan work_items(const std::vector<int32_t>& ptr_all, const std::vector<int32_t>& tiles,
+                    const std::vector<int32_t>& masks, int64_t n_layouts, int64_t nt, int factor, int min_visits) {
   using Item = std::array<int32_t, kItemFields>;
   using Split = std::array<int32_t, kSplitFields>;
   std::vector<std::vector<Item>> items_of(static_cast<size_t>(n_layouts));
@@ -56,14 +59,18 @@ WorkPlan work_items(const std::vector<int32_t>& ptr_all, int64_t n_layouts, int6
     for (int64_t j = 0; j < nt; ++j) {
       const auto tile = static_cast<int32_t>(j);
       const int32_t b = ptr[j], e = ptr[j + 1], n = e - b;
+      auto item = [&](int32_t begin, int32_t end, int32_t slot, int32_t index) {
+        const bool any = begin < end;
+        items.push_back({tile, begin, end, slot, index, any ? tiles[static_cast<size_t>(begin)] : 0,
+                         any ? masks[static_cast<size_t>(begin)] : -1});
+      };
       if (n <= cap) {
-        items.push_back({tile, b, e, -1, -1});
+        item(b, e, -1, -1);
         continue;
       }
       const int32_t pieces = (n + cap - 1) / cap, slot = static_cast<int32_t>(split_of[l].size());
       split_of[l].push_back({tile, piece, pieces});
-      for (int32_t k = 0; k < pieces; ++k)
-        items.push_back({tile, b + n * k / pieces, b + n * (k + 1) / pieces, slot, piece++});
+      for (int32_t k = 0; k < pieces; ++k) item(b + n * k / pieces, b + n * (k + 1) / pieces, slot, piece++);
     }
     std::stable_sort(items.begin(), items.end(), [](const Item& x, const Item& y) { return x[2] - x[1] > y[2] - y[1]; });
     w.n_items = std::max<int64_t>(w.n_items, static_cast<int64_t>(items.size()));
@@ -71,7 +78,7 @@ WorkPlan work_items(const std::vector<int32_t>& ptr_all, int64_t n_layouts, int6
     w.n_pieces = std::max<int64_t>(w.n_pieces, piece);
   }
   for (size_t l = 0; l < items_of.size(); ++l) {
-    items_of[l].resize(static_cast<size_t>(w.n_items), {-1, 0, 0, -1, -1});
+    items_of[l].resize(static_cast<size_t>(w.n_items), {-1, 0, 0, -1, -1, 0, -1});
     for (const auto& it : items_of[l]) w.items.insert(w.items.end(), it.begin(), it.end());
     split_of[l].resize(static_cast<size_t>(w.n_split), {-1, 0, 0});
     for (const auto& sp : split_of[l]) w.splits.insert(w.splits.end(), sp.begin(), sp.end());
@@ -116,10 +123,10 @@ SparseAttentionPlan make_plan(const std::vector<const TileLayout*>& layouts, con
     col_ptr.push_back(static_cast<int32_t>(rows.size()));
   }
   const auto n_layouts = static_cast<int64_t>(layouts.size());
-  const WorkPlan row_work = work_items(row_ptr, n_layouts, nt, 2, kMinSplitVisits);
-  const WorkPlan col_work = work_items(col_ptr, n_layouts, nt, 2, kMinSplitVisits);
-  const WorkPlan dq_whole = work_items(row_ptr, n_layouts, nt, 0, 0);
-  const WorkPlan dq_work = work_items(row_ptr, n_layouts, nt, kDqSplitFactor, kDqMinSplitVisits);
+  const WorkPlan row_work = work_items(row_ptr, cols, row_mask, n_layouts, nt, 2, kMinSplitVisits);
+  const WorkPlan col_work = work_items(col_ptr, rows, col_mask, n_layouts, nt, 2, kMinSplitVisits);
+  const WorkPlan dq_whole = work_items(row_ptr, cols, row_mask, n_layouts, nt, 0, 0);
+  const WorkPlan dq_work = work_items(row_ptr, cols, row_mask, n_layouts, nt, kDqSplitFactor, kDqMinSplitVisits);
   TORCH_CHECK(nt < 65536 && std::max(row_work.n_items, col_work.n_items) < 65536, "make_plan: ", nt,
               " tiles exceed the grid limit (L < 4M)");
   TORCH_CHECK(masks.size() / kTile < static_cast<size_t>(std::numeric_limits<int32_t>::max()),
@@ -195,6 +202,7 @@ SparseLayoutParams layout_params(const SparseAttentionPlan& plan, const torch::T
   l.col_mask = plan.col_mask.data_ptr<int32_t>();
   l.masks = reinterpret_cast<const uint64_t*>(plan.masks.data_ptr<int64_t>());
   l.head_layout = plan.head_layout.data_ptr<int32_t>();
+  l.one_layout = plan.row_items.size(0) == 1;
   auto work = [](const torch::Tensor& items, const torch::Tensor& splits, int64_t pieces) {
     WorkItems w;
     w.items = items.data_ptr<int32_t>();
@@ -276,12 +284,15 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     p.D = static_cast<int>(D);
     p.scale = static_cast<float>(scale);
     p.layout = layout_params(plan, exclude);
-    // Split rows' partial softmax (make_plan): every piece writes all of its.
-    torch::Tensor part;
+    // Split rows' partial softmax (make_plan): every piece writes all of its;
+    // and the zeroed counts of each split row's finished pieces.
+    torch::Tensor part, done;
     if (plan.n_row_split() > 0) {
       part = torch::empty({B * H * plan.n_row_pieces * kTile * (D + 2)}, lse.options());
       p.o_part = part.data_ptr<float>();
       p.ml_part = p.o_part + B * H * plan.n_row_pieces * kTile * D;
+      done = torch::zeros({B * H * plan.n_row_split()}, lse.options().dtype(torch::kInt32));
+      p.row_done = done.data_ptr<int>();
     }
     const c10::cuda::CUDAGuard guard(q.device());
     sparse_attention_fwd(p, dtype_of(q), c10::cuda::getCurrentCUDAStream().stream());
@@ -327,14 +338,25 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     torch::Tensor dlse = grads[1].defined() ? grads[1].to(torch::kFloat32).contiguous() : torch::Tensor();
     auto dq = grad_like(q), dk = grad_like(k), dv = grad_like(v);
     auto delta = torch::empty({B, H, L}, q.options().dtype(torch::kFloat32));
-    // fp32 dK/dV partials of split columns (make_plan): [B * H, n_split, 2, 64, D], summed by atomics.
-    torch::Tensor dkv_acc;
-    if (plan.n_split() > 0) dkv_acc = torch::zeros({B * H * plan.n_split() * 2 * kTile * D}, delta.options());
     // Split dQ rows (when they would outlast the grid): every piece writes all of its fp32 partial.
     const int64_t slots = at::cuda::getCurrentDeviceProperties()->multiProcessorCount * dq_ctas_per_sm(static_cast<int>(D));
     const bool dq_split = split_dq(plan, B, slots);
     torch::Tensor dq_part;
     if (dq_split) dq_part = torch::empty({B * H * plan.n_dq_pieces * kTile * D}, delta.options());
+    // One zeroed buffer: the fp32 dK/dV partials of split columns (make_plan),
+    // [B * H, n_split, 2, 64, D], summed by atomics; then the counts of
+    // finished pieces per split column and per split dQ row (int32).
+    const int64_t n_acc = B * H * plan.n_split() * 2 * kTile * D, n_col_done = B * H * plan.n_split();
+    const int64_t n_dq_done = dq_split ? B * H * plan.n_dq_split() : 0;
+    torch::Tensor zeroed;
+    float* dkv_acc = nullptr;
+    int *col_done = nullptr, *dq_done = nullptr;
+    if (n_acc + n_col_done + n_dq_done > 0) {
+      zeroed = torch::zeros({n_acc + n_col_done + n_dq_done}, delta.options());
+      dkv_acc = n_acc > 0 ? zeroed.data_ptr<float>() : nullptr;
+      col_done = n_col_done > 0 ? reinterpret_cast<int*>(zeroed.data_ptr<float>() + n_acc) : nullptr;
+      dq_done = n_dq_done > 0 ? reinterpret_cast<int*>(zeroed.data_ptr<float>() + n_acc + n_col_done) : nullptr;
+    }
 
     SparseAttentionBwdParams p;
     SparseAttentionParams& f = p.fwd;
@@ -356,7 +378,9 @@ class SparseAttentionFunction : public torch::autograd::Function<SparseAttention
     p.dout = dout.data_ptr();
     p.dlse = dlse.defined() ? dlse.data_ptr<float>() : nullptr;
     p.delta = delta.data_ptr<float>();
-    p.dkv_acc = dkv_acc.defined() ? dkv_acc.data_ptr<float>() : nullptr;
+    p.dkv_acc = dkv_acc;
+    p.col_done = col_done;
+    p.dq_done = dq_done;
     p.dq_part = dq_part.defined() ? dq_part.data_ptr<float>() : nullptr;
     p.dq = dq.data_ptr();
     p.dk = dk.data_ptr();

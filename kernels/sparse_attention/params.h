@@ -33,14 +33,17 @@ constexpr int dq_ctas_per_sm(int D) { return D == 64 ? 3 : 2; }
 // none: the layout has fewer items than the grid), visits [begin, end) (row
 // visits, or transposed ones for dK/dV), split slot (-1: the item is the
 // whole row / column and writes its outputs; else a piece of a split one,
-// which leaves partials for a finishing kernel), piece (the piece's index
-// among the layout's pieces, -1 for whole items). Rows and columns much
-// longer than the rest (global tokens: every tile visits them) are split so
-// that no CTA walks them alone long after the rest of the grid has finished;
-// items are heaviest first, so that the pieces start in the first wave.
+// which leaves partials that the slot's last piece to finish combines),
+// piece (the piece's index among the layout's pieces, -1 for whole items),
+// and the first visit's tile and mask index (0 and -1 when the item has no
+// visit), so that a CTA's first copy waits on one load, not two (v8).
+// Rows and columns much longer than the rest (global tokens: every tile
+// visits them) are split so that no CTA walks them alone long after the rest
+// of the grid has finished; items are heaviest first, so that the pieces
+// start in the first wave.
 // splits [n_layouts][n_split][kSplitFields]: tile (-1 = none), first piece,
 // number of pieces.
-constexpr int kItemFields = 5;
+constexpr int kItemFields = 7;
 constexpr int kSplitFields = 3;
 struct WorkItems {
   const int32_t* items = nullptr;
@@ -57,6 +60,7 @@ struct SparseLayoutParams {
   const int32_t* col_mask = nullptr;   // mask index per transposed visit
   const uint64_t* masks = nullptr;     // [n_masks, 64]
   const int32_t* head_layout = nullptr;  // [H] -> layout index
+  bool one_layout = false;               // every head reads layout 0 (no head_layout load)
   WorkItems row_work;  // the forward's: query tiles
   WorkItems col_work;  // the dK/dV kernel's: key tiles
   // The dQ kernel's: query tiles, longest first, whole or (op.h's split_dq)
@@ -85,6 +89,9 @@ struct SparseAttentionParams {
   // null when no row is split.
   float* o_part = nullptr;
   float* ml_part = nullptr;
+  // Zeroed [B * H, row_work.n_split] counts of a split row's finished pieces:
+  // the piece that finishes last merges them (v8; a merge kernel before).
+  int* row_done = nullptr;
 };
 
 struct SparseAttentionBwdParams {
@@ -97,6 +104,11 @@ struct SparseAttentionBwdParams {
   void* dv = nullptr;
   float* dkv_acc = nullptr;  // [B * H, col_work.n_split, 2, 64, D] zeroed fp32 partials of split columns, or null
   float* dq_part = nullptr;  // [B * H, dq_work.n_pieces, 64, D] fp32 partials of split dQ rows (scaled), or null
+  // Zeroed counts of finished pieces, [B * H, col_work.n_split] and
+  // [B * H, dq_work.n_split]: a split column's or dQ row's last piece writes
+  // the gradient rows out (v8; finishing kernels before).
+  int* col_done = nullptr;
+  int* dq_done = nullptr;
   int64_t do_strides[3], dq_strides[3], dk_strides[3], dv_strides[3];
 };
 

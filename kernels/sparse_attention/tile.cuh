@@ -178,16 +178,26 @@ __device__ __forceinline__ void request_kv(T* ks, T* vs, StageMeta* m, const T* 
   }
   cp_async_commit();
 }
+// The first visit's reference, from its work item (params.h: the item
+// carries it, so that the CTA's first copy waits on the item's load alone).
+__device__ __forceinline__ VisitRef first_visit(const int32_t* item) {
+  VisitRef r;
+  r.tile = item[5], r.mask = item[6];
+  return r;
+}
+
 // The walk's first kStages - 1 visits requested (the first group also holds
-// whatever the caller requested before, e.g. the Q tile); returns the next
-// visit's reference.
+// whatever the caller requested before, e.g. the Q tile); `first` is visit
+// v0's reference (first_visit). Returns the next visit's reference.
 template <int D, int kThreads, typename T>
 __device__ __forceinline__ VisitRef prime_kv(T* ks, T* vs, StageMeta* m, const T* k, const T* v,
-                                             const SparseAttentionParams& p, int v0, int v1, int tid) {
+                                             const SparseAttentionParams& p, const VisitRef& first, int v0, int v1,
+                                             int tid) {
   const SparseLayoutParams& lay = p.layout;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    request_kv<D, kThreads>(ks, vs, m, k, v, p, visit_ref(lay.cols, lay.row_mask, v0 + s, v1), v0 + s < v1, s, tid);
+    request_kv<D, kThreads>(ks, vs, m, k, v, p, s == 0 ? first : visit_ref(lay.cols, lay.row_mask, v0 + s, v1),
+                            v0 + s < v1, s, tid);
   }
   return visit_ref(lay.cols, lay.row_mask, v0 + kStages - 1, v1);
 }
@@ -209,21 +219,70 @@ __device__ __forceinline__ int next_kv_visit(T* ks, T* vs, StageMeta* m, const T
   return i % kStages;
 }
 
+// Programmatic dependent launch (sm_90): the primary grid lets its
+// dependent's CTAs be scheduled once all of its own CTAs have called
+// launch_dependents (or ended); the dependent's wait_primary returns once the
+// primary grid has ended and its memory is visible. Without such a launch
+// both are no-ops.
+__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+__device__ __forceinline__ void wait_primary() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+
+// Head h's layout index (no load when every head reads layout 0).
+__device__ __forceinline__ int layout_of(const SparseLayoutParams& lay, int h) {
+  return lay.one_layout ? 0 : lay.head_layout[h];
+}
 // This CTA's work item (params.h's WorkItems): item blockIdx.y of head h's
 // layout.
 __device__ __forceinline__ const int32_t* work_item(const WorkItems& w, const SparseLayoutParams& lay, int h) {
-  return w.items + (static_cast<int64_t>(lay.head_layout[h]) * w.n_items + blockIdx.y) * kItemFields;
+  return w.items + (static_cast<int64_t>(layout_of(lay, h)) * w.n_items + blockIdx.y) * kItemFields;
+}
+// Split slot `slot`'s (first piece, number of pieces) in head h's layout.
+__device__ __forceinline__ int2 split_pieces(const WorkItems& w, const SparseLayoutParams& lay, int h, int slot) {
+  const int32_t* s = w.splits + (static_cast<int64_t>(layout_of(lay, h)) * w.n_split + slot) * kSplitFields;
+  return make_int2(__ldcg(s + 1), __ldcg(s + 2));
 }
 
-// A split tile's summed fp32 partials [64, D] into rows tile * 64 ... of a
-// [L, D] output (row stride `stride`), by the CTA's threads.
-template <typename T, int D>
-__device__ __forceinline__ void store_tile_rows(const float* acc, T* out, int64_t stride, int tile, int L) {
-  for (int e = 2 * threadIdx.x; e < kTile * D; e += 2 * blockDim.x) {
-    const int row = tile * kTile + e / D;
+// Whether this CTA is the last of a split slot's `count` pieces to finish,
+// after every thread has written its partial (a fence per thread, then one
+// count per CTA; the classic last-block pattern). The last one's later reads
+// (__ldcg, from L2) see every piece's writes. All threads must call it.
+__device__ __forceinline__ bool last_piece(int* done, int count) {
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(done, 1) == count - 1;
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+// The sum of n fp32 partials [64, D] (n x 64 x D from `part`, read from L2,
+// added in order) into rows tile * 64 ... of a [L, D] output (row stride
+// `stride`), by the CTA's kThreads threads: a split tile's last piece
+// writing it out. Every thread's loads of one partial are in flight at once.
+template <typename T, int D, int kThreads>
+__device__ __forceinline__ void store_summed_rows(const float* part, int n, T* out, int64_t stride, int tile, int L) {
+  constexpr int kVec = kTile * D / 4 / kThreads;  // float4s per thread
+  static_assert(kVec * 4 * kThreads == kTile * D, "a tile must split evenly over the threads");
+  float4 acc[kVec];
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int i = 0; i < n; ++i) {
+    const float4* src = reinterpret_cast<const float4*>(part + static_cast<int64_t>(i) * kTile * D);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const float4 x = __ldcg(src + threadIdx.x + j * kThreads);
+      acc[j].x += x.x, acc[j].y += x.y, acc[j].z += x.z, acc[j].w += x.w;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const int e = 4 * (threadIdx.x + j * kThreads), row = tile * kTile + e / D;
     if (row < L) {
-      *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(row) * stride + e % D) =
-          Pack<T>::from(acc[e], acc[e + 1]);
+      uint2 w;
+      w.x = Pack<T>::from(acc[j].x, acc[j].y);
+      w.y = Pack<T>::from(acc[j].z, acc[j].w);
+      *reinterpret_cast<uint2*>(out + static_cast<int64_t>(row) * stride + e % D) = w;
     }
   }
 }

@@ -111,18 +111,22 @@ TEST(TileLayout, PlanTransposeListsTheSameVisits) {
   }
 }
 
-// Work items (params.h) of one kind over `ptr` (row_ptr or col_ptr): every
-// visit of every tile in exactly one item; a tile split exactly when
-// split(layout, tile), its pieces sharing its slot and numbered within the
-// slot's range of pieces; heaviest first; short layouts padded with -1.
-void expect_work_items(const Tensor& items_t, const Tensor& splits_t, const Tensor& ptr_t, int64_t n_layouts,
-                       int64_t nt, const std::function<bool(int64_t, int64_t)>& split) {
+// Work items (params.h) of one kind over `ptr` (row_ptr or col_ptr, with
+// their visits' tiles and masks): every visit of every tile in exactly one
+// item; a tile split exactly when split(layout, tile), its pieces sharing its
+// slot and numbered within the slot's range of pieces; heaviest first; short
+// layouts padded with -1; each item carrying its first visit's tile and mask.
+void expect_work_items(const Tensor& items_t, const Tensor& splits_t, const Tensor& ptr_t, const Tensor& tiles_t,
+                       const Tensor& masks_t, int64_t n_layouts, int64_t nt,
+                       const std::function<bool(int64_t, int64_t)>& split) {
   const int64_t n = items_t.size(1), n_split = splits_t.size(1);
   ASSERT_EQ(items_t.size(2), kernels::kItemFields);
   ASSERT_EQ(splits_t.size(2), kernels::kSplitFields);
   auto items = items_t.accessor<int32_t, 3>();
   auto splits = splits_t.accessor<int32_t, 3>();
   auto ptr = ptr_t.accessor<int32_t, 1>();
+  auto tiles = tiles_t.accessor<int32_t, 1>();
+  auto masks = masks_t.accessor<int32_t, 1>();
   for (int64_t l = 0; l < n_layouts; ++l) {
     std::vector<int> covered(static_cast<size_t>(ptr[n_layouts * (nt + 1) - 1]), 0);
     std::vector<int> whole(static_cast<size_t>(nt), 0), in_slot(static_cast<size_t>(n_split), 0);
@@ -132,6 +136,10 @@ void expect_work_items(const Tensor& items_t, const Tensor& splits_t, const Tens
       const int32_t piece = items[l][i][4];
       if (tile < 0) continue;
       ++real;
+      if (b < e) {
+        EXPECT_EQ(items[l][i][5], tiles[b]) << "layout " << l << " item " << i << ": first visit's tile";
+        EXPECT_EQ(items[l][i][6], masks[b]) << "layout " << l << " item " << i << ": first visit's mask";
+      }
       EXPECT_LE(e - b, prev) << "layout " << l << " item " << i << ": not heaviest first";
       prev = e - b;
       EXPECT_GE(b, ptr[l * (nt + 1) + tile]);
@@ -175,9 +183,10 @@ TEST(TileLayout, PlanSplitsOnlyTheLongColumns) {
   ASSERT_EQ(plan.n_split(), 2);  // key tiles 0 and 1 (keys 0..69 are global)
   EXPECT_EQ(plan.n_row_split(), 0);
   EXPECT_EQ(plan.n_row_items(), nt);
-  expect_work_items(plan.col_items, plan.col_splits, plan.col_ptr, 2, nt,
+  expect_work_items(plan.col_items, plan.col_splits, plan.col_ptr, plan.rows, plan.col_mask, 2, nt,
                     [](int64_t l, int64_t j) { return l == 1 && j < 2; });
-  expect_work_items(plan.row_items, plan.row_splits, plan.row_ptr, 2, nt, [](int64_t, int64_t) { return false; });
+  expect_work_items(plan.row_items, plan.row_splits, plan.row_ptr, plan.cols, plan.row_mask, 2, nt,
+                    [](int64_t, int64_t) { return false; });
   EXPECT_EQ(plan.col_splits[0][0][0].item<int>(), -1);  // the band layout splits nothing
 }
 
@@ -190,13 +199,16 @@ TEST(TileLayout, PlanSplitsTheGlobalRows) {
   const int64_t nt = plan.n_tiles;
   ASSERT_EQ(plan.n_row_split(), 2);
   EXPECT_GE(plan.n_row_pieces, 4);
-  expect_work_items(plan.row_items, plan.row_splits, plan.row_ptr, 1, nt, [](int64_t, int64_t j) { return j < 2; });
-  expect_work_items(plan.col_items, plan.col_splits, plan.col_ptr, 1, nt, [](int64_t, int64_t j) { return j < 2; });
+  expect_work_items(plan.row_items, plan.row_splits, plan.row_ptr, plan.cols, plan.row_mask, 1, nt,
+                    [](int64_t, int64_t j) { return j < 2; });
+  expect_work_items(plan.col_items, plan.col_splits, plan.col_ptr, plan.rows, plan.col_mask, 1, nt,
+                    [](int64_t, int64_t j) { return j < 2; });
   EXPECT_EQ(plan.row_items[0][0][3].item<int>() >= 0, true) << "the pieces of the long rows start first";
   // The dQ kernel's items: 64 visits is not far past the mean (kDqSplitFactor):
   // every row whole, the long ones first.
   EXPECT_EQ(plan.n_dq_split(), 0);
-  expect_work_items(plan.dq_items, plan.dq_splits, plan.row_ptr, 1, nt, [](int64_t, int64_t) { return false; });
+  expect_work_items(plan.dq_items, plan.dq_splits, plan.row_ptr, plan.cols, plan.row_mask, 1, nt,
+                    [](int64_t, int64_t) { return false; });
   EXPECT_EQ(plan.dq_items.size(1), nt);
   EXPECT_LT(plan.dq_items[0][0][0].item<int>(), 2);
   EXPECT_LT(plan.dq_items[0][1][0].item<int>(), 2);
@@ -229,18 +241,21 @@ TEST(TileLayout, PlanSplitsFarLongerRowsForDq) {
   EXPECT_EQ(rows_plan.n_row_split(), 2);
   EXPECT_EQ(rows_plan.n_row_pieces, 2 * (L / 64) / kernels::kMinSplitVisits);
   EXPECT_EQ(rows_plan.n_dq_split(), 2);
-  expect_work_items(rows_plan.row_items, rows_plan.row_splits, rows_plan.row_ptr, 1, rows_plan.n_tiles, [](int64_t, int64_t j) { return j < 2; });
+  expect_work_items(rows_plan.row_items, rows_plan.row_splits, rows_plan.row_ptr, rows_plan.cols, rows_plan.row_mask, 1,
+                    rows_plan.n_tiles, [](int64_t, int64_t j) { return j < 2; });
   const auto tiles = tile_layout(build_layout(pattern, L, 64));
   const auto plan = kernels::make_plan({&tiles}, {0}, torch::kCPU);
   const int64_t nt = plan.n_tiles;
   EXPECT_EQ(tiles.row_ptr[1] - tiles.row_ptr[0], nt);
   ASSERT_EQ(plan.n_dq_split(), 2);
   EXPECT_GE(plan.n_dq_pieces, 4);
-  expect_work_items(plan.dq_split_items, plan.dq_splits, plan.row_ptr, 1, nt, [](int64_t, int64_t j) { return j < 2; });
-  expect_work_items(plan.row_items, plan.row_splits, plan.row_ptr, 1, nt, [](int64_t, int64_t j) { return j < 2; });
+  expect_work_items(plan.dq_split_items, plan.dq_splits, plan.row_ptr, plan.cols, plan.row_mask, 1, nt,
+                    [](int64_t, int64_t j) { return j < 2; });
+  expect_work_items(plan.row_items, plan.row_splits, plan.row_ptr, plan.cols, plan.row_mask, 1, nt,
+                    [](int64_t, int64_t j) { return j < 2; });
   EXPECT_GE(plan.dq_split_items[0][0][3].item<int>(), 0) << "the pieces of the long rows start first";
-  expect_work_items(plan.dq_items, torch::zeros({1, 0, kernels::kSplitFields}, torch::kInt32), plan.row_ptr, 1, nt,
-                    [](int64_t, int64_t) { return false; });
+  expect_work_items(plan.dq_items, torch::zeros({1, 0, kernels::kSplitFields}, torch::kInt32), plan.row_ptr, plan.cols,
+                    plan.row_mask, 1, nt, [](int64_t, int64_t) { return false; });
   // Which set a call takes: the longest row (128 visits) against an even
   // share of the batch's visits over the resident CTAs.
   EXPECT_EQ(plan.dq_longest, nt);
