@@ -65,7 +65,7 @@ struct SparseLayoutParams {
   WorkItems col_work;  // the dK/dV kernel's: key tiles
   // The dQ kernel's: query tiles, longest first, whole or (op.h's split_dq)
   // with the far longer rows in pieces; a piece writes its fp32 partial to a
-  // slot of its own (dq_part), summed by a finishing kernel. (Pieces at the
+  // slot of its own (dq_part), summed in order by its last piece. (Pieces at the
   // forward's rule, adding by atomics, ran slower on BigBird: 16K
   // 0.331-0.336 -> 0.342-0.344 ms, 64K 1.37 -> 1.42-1.46.)
   WorkItems dq_work;
