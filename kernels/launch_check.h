@@ -9,9 +9,8 @@
 
 namespace longtrain::kernels {
 
-// `launched`: what a launch call returned itself (cudaLaunchKernelEx).
-inline void check_launch(const char* name, cudaError_t launched = cudaSuccess) {
-  const cudaError_t err = launched != cudaSuccess ? launched : cudaGetLastError();
+inline void check_launch(const char* name) {
+  const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string(name) + ": " + cudaGetErrorString(err));
 }
 

@@ -28,6 +28,7 @@
 
 #include "kernels/launch_check.h"
 #include "kernels/math_constants.h"
+#include "kernels/pdl.cuh"
 #include "kernels/sparse_attention/tile.cuh"
 #include "kernels/swizzle.h"
 #include "kernels/wgmma.cuh"
@@ -122,7 +123,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dq_
   const SparseLayoutParams& lay = p.layout;
   // The dK/dV kernel may be scheduled from here (launch_bwd): it waits for
   // this grid's end before it reads delta.
-  launch_dependents();
+  pdl::let_next_grid_launch();
   const int32_t* item = work_item(lay.dq_work, lay, h);
   const int qt = item[0], v0 = item[1], v1 = item[2];
   if (qt < 0) return;  // this layout has fewer work items than the grid
@@ -278,7 +279,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
   const int32_t* item = work_item(lay.col_work, lay, h);
   const int kt = item[0], v0 = item[1], v1 = item[2];
   if (kt < 0) {  // this layout has fewer work items than the grid
-    wait_primary();  // (so that this grid never ends before the dQ kernel: launch_bwd)
+    pdl::wait_for_previous_grid();  // a CTA of a chained grid waits before it exits (pdl.cuh)
     return;
   }
   const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
@@ -322,7 +323,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
   load(ks, k, p.k_strides[2], kt);
   load(vs, v, p.v_strides[2], kt);
   // delta is the dQ kernel's: everything above may run during its last wave.
-  wait_primary();
+  pdl::wait_for_previous_grid();
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {  // K and V ride with the first
     request_rows(s == 0 ? first_visit(item) : visit_ref(lay.rows, lay.col_mask, v0 + s, v1), v0 + s < v1, s);
@@ -433,23 +434,11 @@ void launch_bwd(const SparseAttentionBwdParams& p, cudaStream_t stream) {
       WgSmem<D>::bytes(2 + 2 * kStages, 2 * kStages * kTile * sizeof(float) + sizeof(StageMeta));
   auto dkdv_kernel = sparse_attention_bwd_dkdv_kernel<T, D, kDkdvBlocks<D>>;
   cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem);
-  // A programmatic dependent launch (v8): the dK/dV CTAs take the SMs the
+  // Chained to the dQ kernel (v8, pdl.cuh): the dK/dV CTAs take the SMs the
   // dQ kernel's last wave leaves idle and run their prologue there; every
-  // CTA waits (wait_primary) for the dQ grid's end and memory before it
-  // reads delta.
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(bh, p.fwd.layout.col_work.n_items);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = dkdv_smem;
-  config.stream = stream;
-  cudaLaunchAttribute dependent[1];
-  dependent[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  dependent[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = dependent;
-  config.numAttrs = 1;
-  const cudaError_t launched = cudaLaunchKernelEx(&config, dkdv_kernel, p);
-  if (launched != cudaSuccess) cudaGetLastError();  // cleared: thrown below with the kernel's name
-  check_launch("sparse_attention_bwd_dkdv_kernel", launched);
+  // CTA waits for the dQ grid's end and memory before it reads delta.
+  pdl::launch(dkdv_kernel, dim3(bh, p.fwd.layout.col_work.n_items), dim3(kThreads), dkdv_smem, stream, true, p);
+  check_launch("sparse_attention_bwd_dkdv_kernel");
 }
 
 }  // namespace

@@ -219,14 +219,6 @@ __device__ __forceinline__ int next_kv_visit(T* ks, T* vs, StageMeta* m, const T
   return i % kStages;
 }
 
-// Programmatic dependent launch (sm_90): the primary grid lets its
-// dependent's CTAs be scheduled once all of its own CTAs have called
-// launch_dependents (or ended); the dependent's wait_primary returns once the
-// primary grid has ended and its memory is visible. Without such a launch
-// both are no-ops.
-__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
-__device__ __forceinline__ void wait_primary() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-
 // Head h's layout index (no load when every head reads layout 0).
 __device__ __forceinline__ int layout_of(const SparseLayoutParams& lay, int h) {
   return lay.one_layout ? 0 : lay.head_layout[h];
