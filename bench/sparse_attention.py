@@ -8,7 +8,7 @@ pattern allows (4 * D flops per pair forward, 2.5x that backward). Every case
 also checks that longtrain and FlexAttention agree on the output.
 
 Usage: python3 bench/sparse_attention.py --lib build-gpu/liblongtrain_torch_ops.so --out results.json [--quick]
-           [--lengths 4096,65536] [--no-hf]
+           [--lengths 4096,65536] [--no-hf | --hf-only]
 """
 import argparse
 import faulthandler

@@ -79,9 +79,10 @@ __device__ __forceinline__ void merge_split_rows(const SparseAttentionParams& p,
   if (c0 == 0) p.lse[static_cast<int64_t>(bh) * p.L + row] = sum > 0.f ? (mx + log2f(sum)) / kLog2e : -INFINITY;
 }
 
-// kMinBlocks CTAs per SM: 4 at D = 64 (127 registers, no spill; with Q in
-// registers 3 had been slower than 4, 0.164 against 0.147 ms at 16K), 2 at
-// D = 128 (191 registers; its 81 KiB of shared memory allow 2).
+// kMinBlocks CTAs per SM: 4 at D = 64 (128 registers since v8's last-piece
+// merge, no spill; with Q in registers 3 had been slower than 4, 0.164
+// against 0.147 ms at 16K), 2 at D = 128 (181 registers; its 81 KiB of
+// shared memory allow 2).
 template <typename T, int D, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
