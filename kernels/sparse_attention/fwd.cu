@@ -33,6 +33,8 @@ namespace {
 using namespace tile;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
+// The conditional rescale's threshold, in log2 units (the forward's softmax).
+constexpr float kRescaleAbove = 8.f;
 
 // v4: the products as warpgroup instructions (kernels/wgmma.cuh): the 4 warps
 // are one warpgroup, Q, K and V are read by the tensor cores straight from
@@ -129,18 +131,36 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
         s, [&](int kk) { return wg::desc_nk<kTile>(qa, kk); }, [&](int kk) { return wg::desc_nk<kTile>(kb, kk); });
     if (vm.any()) mask_scores(s, vm, row_a, row_b, t, -INFINITY);
 
-    // Online softmax (base 2, m in the scaled domain): new running max,
-    // rescale what was accumulated.
-    float alpha[2];
+    // Online softmax (base 2, m in the scaled domain). m is the exponents'
+    // reference, raised only when a row's max passes it by more than
+    // kRescaleAbove (FlashAttention-4's conditional rescale): then the warp
+    // rescales O and l together; otherwise the exponentials keep the old
+    // reference and stay below 2^kRescaleAbove (exact in fp32, P's bf16/fp16
+    // rounding relative as before), and lse = m + log2(l) holds either way.
+    float mx[2];
+    bool grow = false;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
+      float x = -INFINITY;
 #pragma unroll
-      for (int nb = 0; nb < kTile / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
-      mx = fmaxf(m[r], quad_max(mx) * scale_log2);
-      const float use = mx == -INFINITY ? 0.f : mx;
-      alpha[r] = exp2f(m[r] - use);
-      m[r] = mx;
+      for (int nb = 0; nb < kTile / 8; ++nb) x = fmaxf(x, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
+      mx[r] = quad_max(x) * scale_log2;
+      grow |= mx[r] > m[r] + kRescaleAbove;
+    }
+    if (__any_sync(0xffffffff, grow)) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float nm = fmaxf(m[r], mx[r]);
+        const float alpha = exp2f(m[r] - (nm == -INFINITY ? 0.f : nm));
+        m[r] = nm;
+        l[r] *= alpha;
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn) o[dn][2 * r] *= alpha, o[dn][2 * r + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float use = m[r] == -INFINITY ? 0.f : m[r];
       float sum = 0.f;
 #pragma unroll
       for (int nb = 0; nb < kTile / 8; ++nb) {
@@ -148,14 +168,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_ker
         s[nb][2 * r + 1] = exp2f(fmaf(s[nb][2 * r + 1], scale_log2, -use));
         sum += s[nb][2 * r] + s[nb][2 * r + 1];
       }
-      l[r] = l[r] * alpha[r] + sum;
-    }
-#pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn) {
-      o[dn][0] *= alpha[0];
-      o[dn][1] *= alpha[0];
-      o[dn][2] *= alpha[1];
-      o[dn][3] *= alpha[1];
+      l[r] += sum;
     }
 
     // O += P V, P straight from the S registers.
