@@ -31,13 +31,17 @@ __device__ __forceinline__ uint64_t desc(uint32_t addr, uint32_t lbo) {
 // shared address `tile`: desc_nk where the tile stores B transposed (row = n,
 // column = k: K in Q Kᵀ), desc_kn where it stores B as is (row = k,
 // column = n: V in P V; kTransB).
+// The step's offset is added to the tile's descriptor rather than to the
+// address before encoding, so that the unrolled steps share one encoding
+// (the start address field holds address >> 4 in 14 bits: the same sum
+// while the shared address stays below 256 KiB, as every sm_90 one does).
 template <int kR>
 __device__ __forceinline__ uint64_t desc_nk(uint32_t tile, int kk) {
-  return desc(tile + (kk >> 2) * (kR * 128) + (kk & 3) * 32, 16);
+  return desc(tile, 16) + static_cast<uint32_t>(((kk >> 2) * (kR * 128) + (kk & 3) * 32) >> 4);
 }
 template <int kR>
 __device__ __forceinline__ uint64_t desc_kn(uint32_t tile, int kk) {
-  return desc(tile + kk * 16 * 128, kR * 128);
+  return desc(tile, kR * 128) + static_cast<uint32_t>((kk * 16 * 128) >> 4);
 }
 
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
