@@ -412,7 +412,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_bwd_dkd
 
 // CTAs per SM (the register cap): 3 at D = 64 (dQ 152 registers, dK/dV 168,
 // no spill; dQ capped for 4 spilled 112 bytes and ran 0.188 -> 0.228 ms at
-// 16K), 2 at D = 128 (206 and 255).
+// 16K), 2 at D = 128 (190 and 248 at v10; 206 and 255 before).
 template <int D>
 constexpr int kDqBlocks = dq_ctas_per_sm(D);
 template <int D>

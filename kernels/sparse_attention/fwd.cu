@@ -83,7 +83,7 @@ __device__ __forceinline__ void merge_split_rows(const SparseAttentionParams& p,
 
 // kMinBlocks CTAs per SM: 4 at D = 64 (128 registers since v8's last-piece
 // merge, no spill; with Q in registers 3 had been slower than 4, 0.164
-// against 0.147 ms at 16K), 2 at D = 128 (181 registers; its 81 KiB of
+// against 0.147 ms at 16K), 2 at D = 128 (167 registers at v10; its 81 KiB of
 // shared memory allow 2).
 template <typename T, int D, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) sparse_attention_fwd_kernel(const SparseAttentionParams p) {
